@@ -1,0 +1,88 @@
+"""Build the optional compiled core (``vault_observe._fast``).
+
+simdjson is compiled from the sources that the pinned ``pysimdjson`` wheel ships
+(``simdjson/simdjson.h`` and ``simdjson/simdjson.cpp``), so nothing of simdjson is
+vendored here. If the extension cannot be built, the package still installs and
+runs on the pure-Python reference core, unless VAULT_OBSERVE_REQUIRE_EXTENSIONS=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).parent
+PYX = HERE / "src" / "vault_observe" / "_fast.pyx"
+REQUIRE = os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1"
+SKIP = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
+
+
+def simdjson_dir() -> Path | None:
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("simdjson")
+    except Exception:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder if (folder / "simdjson.cpp").exists() else None
+
+
+class OptionalBuildExt(build_ext):
+    """Warn instead of failing when the compiled core cannot be built."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # compiler missing, headers missing, ...
+            self._give_up(exc)
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        if REQUIRE:
+            raise exc
+        sys.stderr.write(
+            f"WARNING: vault-observe's compiled core could not be built ({exc}); "
+            "installing the pure-Python reference core only.\n"
+        )
+
+
+def extensions() -> list:  # type: ignore[type-arg]
+    if SKIP or not PYX.exists():
+        return []
+    sj = simdjson_dir()
+    if sj is None:
+        msg = "pysimdjson (with simdjson.cpp) is not importable at build time"
+        if REQUIRE:
+            raise RuntimeError(msg)
+        sys.stderr.write(f"WARNING: {msg}; building without the compiled core.\n")
+        return []
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    ext = Extension(
+        "vault_observe._fast",
+        sources=[str(PYX.relative_to(HERE)), str(sj / "simdjson.cpp")],
+        include_dirs=[str(sj)],
+        language="c++",
+        extra_compile_args=["-O3", "-std=c++17", "-DNDEBUG", "-Wno-unused-function"],
+    )
+    return cythonize(
+        [ext],
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,3 @@
+from vault_observe.cli import main
+
+raise SystemExit(main())

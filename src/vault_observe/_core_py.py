@@ -1,0 +1,482 @@
+"""Reference core: parse, flatten and correlate audit lines (pure Python on orjson).
+
+The compiled core (``_fast.pyx``) implements the same API and must give the same
+spans and counters for the same input; this module is its test oracle and the
+fallback where the extension is not built. The rules both follow:
+
+* ``feed(data)`` takes zero or more whole lines separated by ``\\n`` (a last line
+  without ``\\n`` counts as whole: framing is done before the core). Empty lines
+  are skipped. A line longer than ``max_line_bytes`` (without its ``\\n``) is
+  counted ``oversize`` and skipped.
+* A line that is not valid JSON (or not UTF-8) is ``malformed``. A JSON value that
+  is not an object, or whose envelope has wrong types (``type`` or ``time`` not a
+  string, ``time`` not RFC 3339, ``request`` not an object, ``request.id`` or
+  ``error`` not a string), is ``invalid``. A ``type`` other than ``request`` or
+  ``response`` is ``unknown_type``.
+* A request stores its time under ``request.id`` until ``deadline = (now_ns or the
+  entry's own time) + ttl``. The device's ``sys/audit/test`` probe is ignored
+  (``probes``); a request without an id cannot be paired and is counted ``no_id``.
+  A second request with a pending id replaces the first (``duplicates``). When the
+  cache holds ``max_pending`` requests, the one with the smallest (deadline,
+  arrival) is evicted as an EVICTED span.
+* A response whose request is pending becomes a PAIRED span from the request's time
+  to its own; any other response an ORPHAN span of zero length.
+* ``expire(now_ns)`` turns every pending request with ``deadline <= now_ns`` into an
+  UNANSWERED span, in (deadline, arrival) order; ``flush()`` does it for all.
+* A pending request keeps its time, its span name, and (only when it carries an
+  ``error`` or its id is not a canonical lower-case UUID) its flattened attributes;
+  otherwise an unanswered span's attributes are ``type``, ``request.id`` and the
+  pairing marker. This keeps a pending request at tens of bytes in the compiled core.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import orjson
+
+from .model import EVICTED, ORPHAN, PAIRED, PAIRING_KEY, PAIRING_NAMES, UNANSWERED, SpanRecord
+
+MASK64 = (1 << 64) - 1
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+GOLDEN = 0x9E3779B97F4A7C15
+PROBE_PATH = "sys/audit/test"
+
+COUNTER_NAMES = (
+    "lines",
+    "requests",
+    "responses",
+    "spans",
+    "paired",
+    "orphans",
+    "unanswered",
+    "evicted",
+    "duplicates",
+    "probes",
+    "no_id",
+    "malformed",
+    "invalid",
+    "unknown_type",
+    "oversize",
+)
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_LOWER_HEX = frozenset(b"0123456789abcdef")
+_DASHES = (8, 13, 18, 23)
+
+
+# ---------------------------------------------------------------- ids
+
+
+def fnv1a64(data: bytes, h: int = FNV_OFFSET) -> int:
+    for byte in data:
+        h = ((h ^ byte) * FNV_PRIME) & MASK64
+    return h
+
+
+def splitmix64(x: int) -> int:
+    z = (x + GOLDEN) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def uuid_bytes(text: bytes) -> bytes | None:
+    """The 16 bytes of a 36-character UUID (any case), else None."""
+    if len(text) != 36:
+        return None
+    for i, ch in enumerate(text):
+        if i in _DASHES:
+            if ch != 0x2D:
+                return None
+        elif ch not in _HEX:
+            return None
+    return bytes.fromhex(text.replace(b"-", b"").decode("ascii"))
+
+
+def is_canonical_uuid(text: bytes) -> bool:
+    """A UUID in the lower-case form that ``uuid_text`` gives back."""
+    return uuid_bytes(text) is not None and all(
+        ch in _LOWER_HEX for i, ch in enumerate(text) if i not in _DASHES
+    )
+
+
+def uuid_text(trace_id: bytes) -> str:
+    h = trace_id.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def trace_id_for(key: bytes) -> bytes:
+    """Trace id: the UUID's own bytes, else a stable 128-bit hash of the id."""
+    raw = uuid_bytes(key)
+    if raw is not None:
+        return raw
+    hi = fnv1a64(key)
+    lo = fnv1a64(key, FNV_OFFSET ^ GOLDEN)
+    if hi == 0 and lo == 0:
+        lo = 1
+    return hi.to_bytes(8, "big") + lo.to_bytes(8, "big")
+
+
+def span_id_for(trace_id: bytes) -> int:
+    """Span id: stable, derived from the trace id, never zero."""
+    hi = int.from_bytes(trace_id[:8], "big")
+    lo = int.from_bytes(trace_id[8:], "big")
+    rot = ((lo << 32) | (lo >> 32)) & MASK64
+    return splitmix64(hi ^ rot) or 1
+
+
+# ---------------------------------------------------------------- time
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _digits(s: bytes, start: int, count: int) -> int:
+    part = s[start : start + count]
+    if len(part) != count or not part.isdigit():
+        raise ValueError
+    return int(part)
+
+
+def parse_rfc3339_ns(text: str) -> int | None:
+    """Unix nanoseconds of ``YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM)``, else None."""
+    s = text.encode("utf-8", "surrogatepass")
+    try:
+        year = _digits(s, 0, 4)
+        month = _digits(s, 5, 2)
+        day = _digits(s, 8, 2)
+        hour = _digits(s, 11, 2)
+        minute = _digits(s, 14, 2)
+        second = _digits(s, 17, 2)
+    except ValueError:
+        return None
+    if len(s) < 20 or s[4:5] != b"-" or s[7:8] != b"-" or s[10:11] not in (b"T", b"t") or s[13:14] != b":" or s[16:17] != b":":
+        return None
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 60):
+        return None
+    pos = 19
+    frac = 0
+    if s[pos : pos + 1] == b".":
+        pos += 1
+        start = pos
+        while pos < len(s) and 0x30 <= s[pos] <= 0x39:
+            pos += 1
+        ndigits = pos - start
+        if ndigits < 1 or ndigits > 9:
+            return None
+        frac = int(s[start:pos]) * 10 ** (9 - ndigits)
+    offset = 0
+    zone = s[pos:]
+    if zone in (b"Z", b"z"):
+        pass
+    elif len(zone) == 6 and zone[0:1] in (b"+", b"-") and zone[3:4] == b":":
+        try:
+            oh = _digits(zone, 1, 2)
+            om = _digits(zone, 4, 2)
+        except ValueError:
+            return None
+        if oh > 23 or om > 59:
+            return None
+        offset = (oh * 3600 + om * 60) * (1 if zone[0:1] == b"+" else -1)
+    else:
+        return None
+    days = _days_from_civil(year, month, day)
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
+    return seconds * 1_000_000_000 + frac
+
+
+# ---------------------------------------------------------------- flatten
+
+
+def flatten(entry: dict[str, Any], flatten_arrays: bool = False) -> dict[str, Any]:
+    """Nested objects -> dotted keys, in document order, with an explicit stack.
+
+    Nulls, empty objects and empty arrays give no key. Arrays stay one value
+    unless ``flatten_arrays`` (then ``key.0``, ``key.1``, ...).
+    """
+    out: dict[str, Any] = {}
+    stack: list[tuple[str, Any]] = [("", iter(entry.items()))]
+    while stack:
+        prefix, items = stack[-1]
+        for key, value in items:
+            name = prefix + str(key)
+            if isinstance(value, dict):
+                if value:
+                    stack.append((name + ".", iter(value.items())))
+                    break
+            elif isinstance(value, list):
+                if not value:
+                    continue
+                if flatten_arrays:
+                    stack.append((name + ".", iter(enumerate(value))))
+                    break
+                out[name] = value
+            elif value is not None:
+                out[name] = value
+        else:
+            stack.pop()
+    return out
+
+
+def with_pairing(attrs_json: bytes, pairing: int) -> bytes:
+    """Append the pairing marker to a flat JSON object."""
+    marker = b'"' + PAIRING_KEY.encode() + b'":"' + PAIRING_NAMES[pairing].encode() + b'"}'
+    if attrs_json == b"{}":
+        return b"{" + marker
+    return attrs_json[:-1] + b"," + marker
+
+
+# ---------------------------------------------------------------- the core
+
+
+class _Pending:
+    __slots__ = ("attrs_json", "deadline", "error", "name", "request_id", "seq", "start_ns", "trace_id")
+
+    def __init__(
+        self,
+        trace_id: bytes,
+        request_id: str,
+        start_ns: int,
+        deadline: int,
+        seq: int,
+        name: str,
+        error: str,
+        attrs_json: bytes | None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.request_id = request_id
+        self.start_ns = start_ns
+        self.deadline = deadline
+        self.seq = seq
+        self.name = name
+        self.error = error
+        self.attrs_json = attrs_json
+
+
+class Core:
+    """Pure-Python core; see the module docstring for the rules."""
+
+    implementation = "py"
+
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 10.0,
+        max_pending: int = 1_000_000,
+        max_line_bytes: int = 16 * 1024 * 1024,
+        prefix: bytes = b"",
+        flatten_arrays: bool = False,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.ttl_ns = int(ttl_s * 1_000_000_000)
+        self.max_pending = max_pending
+        self.max_line_bytes = max_line_bytes
+        self.prefix = prefix
+        self.flatten_arrays = flatten_arrays
+        self._pending: dict[bytes, _Pending] = {}
+        self._heap: list[tuple[int, int, bytes]] = []
+        self._seq = 0
+        self._ready: list[SpanRecord] = []
+        self._counts = dict.fromkeys(COUNTER_NAMES, 0)
+        self._watermark = 0
+
+    # -- public API
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def watermark_ns(self) -> int:
+        """The latest entry time seen (0 before any)."""
+        return self._watermark
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def feed(self, data: bytes, now_ns: int | None = None) -> int:
+        """Process whole lines; return how many spans are ready."""
+        counts = self._counts
+        prefix = self.prefix
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            counts["lines"] += 1
+            if len(line) > self.max_line_bytes:
+                counts["oversize"] += 1
+                continue
+            if prefix and line.startswith(prefix):
+                line = line[len(prefix) :]
+            self._line(line, now_ns)
+        return len(self._ready)
+
+    def expire(self, now_ns: int) -> int:
+        heap = self._heap
+        while heap and heap[0][0] <= now_ns:
+            self._pop_oldest(UNANSWERED)
+        return len(self._ready)
+
+    def flush(self) -> int:
+        while self._heap:
+            self._pop_oldest(UNANSWERED)
+        return len(self._ready)
+
+    def drain(self) -> list[SpanRecord]:
+        ready, self._ready = self._ready, []
+        return ready
+
+    # -- internals
+
+    def _line(self, line: bytes, now_ns: int | None) -> None:
+        counts = self._counts
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            counts["malformed"] += 1
+            return
+        if not isinstance(entry, dict):
+            counts["invalid"] += 1
+            return
+        kind = entry.get("type")
+        time_text = entry.get("time")
+        request = entry.get("request")
+        if not isinstance(kind, str) or not isinstance(time_text, str):
+            counts["invalid"] += 1
+            return
+        if request is None:
+            request = {}
+        elif not isinstance(request, dict):
+            counts["invalid"] += 1
+            return
+        request_id = request.get("id")
+        error = entry.get("error")
+        if (request_id is not None and not isinstance(request_id, str)) or (
+            error is not None and not isinstance(error, str)
+        ):
+            counts["invalid"] += 1
+            return
+        time_ns = parse_rfc3339_ns(time_text)
+        if time_ns is None:
+            counts["invalid"] += 1
+            return
+        if kind == "request":
+            counts["requests"] += 1
+        elif kind == "response":
+            counts["responses"] += 1
+        else:
+            counts["unknown_type"] += 1
+            return
+        if time_ns > self._watermark:
+            self._watermark = time_ns
+        error = error or ""
+        name = span_name(request, kind)
+        if kind == "request":
+            if request.get("path") == PROBE_PATH:
+                counts["probes"] += 1
+                return
+            if not request_id:
+                counts["no_id"] += 1
+                return
+            key = request_id.encode("utf-8", "surrogatepass")
+            keep_attrs = bool(error) or not is_canonical_uuid(key)
+            attrs_json = self._attrs_json(entry) if keep_attrs else None
+            self._store(key, request_id, time_ns, (now_ns if now_ns is not None else time_ns) + self.ttl_ns, name, error, attrs_json)
+            return
+        attrs_json = self._attrs_json(entry)
+        if not request_id:
+            trace_id = trace_id_for(line)
+            self._emit(trace_id, "", name, time_ns, time_ns, error, ORPHAN, attrs_json)
+            return
+        key = request_id.encode("utf-8", "surrogatepass")
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            self._emit(trace_id_for(key), request_id, name, time_ns, time_ns, error, ORPHAN, attrs_json)
+            return
+        end_ns = max(time_ns, pending.start_ns)
+        self._emit(pending.trace_id, request_id, name, pending.start_ns, end_ns, error, PAIRED, attrs_json)
+
+    def _attrs_json(self, entry: dict[str, Any]) -> bytes:
+        return orjson.dumps(flatten(entry, self.flatten_arrays))
+
+    def _store(
+        self,
+        key: bytes,
+        request_id: str,
+        time_ns: int,
+        deadline: int,
+        name: str,
+        error: str,
+        attrs_json: bytes | None,
+    ) -> None:
+        if key in self._pending:
+            self._counts["duplicates"] += 1
+            del self._pending[key]  # its heap entry goes stale
+        elif len(self._pending) >= self.max_pending:
+            self._pop_oldest(EVICTED)
+        self._seq += 1
+        self._pending[key] = _Pending(trace_id_for(key), request_id, time_ns, deadline, self._seq, name, error, attrs_json)
+        heapq.heappush(self._heap, (deadline, self._seq, key))
+
+    def _pop_oldest(self, pairing: int) -> None:
+        """Remove the live pending entry with the smallest (deadline, seq)."""
+        heap = self._heap
+        while heap:
+            _deadline, seq, key = heapq.heappop(heap)
+            pending = self._pending.get(key)
+            if pending is None or pending.seq != seq:
+                continue  # stale: answered or replaced
+            del self._pending[key]
+            if pending.attrs_json is not None:
+                attrs = pending.attrs_json
+            else:
+                attrs = orjson.dumps({"type": "request", "request.id": pending.request_id})
+            self._emit(
+                pending.trace_id,
+                pending.request_id,
+                pending.name,
+                pending.start_ns,
+                pending.start_ns,
+                pending.error,
+                pairing,
+                attrs,
+            )
+            return
+
+    def _emit(
+        self,
+        trace_id: bytes,
+        request_id: str,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        error: str,
+        pairing: int,
+        attrs_json: bytes,
+    ) -> None:
+        counts = self._counts
+        counts["spans"] += 1
+        counts[("paired", "orphans", "unanswered", "evicted")[pairing]] += 1
+        if pairing != PAIRED:
+            attrs_json = with_pairing(attrs_json, pairing)
+        self._ready.append(
+            SpanRecord(trace_id, span_id_for(trace_id), 0, name, start_ns, end_ns, error, pairing, request_id, attrs_json)
+        )
+
+
+def span_name(request: dict[str, Any], kind: str) -> str:
+    """``<operation> <mount_point>``, else ``<operation> <path>``: low cardinality."""
+    operation = request.get("operation")
+    mount_point = request.get("mount_point")
+    target = mount_point if isinstance(mount_point, str) and mount_point else request.get("path")
+    parts = [p for p in (operation, target) if isinstance(p, str) and p]
+    return " ".join(parts) or kind

@@ -1,0 +1,35 @@
+"""Pick the core: the compiled ``_fast`` when it is built, else the reference ``_core_py``.
+
+``VAULT_OBSERVE_NO_EXTENSIONS=1`` forces the reference core.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from . import _core_py
+
+if TYPE_CHECKING:
+    Core = _core_py.Core
+    IMPLEMENTATION = "py"
+    LOAD_ERROR: str | None = None
+else:
+    LOAD_ERROR = None
+    if os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1":
+        Core = _core_py.Core
+        IMPLEMENTATION = "py"
+        LOAD_ERROR = "disabled by VAULT_OBSERVE_NO_EXTENSIONS=1"
+    else:
+        try:
+            from ._fast import Core
+        except ImportError as exc:
+            Core = _core_py.Core
+            IMPLEMENTATION = "py"
+            LOAD_ERROR = str(exc)
+        else:
+            IMPLEMENTATION = "c"
+
+COUNTER_NAMES = _core_py.COUNTER_NAMES
+
+__all__ = ["COUNTER_NAMES", "IMPLEMENTATION", "LOAD_ERROR", "Core"]
