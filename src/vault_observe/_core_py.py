@@ -32,6 +32,7 @@ fallback where the extension is not built. The rules both follow:
 from __future__ import annotations
 
 import heapq
+import json
 from typing import Any
 
 import orjson
@@ -227,6 +228,20 @@ def flatten(entry: dict[str, Any], flatten_arrays: bool = False) -> dict[str, An
     return out
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dump_attrs(attrs: dict[str, Any]) -> bytes:
+    """The canonical attribute bytes that both cores produce, byte for byte.
+
+    Compact JSON, non-ASCII kept as UTF-8, only ``"``, ``\\`` and control characters
+    escaped (``\\n``, ``\\r``, ``\\t``, ``\\b``, ``\\f``, else ``\\u00XX``), floats
+    as Python's ``repr`` (shortest round trip), integers in decimal. Zipkin tags are
+    slices of these bytes, so both cores give the same tags too.
+    """
+    return _ENCODER.encode(attrs).encode("utf-8")
+
+
 def with_pairing(attrs_json: bytes, pairing: int) -> bytes:
     """Append the pairing marker to a flat JSON object."""
     marker = b'"' + PAIRING_KEY.encode() + b'":"' + PAIRING_NAMES[pairing].encode() + b'"}'
@@ -406,7 +421,7 @@ class Core:
         self._emit(pending.trace_id, request_id, name, pending.start_ns, end_ns, error, PAIRED, attrs_json)
 
     def _attrs_json(self, entry: dict[str, Any]) -> bytes:
-        return orjson.dumps(flatten(entry, self.flatten_arrays))
+        return dump_attrs(flatten(entry, self.flatten_arrays))
 
     def _store(
         self,
@@ -439,7 +454,7 @@ class Core:
             if pending.attrs_json is not None:
                 attrs = pending.attrs_json
             else:
-                attrs = orjson.dumps({"type": "request", "request.id": pending.request_id})
+                attrs = dump_attrs({"type": "request", "request.id": pending.request_id})
             self._emit(
                 pending.trace_id,
                 pending.request_id,

@@ -22,7 +22,8 @@ class SpanRecord:
 
     ``attrs_json`` is a flat JSON object (UTF-8 bytes) of the entry's flattened keys
     in document order: scalars keep their JSON type, arrays stay JSON arrays (unless
-    arrays are flattened), nulls and empty containers are absent. Keeping the
+    arrays are flattened), nulls and empty containers are absent. Its bytes are
+    canonical (``_core_py.dump_attrs``): both cores give the same bytes. Keeping the
     attributes as bytes lets the compiled core build them without one Python object
     per attribute and lets JSON sinks splice them in as they are.
     """
