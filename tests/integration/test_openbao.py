@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.audit import expected_spans
 from tests.integration.conftest import SocketCollector, read_jsonl
+from vault_observe.core import Core
 from vault_observe.demo import run_workload
+from vault_observe.model import PAIRING_NAMES
 from vault_observe.openbao import BaoError, DevServer, find_bao
 
 pytestmark = pytest.mark.integration
@@ -118,3 +121,35 @@ def test_workload_lines_match_a_file_device(bao: DevServer, short_tmp: Path) -> 
     ]
     assert sum(1 for c in workload.calls if c.client) == 3 * 3 * 3
     assert os.path.getsize(file_path) > 0
+
+
+def test_core_on_live_output(bao: DevServer, short_tmp: Path) -> None:
+    """The correlating core, fed a live socket stream, gives the spans worked out by hand."""
+    socket_path = short_tmp / "a.sock"
+    with SocketCollector(socket_path) as collector:
+        bao.enable_socket_audit(socket_path)
+        workload = run_workload(bao, clients=4, rounds=4)
+        expected_lines = workload.audit_lines + 2
+        deadline = time.monotonic() + 10
+        while len(collector.lines()) < expected_lines and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stream = b"".join(bytes(buffer) for buffer in collector.connections)
+    expected = expected_spans([json.loads(line) for line in stream.splitlines()])
+    assert sorted(e.pairing for e in expected.values()).count("orphan") == 1
+    assert [e.name for e in expected.values() if e.pairing == "unanswered"] == ["update sys/"]
+
+    core = Core(ttl_s=60)
+    core.feed(stream)
+    core.flush()
+    spans = {span.trace_id.hex(): span for span in core.drain()}
+    assert sorted(spans) == sorted(expected)
+    for trace_id, want in expected.items():
+        span = spans[trace_id]
+        assert (span.name, span.error, span.start_ns, span.duration_ns, PAIRING_NAMES[span.pairing]) == (
+            want.name,
+            want.error,
+            want.start_ns,
+            want.duration_ns,
+            want.pairing,
+        )
+        assert span.attributes()["request.id"] == want.request_id
