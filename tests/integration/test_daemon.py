@@ -208,7 +208,7 @@ def test_restarted_daemon_gets_the_next_connection(
     expected_after = expected_spans(after)
     assert not set(expected) & set(expected_after)
     expected.update(expected_after)
-    assert _count(expected.values()) == {"paired": 22, "orphan": 1, "unanswered": 0}
+    assert _count(expected.values()) == {"paired": 21, "orphan": 1, "unanswered": 0}
     check_zipkin(zipkin.spans, expected)
     check_honeycomb(honeycomb.events, expected)
     for proc, lines in ((first, before), (second, after)):

@@ -1,0 +1,53 @@
+"""``vault-observe demo``: a dev server, the daemon in-process, the spans on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.conftest import SRC
+from tests.receivers import ZipkinReceiver
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_prints_spans_and_sends_to_the_given_sinks(bao_binary: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "VAULT_OBSERVE_BAO": bao_binary}
+    with ZipkinReceiver() as zipkin:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "vault_observe", "demo", "--zipkin", zipkin.url],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=90,
+        )
+        seconds = time.monotonic() - started
+        stderr = done.stderr.decode(errors="replace")
+        assert done.returncode == 0, stderr
+        assert seconds < 60, seconds
+        spans = [json.loads(line) for line in done.stdout.splitlines()]
+        assert zipkin.errors == []
+        zipkin_ids = sorted(s["traceId"] for s in zipkin.spans)
+
+    assert len(spans) > 50
+    assert zipkin_ids == sorted(s["trace_id"] for s in spans)  # the same spans in both sinks
+    names = {s["name"] for s in spans}
+    assert {"create secret/", "read secret/", "create kv1/", "read kv1/", "update auth/token/"} <= names
+    assert "update auth/userpass/" in names
+    pairings = [s["pairing"] for s in spans]
+    assert pairings.count("orphan") == 1  # the device's enable call
+    assert pairings.count("unanswered") == 1  # the second unwrap of a wrapping token
+    errors = [s["error"] for s in spans if s.get("error")]
+    assert any("permission denied" in e for e in errors)
+    assert "invalid credentials" in errors
+    assert "wrapping token is not valid or does not exist" in errors
+    assert all(s["duration_ms"] >= 0 for s in spans)
+    assert any(s["duration_ms"] > 0 for s in spans)
+    assert "vault-observe demo: OpenBao" in stderr
+    assert "error:" not in stderr.split("vault-observe demo: OpenBao", 1)[1]
