@@ -19,9 +19,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .openbao import BaoError, BaoNotFound, Client, DevServer
+
+if TYPE_CHECKING:
+    from .config import Config
 
 READER_POLICY = """
 path "secret/data/app/*" {
@@ -192,12 +195,17 @@ def wait_until_quiet(read_bytes: Callable[[], int], quiet: float = 0.2, timeout:
             return
 
 
-def run_demo(config: Any, *, out: IO[str] | None = None) -> int:
-    """Run the demo; return the exit status (0 on success)."""
+def run_demo(config: Config, *, err: IO[str] | None = None) -> int:
+    """Run the demo; return the exit status (0 on success).
+
+    ``config`` gives the sinks besides stdout (always on) and their settings; its
+    inputs are replaced by a temporary unix socket.
+    """
     from .config import Listener
+    from .errors import VaultObserveError
     from .pipeline import Daemon
 
-    err = out or sys.stderr
+    err = err or sys.stderr
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="vault-observe-demo-"))
     socket_path = tmp / "audit.sock"
@@ -211,24 +219,28 @@ def run_demo(config: Any, *, out: IO[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         return 1
     daemon: Daemon | None = None
-    counters: dict[str, Any] = {}
     try:
-        server.start()
+        server.start(timeout=30)
         version = (server.request("GET", "sys/health", token=None).json() or {}).get("version", "?")
         daemon = Daemon(demo_config)
         daemon.start()
         server.enable_socket_audit(socket_path)
         workload = run_workload(server)
-        # Audit writes complete before OpenBao answers, so everything is on its way;
-        # let the reader catch up before stopping (stop also drains the connections).
-        wait_until_quiet(lambda: daemon.framing.bytes if daemon is not None else 0)
+        # Audit writes complete before OpenBao answers, so every entry is already on
+        # its way; let the reader catch up (stop would drain the connection anyway).
+        framing = daemon.framing
+        wait_until_quiet(lambda: framing.bytes)
         counters = daemon.stop()
         daemon = None
+    except VaultObserveError as exc:
+        err.write(f"vault-observe demo: error: {exc}\n")
+        return 2
     except (BaoError, OSError) as exc:
         err.write(f"vault-observe demo: failed: {exc}\n")
-        if server.running:
-            err.write(server.log_tail(15) + "\n")
         return 1
+    except KeyboardInterrupt:
+        err.write("vault-observe demo: interrupted\n")
+        return 130
     finally:
         if daemon is not None:
             daemon.stop()
@@ -250,8 +262,8 @@ def _summary(
     """Write the summary; return how many audit lines never reached the daemon."""
     statuses = ", ".join(f"{status}x{count}" for status, count in sorted(workload.statuses.items()))
     expected_lines = workload.audit_lines + 2  # the device's test entry and the enable call's response
-    lines = counters.get("lines", 0)
-    spans = counters.get("spans", 0)
+    lines = int(counters.get("lines", 0))
+    spans = int(counters.get("spans", 0))
     err.write(
         f"\nvault-observe demo: OpenBao {version} dev server on {server.host}:{server.port}\n"
         f"  workload: {len(workload.calls)} API calls in {workload.seconds:.2f} s ({statuses}), "

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.integration.audit import Expected, check_honeycomb, check_zipkin, expected_spans, load
-from tests.integration.conftest import API_KEY, ObserveProcess
+from tests.integration.harness import API_KEY, ObserveProcess
 from tests.receivers import HoneycombReceiver, ZipkinReceiver
 from vault_observe.demo import run_workload
 from vault_observe.openbao import DevServer
@@ -29,14 +29,16 @@ MakeObserve = Callable[..., ObserveProcess]
 
 @pytest.fixture
 def zipkin() -> Iterator[ZipkinReceiver]:
-    with ZipkinReceiver() as receiver:
-        yield receiver  # type: ignore[misc]
+    receiver = ZipkinReceiver()
+    with receiver:
+        yield receiver
 
 
 @pytest.fixture
 def honeycomb() -> Iterator[HoneycombReceiver]:
-    with HoneycombReceiver(api_key=API_KEY) as receiver:
-        yield receiver  # type: ignore[misc]
+    receiver = HoneycombReceiver(api_key=API_KEY)
+    with receiver:
+        yield receiver
 
 
 def daemon_args(

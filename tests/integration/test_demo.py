@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import SRC
+from tests.integration.harness import SRC
 from tests.receivers import ZipkinReceiver
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 
 def test_demo_prints_spans_and_sends_to_the_given_sinks(bao_binary: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC), "VAULT_OBSERVE_BAO": bao_binary}
-    with ZipkinReceiver() as zipkin:
+    zipkin = ZipkinReceiver()
+    with zipkin:
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "vault_observe", "demo", "--zipkin", zipkin.url],

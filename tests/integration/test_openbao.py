@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.audit import expected_spans
-from tests.integration.conftest import SocketCollector, read_jsonl
+from tests.integration.harness import SocketCollector, read_jsonl
 from vault_observe.core import Core
 from vault_observe.demo import run_workload
 from vault_observe.model import PAIRING_NAMES
