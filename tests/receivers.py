@@ -218,5 +218,7 @@ class OtlpReceiver(Receiver):
                 resource = resource_spans.get("resource", {})
                 for scope_spans in resource_spans["scopeSpans"]:
                     for span in scope_spans["spans"]:
-                        self.spans.append({**span, "_resource": resource, "_scope": scope_spans.get("scope", {})})
+                        self.spans.append(
+                            {**span, "_resource": resource, "_scope": scope_spans.get("scope", {})}
+                        )
         return b"{}"
