@@ -7,7 +7,8 @@ per record with kind SERVER, times as decimal strings, ids as hex, and each
 flattened attribute as an ``AnyValue`` that keeps its JSON type: strings, 64-bit
 integers (as decimal strings, per the mapping), doubles, booleans, arrays as
 ``arrayValue`` and objects inside arrays as ``kvlistValue``. A JSON null inside an
-array becomes an empty ``AnyValue``; an integer beyond 64 bits a ``stringValue``.
+array becomes an empty ``AnyValue``; an integer outside int64 (JSON allows up to
+uint64 here) a ``stringValue`` with its exact decimal text.
 Spans with an error get ``status {code: 2 (ERROR), message}``.
 
 Settings follow the exporter variables: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (as
