@@ -500,6 +500,8 @@ def test_settings_are_checked() -> None:
         HoneycombSink(KEY, compression="brotli")
     with pytest.raises(ConfigError):
         HoneycombSink(KEY, timeout=0)
+    with pytest.raises(ConfigError):
+        HoneycombSink(KEY, api_host="api.honeycomb.io")
     sink = HoneycombSink(KEY, api_host="https://api.eu1.honeycomb.io/")
     assert sink.url == "https://api.eu1.honeycomb.io/1/batch/vault"
     assert KEY not in repr(sink)

@@ -12,7 +12,7 @@ Two encoders give the same events:
 
 * ``native`` (default) writes the batch body from bytes: each record's canonical
   ``attrs_json`` is spliced in undecoded. ``time`` keeps nanoseconds. It posts
-  synchronously inside ``send`` (keep-alive session, gzip or zstd bodies of at most
+  synchronously inside ``send`` (keep-alive connections, gzip or zstd bodies of at most
   5 MB), reads the per-event status array and retries what can be retried until
   the deadline.
 * ``libhoney`` hands events to libhoney's ``Client`` (``time`` has microseconds
@@ -446,13 +446,16 @@ class _LibhoneySender:
                 response = {}
             if response is None:  # libhoney closed
                 break
-            if response:
-                self._handle(response)
-            self._start_due_retries()
+            try:
+                if response:
+                    self._handle(response)
+                self._start_due_retries()
+            except Exception:  # keep draining: a dead drainer would stall every flush
+                log.exception("honeycomb: error while reading libhoney's responses")
         with self._cond:
-            left = len(self._retries)
+            # Closed: waiting retries, and anything libhoney will never answer, failed.
             self._retries.clear()
-            self._finish(failed=left)
+            self._finish(failed=max(self._outstanding, 0))
 
     def _handle(self, response: dict[str, Any]) -> None:
         pending = response.get("metadata")
@@ -577,6 +580,8 @@ class HoneycombSink:
             raise ConfigError(f"honeycomb: timeout must be positive, not {timeout}")
         if max_batch_bytes < 1024 or max_batch_events < 1:
             raise ConfigError("honeycomb: batch limits too small")
+        if not api_host.startswith(("http://", "https://")):
+            raise ConfigError(f"honeycomb: the API host must be an http(s) URL, not {api_host!r}")
         self.encoder = encoder
         self.dataset = dataset
         self.api_host = api_host.rstrip("/")

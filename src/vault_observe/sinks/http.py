@@ -203,7 +203,7 @@ class SafeLog:
 
 
 class RetryingPoster:
-    """POST bodies on a keep-alive session, retrying transient failures until a deadline.
+    """POST bodies over keep-alive connections, retrying transient failures until a deadline.
 
     Counters (``requests``, ``retries``, ``bytes``) are kept for the sink's stats.
     ``close`` cuts short any backoff in progress.
@@ -231,8 +231,10 @@ class RetryingPoster:
         """POST until a final answer, the deadline or ``close``. Never raises."""
         attempt = 0
         while True:
+            if self._closed.is_set():
+                return PostResult(0, b"", "the sink is closed", True)
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closed.is_set():
+            if remaining <= 0:
                 return PostResult(0, b"", "deadline passed before sending", True)
             retry_after: float | None = None
             try:
