@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-SHARED_CORPUS = REPO.parent / "shared" / "corpus" / "openbao-mixed.jsonl"
+_CORPUS_NAME = Path("shared") / "corpus" / "openbao-mixed.jsonl"
+# The full corpus sits beside the checkout; VAULT_OBSERVE_CORPUS points elsewhere.
+SHARED_CORPUS = next(
+    (
+        p
+        for p in (
+            Path(os.environ.get("VAULT_OBSERVE_CORPUS", "/nonexistent")),
+            REPO.parent / _CORPUS_NAME,
+            REPO.parent.parent / _CORPUS_NAME,
+        )
+        if p.is_file()
+    ),
+    REPO.parent / _CORPUS_NAME,
+)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 
 class Receiver:
@@ -52,7 +52,7 @@ class Receiver:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> Receiver:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -218,5 +218,7 @@ class OtlpReceiver(Receiver):
                 resource = resource_spans.get("resource", {})
                 for scope_spans in resource_spans["scopeSpans"]:
                     for span in scope_spans["spans"]:
-                        self.spans.append({**span, "_resource": resource, "_scope": scope_spans.get("scope", {})})
+                        self.spans.append(
+                            {**span, "_resource": resource, "_scope": scope_spans.get("scope", {})}
+                        )
         return b"{}"

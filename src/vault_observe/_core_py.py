@@ -44,6 +44,7 @@ FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
 GOLDEN = 0x9E3779B97F4A7C15
 PROBE_PATH = "sys/audit/test"
+BAD_SAMPLE_BYTES = 48
 
 COUNTER_NAMES = (
     "lines",
@@ -160,7 +161,14 @@ def parse_rfc3339_ns(text: str) -> int | None:
         second = _digits(s, 17, 2)
     except ValueError:
         return None
-    if len(s) < 20 or s[4:5] != b"-" or s[7:8] != b"-" or s[10:11] not in (b"T", b"t") or s[13:14] != b":" or s[16:17] != b":":
+    if (
+        len(s) < 20
+        or s[4:5] != b"-"
+        or s[7:8] != b"-"
+        or s[10:11] not in (b"T", b"t")
+        or s[13:14] != b":"
+        or s[16:17] != b":"
+    ):
         return None
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 60):
         return None
@@ -304,6 +312,7 @@ class Core:
         self._ready: list[SpanRecord] = []
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
         self._watermark = 0
+        self._bad_sample: tuple[str, bytes] | None = None
 
     # -- public API
 
@@ -319,6 +328,11 @@ class Core:
     def counters(self) -> dict[str, int]:
         return dict(self._counts)
 
+    def take_bad_sample(self) -> tuple[str, bytes] | None:
+        """The reason and first bytes of the latest skipped line, once (for the log)."""
+        sample, self._bad_sample = self._bad_sample, None
+        return sample
+
     def feed(self, data: bytes, now_ns: int | None = None) -> int:
         """Process whole lines; return how many spans are ready."""
         counts = self._counts
@@ -329,6 +343,7 @@ class Core:
             counts["lines"] += 1
             if len(line) > self.max_line_bytes:
                 counts["oversize"] += 1
+                self._bad(f"line of {len(line)} bytes is over the limit", line)
                 continue
             if prefix and line.startswith(prefix):
                 line = line[len(prefix) :]
@@ -356,22 +371,26 @@ class Core:
         counts = self._counts
         try:
             entry = orjson.loads(line)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
             counts["malformed"] += 1
+            self._bad(f"not JSON ({exc})", line)
             return
         if not isinstance(entry, dict):
             counts["invalid"] += 1
+            self._bad("not a JSON object", line)
             return
         kind = entry.get("type")
         time_text = entry.get("time")
         request = entry.get("request")
         if not isinstance(kind, str) or not isinstance(time_text, str):
             counts["invalid"] += 1
+            self._bad("'type' or 'time' missing or not a string", line)
             return
         if request is None:
             request = {}
         elif not isinstance(request, dict):
             counts["invalid"] += 1
+            self._bad("'request' is not an object", line)
             return
         request_id = request.get("id")
         error = entry.get("error")
@@ -379,10 +398,12 @@ class Core:
             error is not None and not isinstance(error, str)
         ):
             counts["invalid"] += 1
+            self._bad("'request.id' or 'error' is not a string", line)
             return
         time_ns = parse_rfc3339_ns(time_text)
         if time_ns is None:
             counts["invalid"] += 1
+            self._bad("'time' is not RFC 3339", line)
             return
         if kind == "request":
             counts["requests"] += 1
@@ -390,6 +411,7 @@ class Core:
             counts["responses"] += 1
         else:
             counts["unknown_type"] += 1
+            self._bad(f"unknown type {kind[:40]!r}", line)
             return
         if time_ns > self._watermark:
             self._watermark = time_ns
@@ -401,11 +423,20 @@ class Core:
                 return
             if not request_id:
                 counts["no_id"] += 1
+                self._bad("request without request.id", line)
                 return
             key = request_id.encode("utf-8", "surrogatepass")
             keep_attrs = bool(error) or not is_canonical_uuid(key)
             attrs_json = self._attrs_json(entry) if keep_attrs else None
-            self._store(key, request_id, time_ns, (now_ns if now_ns is not None else time_ns) + self.ttl_ns, name, error, attrs_json)
+            self._store(
+                key,
+                request_id,
+                time_ns,
+                (now_ns if now_ns is not None else time_ns) + self.ttl_ns,
+                name,
+                error,
+                attrs_json,
+            )
             return
         attrs_json = self._attrs_json(entry)
         if not request_id:
@@ -419,6 +450,10 @@ class Core:
             return
         end_ns = max(time_ns, pending.start_ns)
         self._emit(pending.trace_id, request_id, name, pending.start_ns, end_ns, error, PAIRED, attrs_json)
+
+    def _bad(self, reason: str, line: bytes) -> None:
+        # Only the head of the line: with log_raw=true, lines hold secrets.
+        self._bad_sample = (reason, line[:BAD_SAMPLE_BYTES])
 
     def _attrs_json(self, entry: dict[str, Any]) -> bytes:
         return dump_attrs(flatten(entry, self.flatten_arrays))
@@ -439,7 +474,9 @@ class Core:
         elif len(self._pending) >= self.max_pending:
             self._pop_oldest(EVICTED)
         self._seq += 1
-        self._pending[key] = _Pending(trace_id_for(key), request_id, time_ns, deadline, self._seq, name, error, attrs_json)
+        self._pending[key] = _Pending(
+            trace_id_for(key), request_id, time_ns, deadline, self._seq, name, error, attrs_json
+        )
         heapq.heappush(self._heap, (deadline, self._seq, key))
 
     def _pop_oldest(self, pairing: int) -> None:
@@ -484,7 +521,18 @@ class Core:
         if pairing != PAIRED:
             attrs_json = with_pairing(attrs_json, pairing)
         self._ready.append(
-            SpanRecord(trace_id, span_id_for(trace_id), 0, name, start_ns, end_ns, error, pairing, request_id, attrs_json)
+            SpanRecord(
+                trace_id,
+                span_id_for(trace_id),
+                0,
+                name,
+                start_ns,
+                end_ns,
+                error,
+                pairing,
+                request_id,
+                attrs_json,
+            )
         )
 
 

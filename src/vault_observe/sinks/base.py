@@ -7,6 +7,7 @@ from typing import Protocol
 
 from ..model import SpanRecord
 
+
 class Sink(Protocol):
     """A destination for spans.
 

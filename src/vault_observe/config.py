@@ -1,0 +1,348 @@
+"""Settings: command-line flags and environment variables -> Config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from . import __version__
+from .errors import ConfigError
+
+DEFAULT_ZIPKIN_URL = "http://localhost:9411/api/v2/spans"
+DEFAULT_OTLP_URL = "http://localhost:4318/v1/traces"
+DEFAULT_HONEYCOMB_HOST = "https://api.honeycomb.io"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One socket to read audit entries from."""
+
+    kind: str  # "unix", "tcp" or "udp"
+    address: str  # unix path, or host
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix://{self.address}"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.kind}://{host}:{self.port}"
+
+
+@dataclass
+class Config:
+    listeners: list[Listener] = field(default_factory=list)
+    socket_mode: int = 0o600
+    input: str | None = None  # a recorded log to replay ("-" = stdin), instead of sockets
+    prefix: str = ""
+    capture: str | None = None
+    # sinks
+    stdout: bool = False
+    zipkin: str | None = None
+    zipkin_encoder: str = "native"
+    honeycomb: bool = False
+    honeycomb_api_key: str = field(default="", repr=False)
+    honeycomb_dataset: str = "vault"
+    honeycomb_api_host: str = DEFAULT_HONEYCOMB_HOST
+    honeycomb_encoder: str = "native"
+    otlp: str | None = None
+    service_name: str = "vault"
+    # core
+    ttl: float = 10.0
+    max_pending: int = 1_000_000
+    max_line_bytes: int = 16 * MiB
+    flatten_arrays: bool = False
+    # workers
+    queue_size: int = 200_000
+    batch_size: int = 1000
+    flush_interval: float = 0.5
+    send_timeout: float = 10.0
+    retry_window: float = 30.0
+    shutdown_timeout: float = 15.0
+    summary_interval: float = 60.0
+    log_level: str = "info"
+
+    def sink_names(self) -> list[str]:
+        names = []
+        if self.stdout:
+            names.append("stdout")
+        if self.zipkin:
+            names.append("zipkin")
+        if self.honeycomb:
+            names.append("honeycomb")
+        if self.otlp:
+            names.append("otlp")
+        return names
+
+
+def parse_listen(text: str) -> Listener:
+    """``unix:///path``, ``tcp://host:port`` or ``udp://host:port``."""
+    parts = urlsplit(text)
+    if parts.scheme == "unix":
+        path = (parts.netloc + parts.path) if parts.netloc else parts.path
+        if not path:
+            raise ConfigError(f"--listen {text!r}: no socket path")
+        return Listener("unix", path)
+    if parts.scheme in ("tcp", "udp"):
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"--listen {text!r}: {exc}") from None
+        if not parts.hostname or port is None:
+            raise ConfigError(f"--listen {text!r}: expected {parts.scheme}://HOST:PORT")
+        return Listener(parts.scheme, parts.hostname, port)
+    raise ConfigError(f"--listen {text!r}: the scheme must be unix://, tcp:// or udp://")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError("an octal file mode such as 0600 or 0660") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError("an octal file mode such as 0600 or 0660")
+    return value
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vault-observe",
+        description="Read the audit log of HashiCorp Vault or OpenBao from a socket audit device "
+        "(or a recorded file) and send one span per request to Zipkin, Honeycomb, OTLP or stdout.",
+        epilog="Commands: 'vault-observe demo [sink flags]' runs a local OpenBao dev server with a "
+        "short workload through the daemon and prints the spans.",
+    )
+    parser.add_argument(
+        "--version", action="store_true", help="print the version and the active core, then exit"
+    )
+    src = parser.add_argument_group("input")
+    src.add_argument(
+        "--socket-path",
+        default=None,
+        metavar="PATH",
+        help="unix stream socket to listen on (default: observe.sock when no other input is given)",
+    )
+    src.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also listen on unix:///PATH, tcp://HOST:PORT or udp://HOST:PORT (repeatable)",
+    )
+    src.add_argument(
+        "--socket-mode",
+        type=_octal_mode,
+        default=0o600,
+        metavar="MODE",
+        help="file mode of unix sockets (default 0600; 0660 lets the socket's group write)",
+    )
+    src.add_argument(
+        "--input",
+        metavar="FILE",
+        help="replay a recorded audit log (the file device's output or a capture; - for stdin) "
+        "to its end, flush and exit; with no sink, only the summary is printed",
+    )
+    src.add_argument(
+        "--prefix", default="", help="the socket device's 'prefix' option, stripped from each line"
+    )
+    src.add_argument(
+        "--capture",
+        metavar="FILE",
+        help="append every whole line received to FILE (debugging; lines may hold secrets with log_raw)",
+    )
+    sinks = parser.add_argument_group("sinks (several at once are fine)")
+    sinks.add_argument("--stdout", action="store_true", help="print one JSON object per span per line")
+    sinks.add_argument(
+        "--zipkin",
+        nargs="?",
+        const=env.get("OTEL_EXPORTER_ZIPKIN_ENDPOINT") or DEFAULT_ZIPKIN_URL,
+        default=None,
+        metavar="URL",
+        help=f"send to Zipkin (default URL $OTEL_EXPORTER_ZIPKIN_ENDPOINT or {DEFAULT_ZIPKIN_URL})",
+    )
+    sinks.add_argument(
+        "--zipkin-encoder",
+        choices=("native", "sdk", "json"),
+        default="native",
+        help="native protobuf encoding (default), the OpenTelemetry SDK exporter, or Zipkin JSON v2",
+    )
+    sinks.add_argument(
+        "--honeycomb", action="store_true", help="send to Honeycomb; the key comes from $HONEYCOMB_API_KEY"
+    )
+    sinks.add_argument(
+        "--honeycomb-dataset",
+        default=env.get("HONEYCOMB_DATASET") or "vault",
+        help="dataset (default $HONEYCOMB_DATASET or vault)",
+    )
+    sinks.add_argument(
+        "--honeycomb-api-host",
+        default=env.get("HONEYCOMB_API_HOST") or DEFAULT_HONEYCOMB_HOST,
+        help=f"API host (default $HONEYCOMB_API_HOST or {DEFAULT_HONEYCOMB_HOST})",
+    )
+    sinks.add_argument(
+        "--honeycomb-encoder",
+        choices=("native", "libhoney"),
+        default="native",
+        help="native batch encoding (default) or the libhoney library",
+    )
+    sinks.add_argument(
+        "--otlp",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="send OTLP/HTTP JSON (default URL from the OTEL_EXPORTER_OTLP_* variables, "
+        f"else {DEFAULT_OTLP_URL})",
+    )
+    sinks.add_argument(
+        "--service-name",
+        default=env.get("OTEL_SERVICE_NAME") or "vault",
+        help="service name of the spans (default $OTEL_SERVICE_NAME or vault)",
+    )
+    core = parser.add_argument_group("processing")
+    core.add_argument(
+        "--ttl",
+        type=_positive_float,
+        default=10.0,
+        help="seconds a request waits for its response (default 10)",
+    )
+    core.add_argument(
+        "--max-pending",
+        type=_positive_int,
+        default=1_000_000,
+        help="requests waiting for a response at most; the oldest is evicted (default 1000000)",
+    )
+    core.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=16 * MiB,
+        help="longer lines are skipped and counted (default 16 MiB)",
+    )
+    core.add_argument(
+        "--flatten-arrays",
+        action="store_true",
+        help="flatten arrays to key.0, key.1, ... instead of one value",
+    )
+    work = parser.add_argument_group("delivery")
+    work.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=200_000,
+        help="spans each sink may hold before new ones are dropped (default 200000)",
+    )
+    work.add_argument("--batch-size", type=_positive_int, default=1000, help="spans per send (default 1000)")
+    work.add_argument(
+        "--flush-interval",
+        type=_positive_float,
+        default=0.5,
+        help="seconds a partial batch waits before it is sent (default 0.5)",
+    )
+    work.add_argument(
+        "--send-timeout", type=_positive_float, default=10.0, help="HTTP timeout per request (default 10)"
+    )
+    work.add_argument(
+        "--retry-window",
+        type=_positive_float,
+        default=30.0,
+        help="seconds a failed batch is retried before its spans are dropped (default 30)",
+    )
+    work.add_argument(
+        "--summary-interval",
+        type=_positive_float,
+        default=60.0,
+        help="seconds between counter summaries in the log (default 60)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env.get("VAULT_OBSERVE_LOG_LEVEL") or "info",
+        choices=("debug", "info", "warning", "error"),
+        help="log level (default info)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    listeners = [parse_listen(text) for text in args.listen]
+    if args.socket_path is not None:
+        listeners.insert(0, Listener("unix", args.socket_path))
+    if args.input is not None and listeners:
+        raise ConfigError("--input replays a file: it cannot be combined with --socket-path or --listen")
+    if args.input is None and not listeners:
+        listeners.append(Listener("unix", "observe.sock"))
+    api_key = env.get("HONEYCOMB_API_KEY", "")
+    if args.honeycomb and not api_key:
+        raise ConfigError("--honeycomb needs the API key in the HONEYCOMB_API_KEY environment variable")
+    otlp = args.otlp
+    if otlp == "":
+        otlp = otlp_endpoint_from_env(env)
+    return Config(
+        listeners=listeners,
+        socket_mode=args.socket_mode,
+        input=args.input,
+        prefix=args.prefix,
+        capture=args.capture,
+        stdout=args.stdout,
+        zipkin=args.zipkin,
+        zipkin_encoder=args.zipkin_encoder,
+        honeycomb=args.honeycomb,
+        honeycomb_api_key=api_key,
+        honeycomb_dataset=args.honeycomb_dataset,
+        honeycomb_api_host=args.honeycomb_api_host,
+        honeycomb_encoder=args.honeycomb_encoder,
+        otlp=otlp,
+        service_name=args.service_name,
+        ttl=args.ttl,
+        max_pending=args.max_pending,
+        max_line_bytes=args.max_line_bytes,
+        flatten_arrays=args.flatten_arrays,
+        queue_size=args.queue_size,
+        batch_size=args.batch_size,
+        flush_interval=args.flush_interval,
+        send_timeout=args.send_timeout,
+        retry_window=args.retry_window,
+        summary_interval=args.summary_interval,
+        log_level=args.log_level,
+    )
+
+
+def otlp_endpoint_from_env(env: Mapping[str, str]) -> str:
+    """The traces URL per the OpenTelemetry exporter specification."""
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if traces:
+        return traces
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if base:
+        return base.rstrip("/") + "/v1/traces"
+    return DEFAULT_OTLP_URL
+
+
+def load_config(
+    argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[Config, argparse.Namespace]:
+    env = os.environ if env is None else env
+    args = build_parser(env).parse_args(list(argv))
+    return config_from_args(args, env), args
+
+
+def version_text(implementation: str, load_error: str | None) -> str:
+    text = f"vault-observe {__version__} (core: {'compiled' if implementation == 'c' else 'pure Python'})"
+    if load_error and implementation != "c":
+        text += f"; compiled core not loaded: {load_error}"
+    return text

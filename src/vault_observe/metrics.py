@@ -1,0 +1,51 @@
+"""The daemon's own counters, gathered in one place and logged as a summary."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .pipeline import Daemon
+
+log = logging.getLogger("vault_observe")
+
+
+class Summary:
+    """Reads every counter of a Daemon: core, framing, sources and each sink."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def counters(self) -> dict[str, Any]:
+        daemon = self._daemon
+        out: dict[str, Any] = dict(daemon.core.counters())
+        out["oversize"] += daemon.framing.oversize
+        out["bytes"] = daemon.framing.bytes
+        out["truncated"] = daemon.framing.truncated
+        out["pending"] = daemon.core.pending
+        source = daemon.source
+        out["connections"] = source.connections_accepted if source is not None else 0
+        out["open_connections"] = source.open_connections if source is not None else 0
+        sinks: dict[str, dict[str, int]] = {}
+        for worker in daemon.workers:
+            stats = dict(worker.counts)
+            stats["queue_depth"] = worker.depth
+            try:
+                for key, value in worker.sink.stats().items():
+                    stats.setdefault(key, value)
+            except Exception:
+                log.debug("stats of %s failed", worker.name, exc_info=True)
+            sinks[worker.name] = stats
+        out["sinks"] = sinks
+        return out
+
+    def log(self, title: str) -> None:
+        log.info("%s: %s", title, format_counters(self.counters()))
+
+
+def format_counters(counters: dict[str, Any]) -> str:
+    parts = [f"{key}={value}" for key, value in counters.items() if key != "sinks"]
+    for name, stats in counters.get("sinks", {}).items():
+        parts.append(f"{name}[" + " ".join(f"{k}={v}" for k, v in stats.items()) + "]")
+    return " ".join(parts)

@@ -1,0 +1,351 @@
+"""The daemon: sources -> core -> per-sink queues and worker threads -> sinks.
+
+The reader (one thread) never waits on a sink. Each sink has its own bounded queue
+and worker thread; when a queue is full, new spans for that sink are dropped and
+counted, so a slow or dead sink never slows the reader or the other sinks. Only a
+file replay, which has no Vault to hold up, waits for room instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from types import FrameType
+from typing import IO, Any
+
+from . import core as core_module
+from .config import Config
+from .framing import FramingCounters
+from .metrics import Summary
+from .model import SpanRecord
+from .ratelog import RateLimitedLog
+from .sinks.base import Sink
+from .sources.file import read_file
+from .sources.sockets import SocketSource
+
+log = logging.getLogger("vault_observe")
+
+POLL_SECONDS = 0.2
+EXPIRE_EVERY_NS = 200_000_000
+BAD_LINE_COUNTERS = ("malformed", "invalid", "oversize", "unknown_type", "no_id")
+
+
+class SinkWorker:
+    """A bounded span queue in front of one sink, drained by its own thread."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        queue_size: int,
+        batch_size: int,
+        flush_interval: float,
+        retry_window: float,
+        block_when_full: bool = False,
+    ) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self._queue: deque[SpanRecord] = deque()
+        self._cond = threading.Condition()
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._retry_window = retry_window
+        self._block_when_full = block_when_full
+        self._closing = False
+        self._final_deadline = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
+        self.counts = {
+            "queued": 0,
+            "delivered": 0,
+            "failed": 0,
+            "dropped_queue_full": 0,
+            "dropped_shutdown": 0,
+        }
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, spans: Sequence[SpanRecord]) -> None:
+        """Queue spans; never blocks unless ``block_when_full`` (file replay)."""
+        with self._cond:
+            queue = self._queue
+            if self._block_when_full:
+                for span in spans:
+                    while len(queue) >= self._queue_size and not self._closing:
+                        self._cond.notify_all()  # wake the worker before waiting for room
+                        self._cond.wait()
+                    queue.append(span)
+                self.counts["queued"] += len(spans)
+            else:
+                room = self._queue_size - len(queue)
+                if room >= len(spans):
+                    queue.extend(spans)
+                    taken = len(spans)
+                else:
+                    taken = max(room, 0)
+                    queue.extend(spans[:taken])
+                    self.counts["dropped_queue_full"] += len(spans) - taken
+                self.counts["queued"] += taken
+            self._cond.notify_all()
+
+    def begin_stop(self, deadline: float) -> None:
+        """Deliver what is queued until ``deadline`` (monotonic), then flush the sink."""
+        with self._cond:
+            self._closing = True
+            self._final_deadline = deadline
+            self._cond.notify_all()
+
+    def join(self) -> None:
+        """Wait for ``begin_stop`` to finish; count what was left and close the sink."""
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, self._final_deadline - time.monotonic()) + 1.0)
+        with self._cond:
+            left = len(self._queue)
+            self._queue.clear()
+            self.counts["dropped_shutdown"] += left
+        if left:
+            log.warning("%s: %d spans not delivered before the shutdown timeout", self.name, left)
+        with contextlib.suppress(Exception):
+            self.sink.close()
+
+    def _next_batch(self) -> list[SpanRecord] | None:
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            if len(self._queue) < self._batch_size and not self._closing:
+                # Let a partial batch fill for at most flush_interval.
+                self._cond.wait_for(
+                    lambda: len(self._queue) >= self._batch_size or self._closing, self._flush_interval
+                )
+            n = min(self._batch_size, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._cond.notify_all()  # room for a blocked replay
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                break
+            deadline = self._final_deadline if self._closing else time.monotonic() + self._retry_window
+            try:
+                failed = self.sink.send(batch, deadline)
+            except Exception:
+                log.exception("%s: send failed unexpectedly; %d spans dropped", self.name, len(batch))
+                failed = len(batch)
+            with self._cond:
+                self.counts["delivered"] += len(batch) - failed
+                self.counts["failed"] += failed
+        try:
+            self.sink.flush(max(0.0, self._final_deadline - time.monotonic()))
+        except Exception:
+            log.exception("%s: flush failed", self.name)
+
+
+class Daemon:
+    """Reads from sockets (or a file), correlates, and feeds the sink workers."""
+
+    def __init__(self, config: Config, sinks: Sequence[Sink] | None = None) -> None:
+        self.config = config
+        self.core = core_module.Core(
+            ttl_s=config.ttl,
+            max_pending=config.max_pending,
+            max_line_bytes=config.max_line_bytes,
+            prefix=config.prefix.encode("utf-8"),
+            flatten_arrays=config.flatten_arrays,
+        )
+        if sinks is None:
+            from .sinks.factory import build_sinks
+
+            sinks = build_sinks(config)
+        self.framing = FramingCounters()
+        self.workers = [
+            SinkWorker(
+                sink,
+                queue_size=config.queue_size,
+                batch_size=config.batch_size,
+                flush_interval=config.flush_interval,
+                retry_window=config.retry_window,
+                block_when_full=config.input is not None,
+            )
+            for sink in sinks
+        ]
+        self.source: SocketSource | None = None
+        self.summary = Summary(self)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._capture: IO[bytes] | None = None
+        self._bad_log = RateLimitedLog(log, 10.0)
+        self._bad_seen = dict.fromkeys((*BAD_LINE_COUNTERS, "truncated"), 0)
+        self.started = threading.Event()  # set once every listener is bound
+        self.result: dict[str, Any] | None = None
+
+    # -- running
+
+    def run(self) -> int:
+        """Serve until SIGINT/SIGTERM (sockets) or the end of the input; return the exit code."""
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            if self.config.input is not None:
+                self.replay()
+            else:
+                self.serve()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return 0
+
+    def start(self) -> None:
+        """Serve in a background thread (for embedding and tests); returns once bound."""
+        self._thread = threading.Thread(target=self.serve, name="reader", daemon=True)
+        self._thread.start()
+        while not self.started.wait(0.05):
+            if not self._thread.is_alive():
+                raise RuntimeError("the daemon failed to start; see the log")
+
+    def stop(self) -> dict[str, Any]:
+        """Stop a daemon started with ``start`` and return the final counters."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join()
+        return self.result or self.summary.counters()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        if self.source is not None:
+            self.source.wake()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: finishing", signal.Signals(signum).name)
+        self.request_stop()
+
+    def serve(self) -> None:
+        config = self.config
+        self._open_capture()
+        source = SocketSource(
+            config.listeners,
+            socket_mode=config.socket_mode,
+            max_line_bytes=config.max_line_bytes,
+            counters=self.framing,
+        )
+        source.open()
+        self.source = source
+        for worker in self.workers:
+            worker.start()
+        self.started.set()
+        core = self.core
+        last_expire = time.monotonic_ns()
+        next_summary = time.monotonic() + config.summary_interval
+        try:
+            while not self._stop.is_set():
+                chunks = source.poll(POLL_SECONDS)
+                now = time.monotonic_ns()
+                for chunk in chunks:
+                    self._feed(chunk, now)
+                if now - last_expire >= EXPIRE_EVERY_NS:
+                    core.expire(now)
+                    last_expire = now
+                self._dispatch()
+                if time.monotonic() >= next_summary:
+                    self.summary.log("summary")
+                    next_summary = time.monotonic() + config.summary_interval
+            # Stop accepting, then take what the open connections already hold.
+            source.stop_accepting()
+            now = time.monotonic_ns()
+            for chunk in source.drain():
+                self._feed(chunk, now)
+        finally:
+            source.close()
+            self._finish()
+
+    def replay(self) -> None:
+        """Read the whole input file, then flush everything."""
+        config = self.config
+        assert config.input is not None
+        self._open_capture()
+        for worker in self.workers:
+            worker.start()
+        self.started.set()
+        core = self.core
+        try:
+            for chunk in read_file(config.input, max_line_bytes=config.max_line_bytes, counters=self.framing):
+                self._feed(chunk, None)
+                core.expire(core.watermark_ns)
+                self._dispatch()
+                if self._stop.is_set():
+                    break
+        finally:
+            self._finish()
+
+    # -- internals
+
+    def _open_capture(self) -> None:
+        if self.config.capture:
+            self._capture = open(self.config.capture, "ab")  # noqa: SIM115 - closed in _finish
+
+    def _feed(self, chunk: bytes, now_ns: int | None) -> None:
+        if self._capture is not None:
+            self._capture.write(chunk)
+        self.core.feed(chunk, now_ns)
+
+    def _dispatch(self) -> None:
+        spans = self.core.drain()
+        if spans:
+            for worker in self.workers:
+                worker.offer(spans)
+        self._report_bad_lines()
+
+    def _report_bad_lines(self) -> None:
+        counts = self.core.counters()
+        counts["truncated"] = self.framing.truncated
+        counts["oversize"] += self.framing.oversize
+        for name, seen in self._bad_seen.items():
+            now = counts[name]
+            if now != seen:
+                self._bad_seen[name] = now
+                sample = self.core.take_bad_sample() if name != "truncated" else None
+                if sample is not None:
+                    reason, head = sample
+                    self._bad_log(
+                        name,
+                        logging.WARNING,
+                        "skipped %d %s line(s) (%d in all); latest: %s, first bytes %r",
+                        now - seen,
+                        name,
+                        now,
+                        reason,
+                        head,
+                    )
+                else:
+                    self._bad_log(
+                        name, logging.WARNING, "skipped %d %s line(s) (%d in all)", now - seen, name, now
+                    )
+
+    def _finish(self) -> None:
+        """End of input or stop: every pending request becomes a span; flush every sink."""
+        self.core.flush()
+        self._dispatch()
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        for worker in self.workers:
+            worker.begin_stop(deadline)
+        for worker in self.workers:
+            worker.join()
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+        self.result = self.summary.counters()
+        self.summary.log("final summary")

@@ -1,0 +1,297 @@
+"""Pieces shared by the sinks: a retrying POST, body compression, wire formatting.
+
+``RetryingPoster`` is the whole failure policy of an HTTP sink: connection errors,
+timeouts, 429 and 5xx are retried with capped exponential backoff (or the server's
+``Retry-After``) until the caller's deadline; any other answer is final. It never
+raises for delivery problems; the sinks log what it returns through ``SafeLog``, a
+rate-limited log that masks every secret (API keys, header values).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import requests
+
+from .. import __version__
+from ..errors import ConfigError
+from ..ratelog import RateLimitedLog
+
+USER_AGENT = f"vault-observe/{__version__}"
+
+
+# ---------------------------------------------------------------- formatting
+
+_last_second: tuple[int, str] = (-1, "")
+
+
+def rfc3339_ns(ns: int) -> str:
+    """Unix nanoseconds as ``YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`` (UTC, always 9 digits)."""
+    global _last_second
+    second, frac = divmod(ns, 1_000_000_000)
+    cached = _last_second  # one tuple read: safe to share between threads
+    if cached[0] == second:
+        prefix = cached[1]
+    else:
+        t = time.gmtime(second)
+        prefix = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        _last_second = (second, prefix)
+    return f"{prefix}.{frac:09d}Z"
+
+
+def duration_ms(start_ns: int, end_ns: int) -> float:
+    """Milliseconds as a float with microsecond precision."""
+    return round((end_ns - start_ns) / 1000) / 1000
+
+
+def json_str(text: str) -> bytes:
+    """A JSON string literal (UTF-8). Lone surrogates, which orjson refuses, are escaped."""
+    try:
+        return orjson.dumps(text)
+    except TypeError:
+        return json.dumps(text).encode("ascii")
+
+
+# ---------------------------------------------------------------- compression
+
+
+class Compressor:
+    """Compress request bodies: ``gzip`` (default), ``zstd`` (when ``zstandard`` is
+    importable; otherwise gzip with a warning) or ``none``."""
+
+    def __init__(self, encoding: str = "gzip", level: int | None = None, logger: logging.Logger | None = None) -> None:
+        encoding = (encoding or "none").lower()
+        if encoding not in ("gzip", "zstd", "none"):
+            raise ConfigError(f"unknown compression {encoding!r} (use gzip, zstd or none)")
+        self._zstd: Any = None
+        if encoding == "zstd":
+            try:
+                import zstandard
+            except ImportError:
+                (logger or logging.getLogger(__name__)).warning(
+                    "zstd compression asked for but the zstandard module is not installed: using gzip"
+                )
+                encoding = "gzip"
+            else:
+                self._zstd = zstandard.ZstdCompressor(level=3 if level is None else level)
+        self.encoding = encoding
+        # Level 1: the sinks share two cores with the reader; size gains above it are small.
+        self.level = 1 if level is None else level
+
+    @property
+    def header(self) -> str | None:
+        """The ``Content-Encoding`` value, None when bodies go uncompressed."""
+        return None if self.encoding == "none" else self.encoding
+
+    def compress(self, body: bytes) -> bytes:
+        if self.encoding == "gzip":
+            return zlib.compress(body, self.level, wbits=31)  # 31: gzip framing
+        if self.encoding == "zstd":
+            data: bytes = self._zstd.compress(body)
+            return data
+        return body
+
+
+def pack(items: Sequence[bytes], max_bytes: int, max_items: int, overhead: int = 2) -> Iterable[list[int]]:
+    """Group item indexes into runs whose joined size (items, commas and ``overhead``
+    bytes of envelope) stays within ``max_bytes`` and ``max_items``.
+
+    An item too large to fit alone still gets its own run: the caller decides.
+    """
+    run: list[int] = []
+    size = overhead
+    for i, item in enumerate(items):
+        extra = len(item) + (1 if run else 0)
+        if run and (size + extra > max_bytes or len(run) >= max_items):
+            yield run
+            run = []
+            size = overhead
+            extra = len(item)
+        run.append(i)
+        size += extra
+    if run:
+        yield run
+
+
+# ---------------------------------------------------------------- retrying POST
+
+
+def is_retryable(status: int) -> bool:
+    """429 and 5xx are worth another try; other answers are final."""
+    return status == 429 or 500 <= status <= 599
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter (so many senders do not retry in step)."""
+
+    initial: float = 0.2
+    maximum: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.2  # a delay is shortened by up to this fraction
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
+        return base * (1.0 - self.jitter * random.random())
+
+
+@dataclass
+class PostResult:
+    """The last answer to a POST after retries."""
+
+    status: int  # HTTP status, 0 when no answer came
+    body: bytes
+    error: str  # "" when ok
+    retryable: bool  # the last failure was transient (the deadline or a close ended the retries)
+    headers: Mapping[str, str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status <= 299
+
+
+# Exceptions after which the same request may well succeed.
+_TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+class SafeLog:
+    """A rate-limited log (per key) that masks every secret it was given."""
+
+    def __init__(self, logger: logging.Logger, secrets: Iterable[str] = (), interval: float = 60.0) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._ratelog = RateLimitedLog(logger, interval)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def __call__(self, key: str, level: int, msg: str, *args: object) -> None:
+        text = msg % args if args else msg
+        self._ratelog(key, level, "%s", self.redact(text))
+
+
+class RetryingPoster:
+    """POST bodies over keep-alive connections, retrying transient failures until a deadline.
+
+    Counters (``requests``, ``retries``, ``bytes``) are kept for the sink's stats.
+    ``close`` cuts short any backoff in progress.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive, not {timeout}")
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.session = session if session is not None else requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        self._closed = threading.Event()
+        self.requests = 0
+        self.retries = 0
+        self.bytes = 0
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], deadline: float) -> PostResult:
+        """POST until a final answer, the deadline or ``close``. Never raises."""
+        attempt = 0
+        while True:
+            if self._closed.is_set():
+                return PostResult(0, b"", "the sink is closed", True)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return PostResult(0, b"", "deadline passed before sending", True)
+            retry_after: float | None = None
+            try:
+                self.requests += 1
+                self.bytes += len(body)
+                resp = self.session.post(url, data=body, headers=headers, timeout=min(self.timeout, remaining))
+            except _TRANSIENT as exc:
+                result = PostResult(0, b"", f"{type(exc).__name__}: {exc}", True)
+            except Exception as exc:  # bad URL, bad header...: another try would fail the same way
+                return PostResult(0, b"", f"{type(exc).__name__}: {exc}", False)
+            else:
+                status = int(resp.status_code)
+                content = bytes(resp.content or b"")
+                result = PostResult(status, content, "" if 200 <= status <= 299 else f"HTTP {status}",
+                                    is_retryable(status), resp.headers)
+                if not is_retryable(status):
+                    return result
+                if status in (429, 503):
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if not self.backoff(attempt, deadline, retry_after):
+                return result
+            attempt += 1
+
+    def backoff(self, attempt: int, deadline: float, retry_after: float | None = None) -> bool:
+        """Sleep before retry number ``attempt + 1``; False (no sleep) when the retry
+        could not start before ``deadline`` or the poster is closing."""
+        delay = self.retry.delay(attempt) if retry_after is None else retry_after
+        if self._closed.is_set() or time.monotonic() + delay >= deadline:
+            return False
+        self.retries += 1
+        return not self._closed.wait(delay)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.session.close()
+
+
+def describe(result: PostResult, limit: int = 200) -> str:
+    """A short text of a failed answer for the log."""
+    if result.status == 0:
+        return result.error
+    snippet = result.body[:limit].decode("utf-8", "replace").strip()
+    return f"HTTP {result.status}" + (f": {snippet}" if snippet else "")
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """``k1=v1,k2=v2`` with URL-encoded keys and values (the OTLP header variables)."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for number, item in enumerate(text.split(","), 1):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = unquote(key).strip().lower()
+        if not sep or not key:
+            # The entry itself is not echoed: it may well be a credential.
+            raise ConfigError(f"header entry {number} is not of the form name=value")
+        out[key] = unquote(value).strip()
+    return out

@@ -1,0 +1,236 @@
+"""OTLP/HTTP JSON sink: ``ExportTraceServiceRequest`` written by hand.
+
+The OpenTelemetry protobuf exporter cannot be installed next to the Zipkin exporter
+(it needs protobuf 4+, the Zipkin one pins protobuf 3), and the JSON mapping is
+small: one resource (``service.name``), one scope (``vault-observe``), one span
+per record with kind SERVER, times as decimal strings, ids as hex, and each
+flattened attribute as an ``AnyValue`` that keeps its JSON type: strings, 64-bit
+integers (as decimal strings, per the mapping), doubles, booleans, arrays as
+``arrayValue`` and objects inside arrays as ``kvlistValue``. A JSON null inside an
+array becomes an empty ``AnyValue``; an integer outside int64 (JSON allows up to
+uint64 here) a ``stringValue`` with its exact decimal text.
+Spans with an error get ``status {code: 2 (ERROR), message}``.
+
+Settings follow the exporter variables: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (as
+is) or ``OTEL_EXPORTER_OTLP_ENDPOINT`` (+ ``/v1/traces``), ``..._HEADERS``
+(``k=v,...``, URL-decoded), ``..._TIMEOUT`` (milliseconds) and ``..._COMPRESSION``
+(``gzip`` or ``none``), trace-specific ones first; arguments override them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import requests
+
+from .. import __version__
+from ..errors import ConfigError
+from ..model import SpanRecord
+from .http import Compressor, RetryingPoster, RetryPolicy, SafeLog, describe, pack, parse_headers
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_SERVICE_NAME = "vault"
+SCOPE_NAME = "vault-observe"
+SPAN_KIND_SERVER = 2
+STATUS_CODE_ERROR = 2
+# Collectors commonly refuse bodies over a few MiB; split well below.
+MAX_BATCH_BYTES = 4_000_000
+MAX_BATCH_SPANS = 512
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+
+def any_value(value: Any) -> dict[str, Any]:
+    """A decoded JSON value as an OTLP ``AnyValue`` (JSON mapping)."""
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bool):  # before int: bool is an int
+        return {"boolValue": value}
+    if isinstance(value, int):
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return {"intValue": str(value)}
+        return {"stringValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, list):
+        return {"arrayValue": {"values": [any_value(item) for item in value]}}
+    if isinstance(value, dict):
+        return {"kvlistValue": {"values": [{"key": str(k), "value": any_value(v)} for k, v in value.items()]}}
+    return {}  # null
+
+
+def attributes(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for key, value in attrs.items():
+        try:
+            converted = any_value(value)
+        except RecursionError:  # absurd nesting: keep the value, as its JSON text
+            converted = {"stringValue": orjson.dumps(value).decode()}
+        out.append({"key": key, "value": converted})
+    return out
+
+
+def encode_span(record: SpanRecord) -> dict[str, Any]:
+    span: dict[str, Any] = {
+        "traceId": record.trace_id.hex(),
+        "spanId": f"{record.span_id:016x}",
+    }
+    if record.parent_span_id:
+        span["parentSpanId"] = f"{record.parent_span_id:016x}"
+    span["name"] = record.name
+    span["kind"] = SPAN_KIND_SERVER
+    span["startTimeUnixNano"] = str(record.start_ns)
+    span["endTimeUnixNano"] = str(record.end_ns)
+    span["attributes"] = attributes(orjson.loads(record.attrs_json))
+    if record.error:
+        span["status"] = {"code": STATUS_CODE_ERROR, "message": record.error}
+    return span
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    """``OTEL_EXPORTER_OTLP_TRACES_<name>``, else ``OTEL_EXPORTER_OTLP_<name>``."""
+    value = environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}")
+    if value is None or not value.strip():
+        value = environ.get(f"OTEL_EXPORTER_OTLP_{name}")
+    return value.strip() if value is not None and value.strip() else None
+
+
+def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str]) -> str:
+    if endpoint:
+        return endpoint
+    traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if traces:
+        return traces
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if base:
+        return base + ("v1/traces" if base.endswith("/") else "/v1/traces")
+    return DEFAULT_ENDPOINT
+
+
+class OtlpSink:
+    """Posts spans as OTLP/HTTP JSON; see the module docstring."""
+
+    name = "otlp"
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        compression: str | None = None,
+        service_name: str = DEFAULT_SERVICE_NAME,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_batch_spans: int = MAX_BATCH_SPANS,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self.endpoint = resolve_endpoint(endpoint, env)
+        if not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"otlp: the endpoint must be an http(s) URL, not {self.endpoint!r}")
+        merged = parse_headers(_env(env, "HEADERS") or "")
+        merged.update({k.lower(): v for k, v in (headers or {}).items()})
+        if timeout is None:
+            text = _env(env, "TIMEOUT")
+            try:
+                timeout = float(text) / 1000 if text else 10.0
+            except ValueError:
+                raise ConfigError(f"otlp: timeout in milliseconds expected, not {text!r}") from None
+        if timeout <= 0:
+            raise ConfigError(f"otlp: timeout must be positive, not {timeout}")
+        compression = compression or _env(env, "COMPRESSION") or "none"
+        if compression.lower() not in ("gzip", "none"):
+            raise ConfigError(f"otlp: compression must be gzip or none, not {compression!r}")
+        if max_batch_bytes < 1024 or max_batch_spans < 1:
+            raise ConfigError("otlp: batch limits too small")
+        self._compressor = Compressor(compression)
+        self._headers = {**merged, "content-type": "application/json"}
+        if self._compressor.header:
+            self._headers["content-encoding"] = self._compressor.header
+        self._poster = RetryingPoster(timeout=timeout, retry=retry, session=session)
+        # Header values often carry credentials: mask them all in the log.
+        self._log = SafeLog(log, secrets=[v for v in merged.values() if len(v) >= 4])
+        self._max_bytes = max_batch_bytes
+        self._max_spans = max_batch_spans
+        resource = orjson.dumps({"attributes": [{"key": "service.name", "value": {"stringValue": service_name}}]})
+        scope = orjson.dumps({"name": SCOPE_NAME, "version": __version__})
+        self._head = b'{"resourceSpans":[{"resource":' + resource + b',"scopeSpans":[{"scope":' + scope + b',"spans":['
+        self._tail = b"]}]}]}"
+        self.sent = 0
+        self.failed = 0
+        self.batches = 0
+
+    def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
+        if not spans:
+            return 0
+        encoded = [orjson.dumps(encode_span(record)) for record in spans]
+        overhead = len(self._head) + len(self._tail)
+        failed = 0
+        for run in pack(encoded, self._max_bytes, self._max_spans, overhead):
+            if len(run) == 1 and len(encoded[run[0]]) + overhead > self._max_bytes:
+                failed += 1
+                self._log("too-large", logging.WARNING, "otlp: dropped a span of %d bytes (batch limit %d)",
+                          len(encoded[run[0]]), self._max_bytes)
+                continue
+            failed += self._post([encoded[i] for i in run], deadline)
+        self.sent += len(spans) - failed
+        self.failed += failed
+        return failed
+
+    def _post(self, spans: list[bytes], deadline: float) -> int:
+        self.batches += 1
+        body = self._compressor.compress(self._head + b",".join(spans) + self._tail)
+        result = self._poster.post(self.endpoint, body, self._headers, deadline)
+        if not result.ok:
+            if result.retryable:
+                self._log("gave-up", logging.WARNING, "otlp: %d spans not delivered to %s by the deadline: %s",
+                          len(spans), self.endpoint, describe(result))
+            else:
+                self._log(f"refused-{result.status}", logging.ERROR, "otlp: %d spans refused by %s: %s",
+                          len(spans), self.endpoint, describe(result))
+            return len(spans)
+        rejected, message = _partial_success(result.body)
+        if rejected:
+            self._log("partial", logging.WARNING, "otlp: the receiver rejected %d of %d spans: %s",
+                      rejected, len(spans), message)
+        return min(rejected, len(spans))
+
+    def flush(self, timeout: float) -> None:
+        pass  # nothing is buffered: ``send`` posts before it returns
+
+    def close(self) -> None:
+        self._poster.close()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "sent": self.sent,
+            "failed": self.failed,
+            "retries": self._poster.retries,
+            "batches": self.batches,
+            "bytes": self._poster.bytes,
+        }
+
+    def __repr__(self) -> str:  # headers may hold credentials: not shown
+        return f"OtlpSink(endpoint={self.endpoint!r})"
+
+
+def _partial_success(body: bytes) -> tuple[int, str]:
+    """``ExportTraceServiceResponse.partialSuccess``: (rejected spans, message)."""
+    if not body.strip():
+        return 0, ""
+    try:
+        reply = orjson.loads(body)
+        partial = reply.get("partialSuccess") or {}
+        rejected = int(partial.get("rejectedSpans") or 0)  # int64: a string in JSON
+        return max(rejected, 0), str(partial.get("errorMessage") or "")
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0, ""  # not JSON (a proxy's text): the export itself succeeded

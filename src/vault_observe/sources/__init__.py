@@ -1,0 +1,1 @@
+"""Where audit lines come from: sockets (unix, tcp, udp) or a recorded file."""
