@@ -12,7 +12,6 @@ from . import __version__
 from .errors import ConfigError
 
 DEFAULT_ZIPKIN_URL = "http://localhost:9411/api/v2/spans"
-DEFAULT_OTLP_URL = "http://localhost:4318/v1/traces"
 DEFAULT_HONEYCOMB_HOST = "https://api.honeycomb.io"
 MiB = 1024 * 1024
 
@@ -48,7 +47,7 @@ class Config:
     honeycomb_dataset: str = "vault"
     honeycomb_api_host: str = DEFAULT_HONEYCOMB_HOST
     honeycomb_encoder: str = "native"
-    otlp: str | None = None
+    otlp: str | None = None  # "" = the URL from the OTEL_EXPORTER_OTLP_* variables
     service_name: str = "vault"
     # core
     ttl: float = 10.0
@@ -59,7 +58,7 @@ class Config:
     queue_size: int = 200_000
     batch_size: int = 1000
     flush_interval: float = 0.5
-    send_timeout: float = 10.0
+    send_timeout: float | None = None  # None: 10 s (OTLP: OTEL_EXPORTER_OTLP_TIMEOUT)
     retry_window: float = 30.0
     shutdown_timeout: float = 15.0
     summary_interval: float = 60.0
@@ -73,7 +72,7 @@ class Config:
             names.append("zipkin")
         if self.honeycomb:
             names.append("honeycomb")
-        if self.otlp:
+        if self.otlp is not None:
             names.append("otlp")
         return names
 
@@ -208,8 +207,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         const="",
         default=None,
         metavar="URL",
-        help="send OTLP/HTTP JSON (default URL from the OTEL_EXPORTER_OTLP_* variables, "
-        f"else {DEFAULT_OTLP_URL})",
+        help="send OTLP/HTTP JSON (default URL from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces; headers, timeout and "
+        "compression from the other OTEL_EXPORTER_OTLP_* variables)",
     )
     sinks.add_argument(
         "--service-name",
@@ -255,7 +255,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a partial batch waits before it is sent (default 0.5)",
     )
     work.add_argument(
-        "--send-timeout", type=_positive_float, default=10.0, help="HTTP timeout per request (default 10)"
+        "--send-timeout",
+        type=_positive_float,
+        default=None,
+        help="HTTP timeout per request in seconds (default 10; OTLP: $OTEL_EXPORTER_OTLP_TIMEOUT)",
     )
     work.add_argument(
         "--retry-window",
@@ -289,9 +292,6 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
     api_key = env.get("HONEYCOMB_API_KEY", "")
     if args.honeycomb and not api_key:
         raise ConfigError("--honeycomb needs the API key in the HONEYCOMB_API_KEY environment variable")
-    otlp = args.otlp
-    if otlp == "":
-        otlp = otlp_endpoint_from_env(env)
     return Config(
         listeners=listeners,
         socket_mode=args.socket_mode,
@@ -306,7 +306,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         honeycomb_dataset=args.honeycomb_dataset,
         honeycomb_api_host=args.honeycomb_api_host,
         honeycomb_encoder=args.honeycomb_encoder,
-        otlp=otlp,
+        otlp=args.otlp,
         service_name=args.service_name,
         ttl=args.ttl,
         max_pending=args.max_pending,
@@ -320,17 +320,6 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         summary_interval=args.summary_interval,
         log_level=args.log_level,
     )
-
-
-def otlp_endpoint_from_env(env: Mapping[str, str]) -> str:
-    """The traces URL per the OpenTelemetry exporter specification."""
-    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    if traces:
-        return traces
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if base:
-        return base.rstrip("/") + "/v1/traces"
-    return DEFAULT_OTLP_URL
 
 
 def load_config(

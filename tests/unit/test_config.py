@@ -80,12 +80,16 @@ def test_honeycomb_needs_the_key_from_the_environment() -> None:
 
 
 def test_otlp_endpoint_from_standard_variables() -> None:
-    config, _ = load_config(["--otlp"], env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"})
-    assert config.otlp == "http://collector:4318/v1/traces"
-    config, _ = load_config(["--otlp"], env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/custom"})
-    assert config.otlp == "http://c:4318/custom"
-    config, _ = load_config(["--otlp", "http://flag/v1/traces"], env={})
-    assert config.otlp == "http://flag/v1/traces"
+    from vault_observe.sinks.factory import build_sinks
+
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}
+    config, _ = load_config(["--otlp"], env=env)
+    assert config.otlp == "" and config.sink_names() == ["otlp"]
+    [sink] = build_sinks(config, environ=env)
+    assert sink.endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
+    config, _ = load_config(["--otlp", "http://flag/v1/traces"], env=env)
+    [sink] = build_sinks(config, environ=env)
+    assert sink.endpoint == "http://flag/v1/traces"  # type: ignore[attr-defined]
 
 
 def test_service_name_from_env_and_flag() -> None:

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 def encode_line(record: SpanRecord) -> bytes:
     """One span as a JSON line (ending in ``\\n``)."""
-    pairing = PAIRING_NAMES[record.pairing] if 0 <= record.pairing < len(PAIRING_NAMES) else str(record.pairing)
+    pairing = (
+        PAIRING_NAMES[record.pairing] if 0 <= record.pairing < len(PAIRING_NAMES) else str(record.pairing)
+    )
     return b"".join(
         (
             b'{"trace_id":"',
