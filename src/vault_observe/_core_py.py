@@ -312,7 +312,7 @@ class Core:
         self._ready: list[SpanRecord] = []
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
         self._watermark = 0
-        self._bad_sample: tuple[str, bytes] | None = None
+        self._bad_samples: dict[str, tuple[str, bytes]] = {}
 
     # -- public API
 
@@ -328,10 +328,10 @@ class Core:
     def counters(self) -> dict[str, int]:
         return dict(self._counts)
 
-    def take_bad_sample(self) -> tuple[str, bytes] | None:
-        """The reason and first bytes of the latest skipped line, once (for the log)."""
-        sample, self._bad_sample = self._bad_sample, None
-        return sample
+    def take_bad_samples(self) -> dict[str, tuple[str, bytes]]:
+        """Per counter, (reason, first bytes) of its latest skipped line since the last call."""
+        samples, self._bad_samples = self._bad_samples, {}
+        return samples
 
     def feed(self, data: bytes, now_ns: int | None = None) -> int:
         """Process whole lines; return how many spans are ready."""
@@ -343,7 +343,7 @@ class Core:
             counts["lines"] += 1
             if len(line) > self.max_line_bytes:
                 counts["oversize"] += 1
-                self._bad(f"line of {len(line)} bytes is over the limit", line)
+                self._bad("oversize", f"line of {len(line)} bytes is over the limit", line)
                 continue
             if prefix and line.startswith(prefix):
                 line = line[len(prefix) :]
@@ -353,6 +353,11 @@ class Core:
     def expire(self, now_ns: int) -> int:
         heap = self._heap
         while heap and heap[0][0] <= now_ns:
+            _deadline, seq, key = heap[0]
+            pending = self._pending.get(key)
+            if pending is None or pending.seq != seq:
+                heapq.heappop(heap)  # stale: answered or replaced
+                continue
             self._pop_oldest(UNANSWERED)
         return len(self._ready)
 
@@ -373,24 +378,24 @@ class Core:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             counts["malformed"] += 1
-            self._bad(f"not JSON ({exc})", line)
+            self._bad("malformed", f"not JSON ({exc})", line)
             return
         if not isinstance(entry, dict):
             counts["invalid"] += 1
-            self._bad("not a JSON object", line)
+            self._bad("invalid", "not a JSON object", line)
             return
         kind = entry.get("type")
         time_text = entry.get("time")
         request = entry.get("request")
         if not isinstance(kind, str) or not isinstance(time_text, str):
             counts["invalid"] += 1
-            self._bad("'type' or 'time' missing or not a string", line)
+            self._bad("invalid", "'type' or 'time' missing or not a string", line)
             return
         if request is None:
             request = {}
         elif not isinstance(request, dict):
             counts["invalid"] += 1
-            self._bad("'request' is not an object", line)
+            self._bad("invalid", "'request' is not an object", line)
             return
         request_id = request.get("id")
         error = entry.get("error")
@@ -398,12 +403,12 @@ class Core:
             error is not None and not isinstance(error, str)
         ):
             counts["invalid"] += 1
-            self._bad("'request.id' or 'error' is not a string", line)
+            self._bad("invalid", "'request.id' or 'error' is not a string", line)
             return
         time_ns = parse_rfc3339_ns(time_text)
         if time_ns is None:
             counts["invalid"] += 1
-            self._bad("'time' is not RFC 3339", line)
+            self._bad("invalid", "'time' is not RFC 3339", line)
             return
         if kind == "request":
             counts["requests"] += 1
@@ -411,7 +416,7 @@ class Core:
             counts["responses"] += 1
         else:
             counts["unknown_type"] += 1
-            self._bad(f"unknown type {kind[:40]!r}", line)
+            self._bad("unknown_type", f"unknown type {kind[:40]!r}", line)
             return
         if time_ns > self._watermark:
             self._watermark = time_ns
@@ -423,7 +428,7 @@ class Core:
                 return
             if not request_id:
                 counts["no_id"] += 1
-                self._bad("request without request.id", line)
+                self._bad("no_id", "request without request.id", line)
                 return
             key = request_id.encode("utf-8", "surrogatepass")
             keep_attrs = bool(error) or not is_canonical_uuid(key)
@@ -451,9 +456,9 @@ class Core:
         end_ns = max(time_ns, pending.start_ns)
         self._emit(pending.trace_id, request_id, name, pending.start_ns, end_ns, error, PAIRED, attrs_json)
 
-    def _bad(self, reason: str, line: bytes) -> None:
+    def _bad(self, counter: str, reason: str, line: bytes) -> None:
         # Only the head of the line: with log_raw=true, lines hold secrets.
-        self._bad_sample = (reason, line[:BAD_SAMPLE_BYTES])
+        self._bad_samples[counter] = (reason, line[:BAD_SAMPLE_BYTES])
 
     def _attrs_json(self, entry: dict[str, Any]) -> bytes:
         return dump_attrs(flatten(entry, self.flatten_arrays))

@@ -313,27 +313,30 @@ class Daemon:
         counts = self.core.counters()
         counts["truncated"] = self.framing.truncated
         counts["oversize"] += self.framing.oversize
+        samples: dict[str, tuple[str, bytes]] | None = None
         for name, seen in self._bad_seen.items():
             now = counts[name]
-            if now != seen:
-                self._bad_seen[name] = now
-                sample = self.core.take_bad_sample() if name != "truncated" else None
-                if sample is not None:
-                    reason, head = sample
-                    self._bad_log(
-                        name,
-                        logging.WARNING,
-                        "skipped %d %s line(s) (%d in all); latest: %s, first bytes %r",
-                        now - seen,
-                        name,
-                        now,
-                        reason,
-                        head,
-                    )
-                else:
-                    self._bad_log(
-                        name, logging.WARNING, "skipped %d %s line(s) (%d in all)", now - seen, name, now
-                    )
+            if now == seen:
+                continue
+            self._bad_seen[name] = now
+            if samples is None:
+                samples = self.core.take_bad_samples()
+            sample = samples.get(name)
+            if sample is not None:
+                self._bad_log(
+                    name,
+                    logging.WARNING,
+                    "skipped %d %s line(s) (%d in all); latest: %s, first bytes %r",
+                    now - seen,
+                    name,
+                    now,
+                    sample[0],
+                    sample[1],
+                )
+            else:
+                self._bad_log(
+                    name, logging.WARNING, "skipped %d %s line(s) (%d in all)", now - seen, name, now
+                )
 
     def _finish(self) -> None:
         """End of input or stop: every pending request becomes a span; flush every sink."""

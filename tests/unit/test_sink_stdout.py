@@ -30,6 +30,7 @@ def check_line(line: bytes, span: SpanRecord) -> None:
         "span_id",
         "name",
         "start",
+        "end",
         "duration_ms",
         "pairing",
         "request_id",
@@ -44,6 +45,7 @@ def check_line(line: bytes, span: SpanRecord) -> None:
     assert obj["span_id"] == f"{span.span_id:016x}"
     assert obj["name"] == span.name
     assert parse_rfc3339_ns(obj["start"]) == span.start_ns
+    assert parse_rfc3339_ns(obj["end"]) == span.end_ns
     assert obj["start"].endswith("Z") and len(obj["start"]) == 30  # nanoseconds, always 9 digits
     assert type(obj["duration_ms"]) is float
     assert obj["duration_ms"] == round((span.end_ns - span.start_ns) / 1000) / 1000
