@@ -148,6 +148,10 @@ class SinkWorker:
             with self._cond:
                 self.counts["delivered"] += len(batch) - failed
                 self.counts["failed"] += failed
+                if failed == 0:
+                    self.failing_since = None
+                elif self.failing_since is None:
+                    self.failing_since = time.monotonic()
         try:
             self.sink.flush(max(0.0, self._final_deadline - time.monotonic()))
         except Exception:
