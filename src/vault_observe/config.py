@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -131,6 +133,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="store_true", help="print the version and the active core, then exit"
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with any of these options (keys are the flag names without '--'); "
+        "flags override environment variables, which override the file",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the settings, print them, and exit (0 when valid)"
+    )
     src = parser.add_argument_group("input")
     src.add_argument(
         "--socket-path",
@@ -187,12 +198,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     sinks.add_argument(
         "--honeycomb-dataset",
-        default=env.get("HONEYCOMB_DATASET") or "vault",
+        default="vault",
         help="dataset (default $HONEYCOMB_DATASET or vault)",
     )
     sinks.add_argument(
         "--honeycomb-api-host",
-        default=env.get("HONEYCOMB_API_HOST") or DEFAULT_HONEYCOMB_HOST,
+        default=DEFAULT_HONEYCOMB_HOST,
         help=f"API host (default $HONEYCOMB_API_HOST or {DEFAULT_HONEYCOMB_HOST})",
     )
     sinks.add_argument(
@@ -213,7 +224,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     sinks.add_argument(
         "--service-name",
-        default=env.get("OTEL_SERVICE_NAME") or "vault",
+        default="vault",
         help="service name of the spans (default $OTEL_SERVICE_NAME or vault)",
     )
     core = parser.add_argument_group("processing")
@@ -274,7 +285,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=env.get("VAULT_OBSERVE_LOG_LEVEL") or "info",
+        default="info",
         choices=("debug", "info", "warning", "error"),
         help="log level (default info)",
     )
@@ -322,12 +333,117 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
     )
 
 
+# Environment variables that set an option (below flags, above the config file).
+ENV_OPTIONS = {
+    "HONEYCOMB_DATASET": "--honeycomb-dataset",
+    "HONEYCOMB_API_HOST": "--honeycomb-api-host",
+    "OTEL_SERVICE_NAME": "--service-name",
+    "VAULT_OBSERVE_LOG_LEVEL": "--log-level",
+}
+NOT_IN_FILE = {"help", "version", "config", "check-config"}
+
+
+def file_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Config file key (the long flag without '--') -> its argparse action."""
+    out = {}
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag[2:] not in NOT_IN_FILE:
+                out[flag[2:]] = action
+    return out
+
+
+def argv_from_file(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """Turn a TOML config file into flags, refusing unknown keys and wrong types."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    options = file_options(parser)
+    argv: list[str] = []
+    for raw_key, value in data.items():
+        key = raw_key.replace("_", "-")
+        action = options.get(key)
+        if action is None:
+            raise ConfigError(f"{path}: unknown option {raw_key!r} (known: {', '.join(sorted(options))})")
+        flag = f"--{key}"
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: {raw_key} must be true or false")
+            if value:
+                argv.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            values = value if isinstance(value, list) else [value]
+            for item in values:
+                if not isinstance(item, str):
+                    raise ConfigError(f"{path}: {raw_key} must be a string or a list of strings")
+                argv += [flag, item]
+        elif action.nargs == "?" and isinstance(value, bool):
+            if value:
+                argv.append(flag)  # e.g. zipkin = true: the default URL
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            argv += [flag, str(value)]
+        else:
+            raise ConfigError(f"{path}: {raw_key} has an unsupported value {value!r}")
+    return argv
+
+
 def load_config(
     argv: Sequence[str], env: Mapping[str, str] | None = None
 ) -> tuple[Config, argparse.Namespace]:
+    """Flags > environment variables > config file > defaults."""
     env = os.environ if env is None else env
-    args = build_parser(env).parse_args(list(argv))
+    parser = build_parser(env)
+    argv = list(argv)
+    cli_args = parser.parse_args(argv)
+    layered: list[str] = []
+    if cli_args.config:
+        from_file = argv_from_file(cli_args.config, parser)
+        # A list given on the command line replaces the file's list instead of adding to it.
+        if cli_args.listen:
+            from_file = _drop_flag(from_file, "--listen")
+        checker = build_parser(env)
+        checker.exit_on_error = False
+        try:
+            checker.parse_args(from_file)
+        except argparse.ArgumentError as exc:
+            raise ConfigError(f"{cli_args.config}: {exc}") from None
+        layered += from_file
+    for name, flag in ENV_OPTIONS.items():
+        if env.get(name):
+            layered += [flag, env[name]]
+    args = parser.parse_args(layered + argv) if layered else cli_args
     return config_from_args(args, env), args
+
+
+def _drop_flag(argv: list[str], flag: str) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        else:
+            out.append(item)
+    return out
+
+
+def describe(config: Config) -> str:
+    """The effective settings, one per line, without secrets (for --check-config)."""
+    lines = []
+    for key, value in dataclasses.asdict(config).items():
+        if key == "honeycomb_api_key":
+            value = "(set)" if value else "(not set)"
+        elif key == "listeners":
+            value = ", ".join(str(Listener(**item)) for item in value) or "(none)"
+        elif key == "socket_mode":
+            value = oct(value)
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines)
 
 
 def version_text(implementation: str, load_error: str | None) -> str:
