@@ -38,6 +38,8 @@ class Config:
     listeners: list[Listener] = field(default_factory=list)
     socket_mode: int = 0o600
     input: str | None = None  # a recorded log to replay ("-" = stdin), instead of sockets
+    follow: bool = False  # keep reading --input as it grows, across rotation
+    checkpoint: str | None = None  # where --follow keeps its position
     prefix: str = ""
     capture: str | None = None
     # sinks
@@ -140,7 +142,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "flags override environment variables, which override the file",
     )
     parser.add_argument(
-        "--check-config", action="store_true", help="validate the settings, print them, and exit (0 when valid)"
+        "--check-config",
+        action="store_true",
+        help="validate the settings, print them, and exit (0 when valid)",
     )
     src = parser.add_argument_group("input")
     src.add_argument(
@@ -298,6 +302,10 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         listeners.insert(0, Listener("unix", args.socket_path))
     if args.input is not None and listeners:
         raise ConfigError("--input replays a file: it cannot be combined with --socket-path or --listen")
+    if args.follow and (args.input is None or args.input == "-"):
+        raise ConfigError("--follow needs --input FILE (a file, not stdin)")
+    if args.checkpoint and not args.follow:
+        raise ConfigError("--checkpoint goes with --follow")
     if args.input is None and not listeners:
         listeners.append(Listener("unix", "observe.sock"))
     api_key = env.get("HONEYCOMB_API_KEY", "")
@@ -307,6 +315,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         listeners=listeners,
         socket_mode=args.socket_mode,
         input=args.input,
+        follow=args.follow,
+        checkpoint=args.checkpoint,
         prefix=args.prefix,
         capture=args.capture,
         stdout=args.stdout,
