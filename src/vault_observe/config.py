@@ -58,6 +58,10 @@ class Config:
     max_pending: int = 1_000_000
     max_line_bytes: int = 16 * MiB
     flatten_arrays: bool = False
+    include: list[str] = field(default_factory=list)  # glob patterns of flattened keys to keep
+    exclude: list[str] = field(default_factory=list)  # ... and to drop
+    sample_rate: int = 1
+    trace_context: bool = True
     # workers
     queue_size: int = 200_000
     batch_size: int = 1000
@@ -177,6 +181,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--prefix", default="", help="the socket device's 'prefix' option, stripped from each line"
     )
     src.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --input FILE: keep reading as the file grows and across rotation (rename or "
+        "copytruncate) until stopped",
+    )
+    src.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="with --follow: keep the position in PATH, written once the spans before it are "
+        "delivered, and resume there after a restart",
+    )
+    src.add_argument(
         "--capture",
         metavar="FILE",
         help="append every whole line received to FILE (debugging; lines may hold secrets with log_raw)",
@@ -254,6 +270,34 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--flatten-arrays",
         action="store_true",
         help="flatten arrays to key.0, key.1, ... instead of one value",
+    )
+    core.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="keep only attributes whose flattened key matches (repeatable; e.g. 'request.*')",
+    )
+    core.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="drop attributes whose flattened key matches (repeatable; e.g. 'response.data.*')",
+    )
+    core.add_argument(
+        "--sample-rate",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="keep 1 in N successful spans, chosen by trace id; error, orphan and unanswered "
+        "spans are always kept (default 1: all)",
+    )
+    core.add_argument(
+        "--no-trace-context",
+        dest="trace_context",
+        action="store_false",
+        help="ignore an audited traceparent header (by default a span joins the caller's trace)",
     )
     work = parser.add_argument_group("delivery")
     work.add_argument(
@@ -333,6 +377,10 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         max_pending=args.max_pending,
         max_line_bytes=args.max_line_bytes,
         flatten_arrays=args.flatten_arrays,
+        include=args.include,
+        exclude=args.exclude,
+        sample_rate=args.sample_rate,
+        trace_context=args.trace_context,
         queue_size=args.queue_size,
         batch_size=args.batch_size,
         flush_interval=args.flush_interval,
@@ -380,7 +428,7 @@ def argv_from_file(path: str, parser: argparse.ArgumentParser) -> list[str]:
         if action is None:
             raise ConfigError(f"{path}: unknown option {raw_key!r} (known: {', '.join(sorted(options))})")
         flag = f"--{key}"
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: {raw_key} must be true or false")
             if value:
@@ -413,8 +461,9 @@ def load_config(
     if cli_args.config:
         from_file = argv_from_file(cli_args.config, parser)
         # A list given on the command line replaces the file's list instead of adding to it.
-        if cli_args.listen:
-            from_file = _drop_flag(from_file, "--listen")
+        for list_flag in ("listen", "include", "exclude"):
+            if getattr(cli_args, list_flag):
+                from_file = _drop_flag(from_file, f"--{list_flag}")
         checker = build_parser(env)
         checker.exit_on_error = False
         try:

@@ -178,6 +178,10 @@ class Daemon:
             max_line_bytes=config.max_line_bytes,
             prefix=config.prefix.encode("utf-8"),
             flatten_arrays=config.flatten_arrays,
+            include=config.include,
+            exclude=config.exclude,
+            sample_rate=config.sample_rate,
+            trace_context=config.trace_context,
         )
         if sinks is None:
             from .sinks.factory import build_sinks

@@ -74,7 +74,10 @@ _EPOCH = datetime.datetime(1970, 1, 1)
 def trace_fields(record: SpanRecord, service_name: str) -> dict[str, Any]:
     """The trace fields of one span's event, as the libhoney encoder adds them."""
     fields: dict[str, Any] = {
-        "trace.trace_id": record.request_id or record.trace_id.hex(),
+        # In the caller's trace (traceparent), else the request id as Vault wrote it.
+        "trace.trace_id": record.trace_id.hex()
+        if record.parent_span_id or not record.request_id
+        else record.request_id,
         "trace.span_id": f"{record.span_id:016x}",
     }
     if record.parent_span_id:
@@ -107,7 +110,7 @@ class EventEncoder:
         error = b""
         if record.error:
             attrs, error = self._error(record)
-        if record.request_id:
+        if record.request_id and not record.parent_span_id:
             trace_id = json_str(record.request_id)
         else:
             trace_id = b'"' + record.trace_id.hex().encode("ascii") + b'"'
@@ -116,7 +119,7 @@ class EventEncoder:
             (
                 b'{"time":"',
                 rfc3339_ns(record.start_ns).encode("ascii"),
-                b'","samplerate":1,"data":',
+                b'","samplerate":%d,"data":' % record.sample_rate,
                 # Attributes first, trace fields after: a JSON reader keeps the last of
                 # duplicate keys, so on a clash (not seen in Vault's output) the trace
                 # fields win, as in the libhoney encoder.
@@ -344,9 +347,12 @@ class _NativeSender:
 class _Pending:
     """A span on its way through libhoney (the event's metadata)."""
 
-    __slots__ = ("attempt", "created_at", "deadline", "fields")
+    __slots__ = ("attempt", "created_at", "deadline", "fields", "sample_rate")
 
-    def __init__(self, fields: dict[str, Any], created_at: datetime.datetime, deadline: float) -> None:
+    def __init__(
+        self, fields: dict[str, Any], created_at: datetime.datetime, deadline: float, sample_rate: int = 1
+    ) -> None:
+        self.sample_rate = sample_rate
         self.fields = fields
         self.created_at = created_at
         self.deadline = deadline
@@ -457,7 +463,9 @@ class _LibhoneySender:
                     continue
                 self._outstanding += 1
             created_at = _EPOCH + datetime.timedelta(microseconds=record.start_ns // 1000)
-            self._queue(_Pending(event_fields(record, self._service_name), created_at, deadline))
+            self._queue(
+                _Pending(event_fields(record, self._service_name), created_at, deadline, record.sample_rate)
+            )
         if refused:
             self._log(
                 "full",
@@ -471,6 +479,7 @@ class _LibhoneySender:
         event = self._client.new_event()
         event.add(pending.fields)
         event.created_at = pending.created_at  # naive UTC: libhoney appends "Z"
+        event.sample_rate = pending.sample_rate
         event.add_metadata(pending)
         event.send_presampled()
 
