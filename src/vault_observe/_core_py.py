@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
@@ -62,10 +64,12 @@ COUNTER_NAMES = (
     "invalid",
     "unknown_type",
     "oversize",
+    "sampled_out",
 )
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _LOWER_HEX = frozenset(b"0123456789abcdef")
+_LOWER_HEX_STR = frozenset("0123456789abcdef")
 _DASHES = (8, 13, 18, 23)
 
 
@@ -128,6 +132,68 @@ def span_id_for(trace_id: bytes) -> int:
     lo = int.from_bytes(trace_id[8:], "big")
     rot = ((lo << 32) | (lo >> 32)) & MASK64
     return splitmix64(hi ^ rot) or 1
+
+
+def sample_hash(trace_id: bytes) -> int:
+    """A well-mixed 64-bit value of a trace id, for sampling decisions."""
+    return splitmix64(int.from_bytes(trace_id[:8], "big") ^ int.from_bytes(trace_id[8:], "big"))
+
+
+def parse_traceparent(value: Any) -> tuple[bytes, int] | None:
+    """(trace id, parent span id) of a W3C ``traceparent`` value, else None.
+
+    Vault audits request headers as arrays of strings; the first one counts. A
+    header audited with hmac=true is an HMAC string and is ignored.
+    """
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if not isinstance(value, str) or len(value) < 55:
+        return None
+    parts = value.split("-")
+    if len(parts) < 4:
+        return None
+    version, trace_hex, parent_hex, flags = parts[0], parts[1], parts[2], parts[3]
+    if (
+        len(version) != 2
+        or len(trace_hex) != 32
+        or len(parent_hex) != 16
+        or len(flags) != 2
+        or not all(c in _LOWER_HEX_STR for c in version + trace_hex + parent_hex + flags)
+        or version == "ff"
+        or (version == "00" and len(parts) != 4)
+    ):
+        return None
+    trace_id = bytes.fromhex(trace_hex)
+    parent_id = int(parent_hex, 16)
+    if not any(trace_id) or parent_id == 0:
+        return None
+    return trace_id, parent_id
+
+
+class KeyFilter:
+    """``--include``/``--exclude``: glob patterns (fnmatch, case-sensitive) on flattened keys.
+
+    With include patterns, only matching keys are kept; then excluded keys are dropped.
+    Decisions are cached per key (keys repeat across entries), in a bounded cache.
+    """
+
+    CACHE_SIZE = 65536
+
+    def __init__(self, include: Sequence[str], exclude: Sequence[str]) -> None:
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self._cache: dict[str, bool] = {}
+
+    def keep(self, key: str) -> bool:
+        decision = self._cache.get(key)
+        if decision is None:
+            decision = (not self.include or any(fnmatchcase(key, p) for p in self.include)) and not any(
+                fnmatchcase(key, p) for p in self.exclude
+            )
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = decision
+        return decision
 
 
 # ---------------------------------------------------------------- time
@@ -262,7 +328,17 @@ def with_pairing(attrs_json: bytes, pairing: int) -> bytes:
 
 
 class _Pending:
-    __slots__ = ("attrs_json", "deadline", "error", "name", "request_id", "seq", "start_ns", "trace_id")
+    __slots__ = (
+        "attrs_json",
+        "deadline",
+        "error",
+        "name",
+        "parent",
+        "request_id",
+        "seq",
+        "start_ns",
+        "trace_id",
+    )
 
     def __init__(
         self,
@@ -274,8 +350,9 @@ class _Pending:
         name: str,
         error: str,
         attrs_json: bytes | None,
+        parent: tuple[bytes, int] | None,
     ) -> None:
-        self.trace_id = trace_id
+        self.trace_id = trace_id  # the id's own 16 bytes (UUID or hash)
         self.request_id = request_id
         self.start_ns = start_ns
         self.deadline = deadline
@@ -283,6 +360,7 @@ class _Pending:
         self.name = name
         self.error = error
         self.attrs_json = attrs_json
+        self.parent = parent  # (trace id, parent span id) from a traceparent header
 
 
 class Core:
@@ -298,9 +376,18 @@ class Core:
         max_line_bytes: int = 16 * 1024 * 1024,
         prefix: bytes = b"",
         flatten_arrays: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        sample_rate: int = 1,
+        trace_context: bool = True,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        if sample_rate < 1:
+            raise ValueError("sample_rate must be at least 1")
+        self.key_filter = KeyFilter(include, exclude) if include or exclude else None
+        self.sample_rate = sample_rate
+        self.trace_context = trace_context
         self.ttl_ns = int(ttl_s * 1_000_000_000)
         self.max_pending = max_pending
         self.max_line_bytes = max_line_bytes
@@ -312,7 +399,7 @@ class Core:
         self._ready: list[SpanRecord] = []
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
         self._watermark = 0
-        self._bad_sample: tuple[str, bytes] | None = None
+        self._bad_samples: dict[str, tuple[str, bytes]] = {}
 
     # -- public API
 
@@ -328,10 +415,10 @@ class Core:
     def counters(self) -> dict[str, int]:
         return dict(self._counts)
 
-    def take_bad_sample(self) -> tuple[str, bytes] | None:
-        """The reason and first bytes of the latest skipped line, once (for the log)."""
-        sample, self._bad_sample = self._bad_sample, None
-        return sample
+    def take_bad_samples(self) -> dict[str, tuple[str, bytes]]:
+        """Per counter, (reason, first bytes) of its latest skipped line since the last call."""
+        samples, self._bad_samples = self._bad_samples, {}
+        return samples
 
     def feed(self, data: bytes, now_ns: int | None = None) -> int:
         """Process whole lines; return how many spans are ready."""
@@ -343,7 +430,7 @@ class Core:
             counts["lines"] += 1
             if len(line) > self.max_line_bytes:
                 counts["oversize"] += 1
-                self._bad(f"line of {len(line)} bytes is over the limit", line)
+                self._bad("oversize", f"line of {len(line)} bytes is over the limit", line)
                 continue
             if prefix and line.startswith(prefix):
                 line = line[len(prefix) :]
@@ -353,6 +440,11 @@ class Core:
     def expire(self, now_ns: int) -> int:
         heap = self._heap
         while heap and heap[0][0] <= now_ns:
+            _deadline, seq, key = heap[0]
+            pending = self._pending.get(key)
+            if pending is None or pending.seq != seq:
+                heapq.heappop(heap)  # stale: answered or replaced
+                continue
             self._pop_oldest(UNANSWERED)
         return len(self._ready)
 
@@ -373,24 +465,24 @@ class Core:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             counts["malformed"] += 1
-            self._bad(f"not JSON ({exc})", line)
+            self._bad("malformed", f"not JSON ({exc})", line)
             return
         if not isinstance(entry, dict):
             counts["invalid"] += 1
-            self._bad("not a JSON object", line)
+            self._bad("invalid", "not a JSON object", line)
             return
         kind = entry.get("type")
         time_text = entry.get("time")
         request = entry.get("request")
         if not isinstance(kind, str) or not isinstance(time_text, str):
             counts["invalid"] += 1
-            self._bad("'type' or 'time' missing or not a string", line)
+            self._bad("invalid", "'type' or 'time' missing or not a string", line)
             return
         if request is None:
             request = {}
         elif not isinstance(request, dict):
             counts["invalid"] += 1
-            self._bad("'request' is not an object", line)
+            self._bad("invalid", "'request' is not an object", line)
             return
         request_id = request.get("id")
         error = entry.get("error")
@@ -398,12 +490,12 @@ class Core:
             error is not None and not isinstance(error, str)
         ):
             counts["invalid"] += 1
-            self._bad("'request.id' or 'error' is not a string", line)
+            self._bad("invalid", "'request.id' or 'error' is not a string", line)
             return
         time_ns = parse_rfc3339_ns(time_text)
         if time_ns is None:
             counts["invalid"] += 1
-            self._bad("'time' is not RFC 3339", line)
+            self._bad("invalid", "'time' is not RFC 3339", line)
             return
         if kind == "request":
             counts["requests"] += 1
@@ -411,7 +503,7 @@ class Core:
             counts["responses"] += 1
         else:
             counts["unknown_type"] += 1
-            self._bad(f"unknown type {kind[:40]!r}", line)
+            self._bad("unknown_type", f"unknown type {kind[:40]!r}", line)
             return
         if time_ns > self._watermark:
             self._watermark = time_ns
@@ -423,7 +515,7 @@ class Core:
                 return
             if not request_id:
                 counts["no_id"] += 1
-                self._bad("request without request.id", line)
+                self._bad("no_id", "request without request.id", line)
                 return
             key = request_id.encode("utf-8", "surrogatepass")
             keep_attrs = bool(error) or not is_canonical_uuid(key)
@@ -436,27 +528,44 @@ class Core:
                 name,
                 error,
                 attrs_json,
+                self._parent(request),
             )
             return
         attrs_json = self._attrs_json(entry)
+        parent = self._parent(request)
         if not request_id:
-            trace_id = trace_id_for(line)
-            self._emit(trace_id, "", name, time_ns, time_ns, error, ORPHAN, attrs_json)
+            self._emit(trace_id_for(line), "", name, time_ns, time_ns, error, ORPHAN, attrs_json, parent)
             return
         key = request_id.encode("utf-8", "surrogatepass")
         pending = self._pending.pop(key, None)
         if pending is None:
-            self._emit(trace_id_for(key), request_id, name, time_ns, time_ns, error, ORPHAN, attrs_json)
+            self._emit(
+                trace_id_for(key), request_id, name, time_ns, time_ns, error, ORPHAN, attrs_json, parent
+            )
             return
         end_ns = max(time_ns, pending.start_ns)
-        self._emit(pending.trace_id, request_id, name, pending.start_ns, end_ns, error, PAIRED, attrs_json)
+        self._emit(
+            pending.trace_id, request_id, name, pending.start_ns, end_ns, error, PAIRED, attrs_json, parent
+        )
 
-    def _bad(self, reason: str, line: bytes) -> None:
+    def _parent(self, request: dict[str, Any]) -> tuple[bytes, int] | None:
+        if not self.trace_context:
+            return None
+        headers = request.get("headers")
+        if not isinstance(headers, dict):
+            return None
+        return parse_traceparent(headers.get("traceparent"))
+
+    def _bad(self, counter: str, reason: str, line: bytes) -> None:
         # Only the head of the line: with log_raw=true, lines hold secrets.
-        self._bad_sample = (reason, line[:BAD_SAMPLE_BYTES])
+        self._bad_samples[counter] = (reason, line[:BAD_SAMPLE_BYTES])
 
     def _attrs_json(self, entry: dict[str, Any]) -> bytes:
-        return dump_attrs(flatten(entry, self.flatten_arrays))
+        attrs = flatten(entry, self.flatten_arrays)
+        if self.key_filter is not None:
+            keep = self.key_filter.keep
+            attrs = {key: value for key, value in attrs.items() if keep(key)}
+        return dump_attrs(attrs)
 
     def _store(
         self,
@@ -467,6 +576,7 @@ class Core:
         name: str,
         error: str,
         attrs_json: bytes | None,
+        parent: tuple[bytes, int] | None,
     ) -> None:
         if key in self._pending:
             self._counts["duplicates"] += 1
@@ -475,7 +585,7 @@ class Core:
             self._pop_oldest(EVICTED)
         self._seq += 1
         self._pending[key] = _Pending(
-            trace_id_for(key), request_id, time_ns, deadline, self._seq, name, error, attrs_json
+            trace_id_for(key), request_id, time_ns, deadline, self._seq, name, error, attrs_json, parent
         )
         heapq.heappush(self._heap, (deadline, self._seq, key))
 
@@ -501,12 +611,13 @@ class Core:
                 pending.error,
                 pairing,
                 attrs,
+                pending.parent,
             )
             return
 
     def _emit(
         self,
-        trace_id: bytes,
+        id_bytes: bytes,
         request_id: str,
         name: str,
         start_ns: int,
@@ -514,17 +625,28 @@ class Core:
         error: str,
         pairing: int,
         attrs_json: bytes,
+        parent: tuple[bytes, int] | None,
     ) -> None:
+        """``id_bytes``: the request id's 16 bytes; the span id comes from them even when a
+        traceparent header puts the span into the caller's trace."""
         counts = self._counts
-        counts["spans"] += 1
         counts[("paired", "orphans", "unanswered", "evicted")[pairing]] += 1
+        sample_rate = 1
+        if self.sample_rate > 1 and pairing == PAIRED and not error:
+            # Keep 1 in N successful spans, by trace id so the choice is stable; errors always.
+            trace_id = parent[0] if parent is not None else id_bytes
+            if sample_hash(trace_id) % self.sample_rate:
+                counts["sampled_out"] += 1
+                return
+            sample_rate = self.sample_rate
+        counts["spans"] += 1
         if pairing != PAIRED:
             attrs_json = with_pairing(attrs_json, pairing)
         self._ready.append(
             SpanRecord(
-                trace_id,
-                span_id_for(trace_id),
-                0,
+                parent[0] if parent is not None else id_bytes,
+                span_id_for(id_bytes),
+                parent[1] if parent is not None else 0,
                 name,
                 start_ns,
                 end_ns,
@@ -532,6 +654,7 @@ class Core:
                 pairing,
                 request_id,
                 attrs_json,
+                sample_rate,
             )
         )
 

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from . import core
-from .config import load_config, version_text
-from .errors import ConfigError
+from .config import Config, describe, load_config, version_text
+from .errors import ConfigError, SinkError
 
 log = logging.getLogger("vault_observe")
 
@@ -34,13 +34,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         print(version_text(core.IMPLEMENTATION, core.LOAD_ERROR))
         return 0
+    if args.check_config:
+        return check_config(config)
     setup_logging(config.log_level)
     if core.IMPLEMENTATION != "c":
         log.warning("running on the pure-Python core (%s): expect far lower throughput", core.LOAD_ERROR)
     if demo:
         from .demo import run_demo
 
-        return run_demo(config)
+        code: int = run_demo(config)
+        return code
     from .pipeline import Daemon
 
     try:
@@ -53,3 +56,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         log.error("%s", exc)
         return 1
+
+
+def check_config(config: Config) -> int:
+    """Validate everything that can be checked without starting: settings and sinks."""
+    from .sinks.factory import build_sinks
+
+    try:
+        sinks = build_sinks(config)
+    except (ConfigError, SinkError) as exc:
+        sys.stderr.write(f"vault-observe: error: {exc}\n")
+        return 2
+    for sink in sinks:
+        sink.close()
+    print(describe(config))
+    print(f"sinks = {', '.join(config.sink_names()) or '(none)'}")
+    print("configuration is valid")
+    return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -12,7 +14,6 @@ from . import __version__
 from .errors import ConfigError
 
 DEFAULT_ZIPKIN_URL = "http://localhost:9411/api/v2/spans"
-DEFAULT_OTLP_URL = "http://localhost:4318/v1/traces"
 DEFAULT_HONEYCOMB_HOST = "https://api.honeycomb.io"
 MiB = 1024 * 1024
 
@@ -37,6 +38,8 @@ class Config:
     listeners: list[Listener] = field(default_factory=list)
     socket_mode: int = 0o600
     input: str | None = None  # a recorded log to replay ("-" = stdin), instead of sockets
+    follow: bool = False  # keep reading --input as it grows, across rotation
+    checkpoint: str | None = None  # where --follow keeps its position
     prefix: str = ""
     capture: str | None = None
     # sinks
@@ -48,18 +51,22 @@ class Config:
     honeycomb_dataset: str = "vault"
     honeycomb_api_host: str = DEFAULT_HONEYCOMB_HOST
     honeycomb_encoder: str = "native"
-    otlp: str | None = None
+    otlp: str | None = None  # "" = the URL from the OTEL_EXPORTER_OTLP_* variables
     service_name: str = "vault"
     # core
     ttl: float = 10.0
     max_pending: int = 1_000_000
     max_line_bytes: int = 16 * MiB
     flatten_arrays: bool = False
+    include: list[str] = field(default_factory=list)  # glob patterns of flattened keys to keep
+    exclude: list[str] = field(default_factory=list)  # ... and to drop
+    sample_rate: int = 1
+    trace_context: bool = True
     # workers
     queue_size: int = 200_000
     batch_size: int = 1000
     flush_interval: float = 0.5
-    send_timeout: float = 10.0
+    send_timeout: float | None = None  # None: 10 s (OTLP: OTEL_EXPORTER_OTLP_TIMEOUT)
     retry_window: float = 30.0
     shutdown_timeout: float = 15.0
     summary_interval: float = 60.0
@@ -73,7 +80,7 @@ class Config:
             names.append("zipkin")
         if self.honeycomb:
             names.append("honeycomb")
-        if self.otlp:
+        if self.otlp is not None:
             names.append("otlp")
         return names
 
@@ -132,6 +139,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="store_true", help="print the version and the active core, then exit"
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with any of these options (keys are the flag names without '--'); "
+        "flags override environment variables, which override the file",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the settings, print them, and exit (0 when valid)",
+    )
     src = parser.add_argument_group("input")
     src.add_argument(
         "--socket-path",
@@ -163,6 +181,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--prefix", default="", help="the socket device's 'prefix' option, stripped from each line"
     )
     src.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --input FILE: keep reading as the file grows and across rotation (rename or "
+        "copytruncate) until stopped",
+    )
+    src.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="with --follow: keep the position in PATH, written once the spans before it are "
+        "delivered, and resume there after a restart",
+    )
+    src.add_argument(
         "--capture",
         metavar="FILE",
         help="append every whole line received to FILE (debugging; lines may hold secrets with log_raw)",
@@ -188,12 +218,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     sinks.add_argument(
         "--honeycomb-dataset",
-        default=env.get("HONEYCOMB_DATASET") or "vault",
+        default="vault",
         help="dataset (default $HONEYCOMB_DATASET or vault)",
     )
     sinks.add_argument(
         "--honeycomb-api-host",
-        default=env.get("HONEYCOMB_API_HOST") or DEFAULT_HONEYCOMB_HOST,
+        default=DEFAULT_HONEYCOMB_HOST,
         help=f"API host (default $HONEYCOMB_API_HOST or {DEFAULT_HONEYCOMB_HOST})",
     )
     sinks.add_argument(
@@ -208,12 +238,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         const="",
         default=None,
         metavar="URL",
-        help="send OTLP/HTTP JSON (default URL from the OTEL_EXPORTER_OTLP_* variables, "
-        f"else {DEFAULT_OTLP_URL})",
+        help="send OTLP/HTTP JSON (default URL from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces; headers, timeout and "
+        "compression from the other OTEL_EXPORTER_OTLP_* variables)",
     )
     sinks.add_argument(
         "--service-name",
-        default=env.get("OTEL_SERVICE_NAME") or "vault",
+        default="vault",
         help="service name of the spans (default $OTEL_SERVICE_NAME or vault)",
     )
     core = parser.add_argument_group("processing")
@@ -240,6 +271,34 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="flatten arrays to key.0, key.1, ... instead of one value",
     )
+    core.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="keep only attributes whose flattened key matches (repeatable; e.g. 'request.*')",
+    )
+    core.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="drop attributes whose flattened key matches (repeatable; e.g. 'response.data.*')",
+    )
+    core.add_argument(
+        "--sample-rate",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="keep 1 in N successful spans, chosen by trace id; error, orphan and unanswered "
+        "spans are always kept (default 1: all)",
+    )
+    core.add_argument(
+        "--no-trace-context",
+        dest="trace_context",
+        action="store_false",
+        help="ignore an audited traceparent header (by default a span joins the caller's trace)",
+    )
     work = parser.add_argument_group("delivery")
     work.add_argument(
         "--queue-size",
@@ -255,7 +314,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a partial batch waits before it is sent (default 0.5)",
     )
     work.add_argument(
-        "--send-timeout", type=_positive_float, default=10.0, help="HTTP timeout per request (default 10)"
+        "--send-timeout",
+        type=_positive_float,
+        default=None,
+        help="HTTP timeout per request in seconds (default 10; OTLP: $OTEL_EXPORTER_OTLP_TIMEOUT)",
     )
     work.add_argument(
         "--retry-window",
@@ -271,7 +333,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=env.get("VAULT_OBSERVE_LOG_LEVEL") or "info",
+        default="info",
         choices=("debug", "info", "warning", "error"),
         help="log level (default info)",
     )
@@ -284,18 +346,21 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         listeners.insert(0, Listener("unix", args.socket_path))
     if args.input is not None and listeners:
         raise ConfigError("--input replays a file: it cannot be combined with --socket-path or --listen")
+    if args.follow and (args.input is None or args.input == "-"):
+        raise ConfigError("--follow needs --input FILE (a file, not stdin)")
+    if args.checkpoint and not args.follow:
+        raise ConfigError("--checkpoint goes with --follow")
     if args.input is None and not listeners:
         listeners.append(Listener("unix", "observe.sock"))
     api_key = env.get("HONEYCOMB_API_KEY", "")
     if args.honeycomb and not api_key:
         raise ConfigError("--honeycomb needs the API key in the HONEYCOMB_API_KEY environment variable")
-    otlp = args.otlp
-    if otlp == "":
-        otlp = otlp_endpoint_from_env(env)
     return Config(
         listeners=listeners,
         socket_mode=args.socket_mode,
         input=args.input,
+        follow=args.follow,
+        checkpoint=args.checkpoint,
         prefix=args.prefix,
         capture=args.capture,
         stdout=args.stdout,
@@ -306,12 +371,16 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         honeycomb_dataset=args.honeycomb_dataset,
         honeycomb_api_host=args.honeycomb_api_host,
         honeycomb_encoder=args.honeycomb_encoder,
-        otlp=otlp,
+        otlp=args.otlp,
         service_name=args.service_name,
         ttl=args.ttl,
         max_pending=args.max_pending,
         max_line_bytes=args.max_line_bytes,
         flatten_arrays=args.flatten_arrays,
+        include=args.include,
+        exclude=args.exclude,
+        sample_rate=args.sample_rate,
+        trace_context=args.trace_context,
         queue_size=args.queue_size,
         batch_size=args.batch_size,
         flush_interval=args.flush_interval,
@@ -322,23 +391,118 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
     )
 
 
-def otlp_endpoint_from_env(env: Mapping[str, str]) -> str:
-    """The traces URL per the OpenTelemetry exporter specification."""
-    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    if traces:
-        return traces
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if base:
-        return base.rstrip("/") + "/v1/traces"
-    return DEFAULT_OTLP_URL
+# Environment variables that set an option (below flags, above the config file).
+ENV_OPTIONS = {
+    "HONEYCOMB_DATASET": "--honeycomb-dataset",
+    "HONEYCOMB_API_HOST": "--honeycomb-api-host",
+    "OTEL_SERVICE_NAME": "--service-name",
+    "VAULT_OBSERVE_LOG_LEVEL": "--log-level",
+}
+NOT_IN_FILE = {"help", "version", "config", "check-config"}
+
+
+def file_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Config file key (the long flag without '--') -> its argparse action."""
+    out = {}
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag[2:] not in NOT_IN_FILE:
+                out[flag[2:]] = action
+    return out
+
+
+def argv_from_file(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """Turn a TOML config file into flags, refusing unknown keys and wrong types."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    options = file_options(parser)
+    argv: list[str] = []
+    for raw_key, value in data.items():
+        key = raw_key.replace("_", "-")
+        action = options.get(key)
+        if action is None:
+            raise ConfigError(f"{path}: unknown option {raw_key!r} (known: {', '.join(sorted(options))})")
+        flag = f"--{key}"
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: {raw_key} must be true or false")
+            if value:
+                argv.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            values = value if isinstance(value, list) else [value]
+            for item in values:
+                if not isinstance(item, str):
+                    raise ConfigError(f"{path}: {raw_key} must be a string or a list of strings")
+                argv += [flag, item]
+        elif action.nargs == "?" and isinstance(value, bool):
+            if value:
+                argv.append(flag)  # e.g. zipkin = true: the default URL
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            argv += [flag, str(value)]
+        else:
+            raise ConfigError(f"{path}: {raw_key} has an unsupported value {value!r}")
+    return argv
 
 
 def load_config(
     argv: Sequence[str], env: Mapping[str, str] | None = None
 ) -> tuple[Config, argparse.Namespace]:
+    """Flags > environment variables > config file > defaults."""
     env = os.environ if env is None else env
-    args = build_parser(env).parse_args(list(argv))
+    parser = build_parser(env)
+    argv = list(argv)
+    cli_args = parser.parse_args(argv)
+    layered: list[str] = []
+    if cli_args.config:
+        from_file = argv_from_file(cli_args.config, parser)
+        # A list given on the command line replaces the file's list instead of adding to it.
+        for list_flag in ("listen", "include", "exclude"):
+            if getattr(cli_args, list_flag):
+                from_file = _drop_flag(from_file, f"--{list_flag}")
+        checker = build_parser(env)
+        checker.exit_on_error = False
+        try:
+            checker.parse_args(from_file)
+        except argparse.ArgumentError as exc:
+            raise ConfigError(f"{cli_args.config}: {exc}") from None
+        layered += from_file
+    for name, flag in ENV_OPTIONS.items():
+        if env.get(name):
+            layered += [flag, env[name]]
+    args = parser.parse_args(layered + argv) if layered else cli_args
     return config_from_args(args, env), args
+
+
+def _drop_flag(argv: list[str], flag: str) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        else:
+            out.append(item)
+    return out
+
+
+def describe(config: Config) -> str:
+    """The effective settings, one per line, without secrets (for --check-config)."""
+    lines = []
+    for key, value in dataclasses.asdict(config).items():
+        if key == "honeycomb_api_key":
+            value = "(set)" if value else "(not set)"
+        elif key == "listeners":
+            value = ", ".join(str(Listener(**item)) for item in value) or "(none)"
+        elif key == "socket_mode":
+            value = oct(value)
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines)
 
 
 def version_text(implementation: str, load_error: str | None) -> str:

@@ -36,6 +36,7 @@ class SpanRecord:
         "pairing",
         "parent_span_id",
         "request_id",
+        "sample_rate",
         "span_id",
         "start_ns",
         "trace_id",
@@ -53,6 +54,7 @@ class SpanRecord:
         pairing: int,
         request_id: str,
         attrs_json: bytes,
+        sample_rate: int = 1,
     ) -> None:
         self.trace_id = trace_id  # 16 bytes: the request id's UUID bytes, or a hash
         self.span_id = span_id  # 1 .. 2**64-1
@@ -64,6 +66,7 @@ class SpanRecord:
         self.pairing = pairing
         self.request_id = request_id  # as written by Vault, "" when absent
         self.attrs_json = attrs_json
+        self.sample_rate = sample_rate  # kept 1 in N (Honeycomb's samplerate); 1 = not sampled
 
     @property
     def trace_id_hex(self) -> str:
@@ -95,6 +98,7 @@ class SpanRecord:
             self.pairing,
             self.request_id,
             self.attributes(),
+            self.sample_rate,
         )
 
     def __eq__(self, other: object) -> bool:

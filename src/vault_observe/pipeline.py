@@ -26,6 +26,7 @@ from .model import SpanRecord
 from .ratelog import RateLimitedLog
 from .sinks.base import Sink
 from .sources.file import read_file
+from .sources.follow import Checkpoint, FileFollower, Position
 from .sources.sockets import SocketSource
 
 log = logging.getLogger("vault_observe")
@@ -67,10 +68,18 @@ class SinkWorker:
             "dropped_queue_full": 0,
             "dropped_shutdown": 0,
         }
+        # monotonic time of the first failed batch since the last fully delivered one (health)
+        self.failing_since: float | None = None
 
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def handled(self) -> int:
+        """Spans this sink is done with: delivered, failed or dropped."""
+        counts = self.counts
+        return counts["delivered"] + counts["failed"] + counts["dropped_queue_full"]
 
     def start(self) -> None:
         self._thread.start()
@@ -148,6 +157,10 @@ class SinkWorker:
             with self._cond:
                 self.counts["delivered"] += len(batch) - failed
                 self.counts["failed"] += failed
+                if failed == 0:
+                    self.failing_since = None
+                elif self.failing_since is None:
+                    self.failing_since = time.monotonic()
         try:
             self.sink.flush(max(0.0, self._final_deadline - time.monotonic()))
         except Exception:
@@ -165,6 +178,10 @@ class Daemon:
             max_line_bytes=config.max_line_bytes,
             prefix=config.prefix.encode("utf-8"),
             flatten_arrays=config.flatten_arrays,
+            include=config.include,
+            exclude=config.exclude,
+            sample_rate=config.sample_rate,
+            trace_context=config.trace_context,
         )
         if sinks is None:
             from .sinks.factory import build_sinks
@@ -183,6 +200,7 @@ class Daemon:
             for sink in sinks
         ]
         self.source: SocketSource | None = None
+        self.follower: FileFollower | None = None
         self.summary = Summary(self)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -200,7 +218,9 @@ class Daemon:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, self._on_signal)
         try:
-            if self.config.input is not None:
+            if self.config.follow:
+                self.follow()
+            elif self.config.input is not None:
                 self.replay()
             else:
                 self.serve()
@@ -210,8 +230,15 @@ class Daemon:
         return 0
 
     def start(self) -> None:
-        """Serve in a background thread (for embedding and tests); returns once bound."""
-        self._thread = threading.Thread(target=self.serve, name="reader", daemon=True)
+        """Run in a background thread (for embedding and tests); returns once reading."""
+        target = (
+            self.follow
+            if self.config.follow
+            else self.replay
+            if self.config.input is not None
+            else self.serve
+        )
+        self._thread = threading.Thread(target=target, name="reader", daemon=True)
         self._thread.start()
         while not self.started.wait(0.05):
             if not self._thread.is_alive():
@@ -291,6 +318,50 @@ class Daemon:
         finally:
             self._finish()
 
+    def follow(self) -> None:
+        """Tail the input file across rotation; checkpoint what the sinks are done with."""
+        config = self.config
+        assert config.input is not None
+        checkpoint = Checkpoint(config.checkpoint) if config.checkpoint else None
+        follower = FileFollower(
+            config.input,
+            max_line_bytes=config.max_line_bytes,
+            counters=self.framing,
+            start=checkpoint.load() if checkpoint else None,
+        )
+        self.follower = follower
+        self._open_capture()
+        for worker in self.workers:
+            worker.start()
+        self.started.set()
+        core = self.core
+        # (position, what each worker had been given by then), oldest first
+        marks: deque[tuple[Position, list[int]]] = deque()
+        saved: Position | None = None
+        last_save = 0.0
+        try:
+            for chunk in follower.follow(self._stop.is_set):
+                if chunk is not None:
+                    self._feed(chunk.lines, None)
+                    core.expire(core.watermark_ns)
+                else:
+                    # Idle: the file's times are Vault's wall clock.
+                    core.expire(time.time_ns())
+                self._dispatch()
+                if chunk is not None:
+                    marks.append((chunk.position, [w.counts["queued"] for w in self.workers]))
+                done = None
+                while marks and all(w.handled >= n for w, n in zip(self.workers, marks[0][1], strict=True)):
+                    done = marks.popleft()[0]
+                if checkpoint and done is not None and done != saved and time.monotonic() - last_save >= 1.0:
+                    checkpoint.save(done)
+                    saved, last_save = done, time.monotonic()
+        finally:
+            self._finish()
+            if checkpoint and not any(w.counts["dropped_shutdown"] for w in self.workers):
+                # Every span is now delivered or counted: the whole file read so far is done.
+                checkpoint.save(follower.position)
+
     # -- internals
 
     def _open_capture(self) -> None:
@@ -313,27 +384,30 @@ class Daemon:
         counts = self.core.counters()
         counts["truncated"] = self.framing.truncated
         counts["oversize"] += self.framing.oversize
+        samples: dict[str, tuple[str, bytes]] | None = None
         for name, seen in self._bad_seen.items():
             now = counts[name]
-            if now != seen:
-                self._bad_seen[name] = now
-                sample = self.core.take_bad_sample() if name != "truncated" else None
-                if sample is not None:
-                    reason, head = sample
-                    self._bad_log(
-                        name,
-                        logging.WARNING,
-                        "skipped %d %s line(s) (%d in all); latest: %s, first bytes %r",
-                        now - seen,
-                        name,
-                        now,
-                        reason,
-                        head,
-                    )
-                else:
-                    self._bad_log(
-                        name, logging.WARNING, "skipped %d %s line(s) (%d in all)", now - seen, name, now
-                    )
+            if now == seen:
+                continue
+            self._bad_seen[name] = now
+            if samples is None:
+                samples = self.core.take_bad_samples()
+            sample = samples.get(name)
+            if sample is not None:
+                self._bad_log(
+                    name,
+                    logging.WARNING,
+                    "skipped %d %s line(s) (%d in all); latest: %s, first bytes %r",
+                    now - seen,
+                    name,
+                    now,
+                    sample[0],
+                    sample[1],
+                )
+            else:
+                self._bad_log(
+                    name, logging.WARNING, "skipped %d %s line(s) (%d in all)", now - seen, name, now
+                )
 
     def _finish(self) -> None:
         """End of input or stop: every pending request becomes a span; flush every sink."""

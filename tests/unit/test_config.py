@@ -80,12 +80,16 @@ def test_honeycomb_needs_the_key_from_the_environment() -> None:
 
 
 def test_otlp_endpoint_from_standard_variables() -> None:
-    config, _ = load_config(["--otlp"], env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"})
-    assert config.otlp == "http://collector:4318/v1/traces"
-    config, _ = load_config(["--otlp"], env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/custom"})
-    assert config.otlp == "http://c:4318/custom"
-    config, _ = load_config(["--otlp", "http://flag/v1/traces"], env={})
-    assert config.otlp == "http://flag/v1/traces"
+    from vault_observe.sinks.factory import build_sinks
+
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}
+    config, _ = load_config(["--otlp"], env=env)
+    assert config.otlp == "" and config.sink_names() == ["otlp"]
+    [sink] = build_sinks(config, environ=env)
+    assert sink.endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
+    config, _ = load_config(["--otlp", "http://flag/v1/traces"], env=env)
+    [sink] = build_sinks(config, environ=env)
+    assert sink.endpoint == "http://flag/v1/traces"  # type: ignore[attr-defined]
 
 
 def test_service_name_from_env_and_flag() -> None:
@@ -100,3 +104,82 @@ def test_bad_values_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         load_config(argv, env={})
     assert exc.value.code == 2
+
+
+def write(tmp_path, text: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / "vault-observe.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_covers_flags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = write(
+        tmp_path,
+        'listen = ["tcp://127.0.0.1:9090", "udp://127.0.0.1:9091"]\n'
+        'ttl = 5\nstdout = true\nzipkin = true\nsocket-mode = "0660"\nmax_pending = 10\n'
+        'honeycomb-dataset = "from-file"\n',
+    )
+    config, _ = load_config(["--config", path], env={})
+    assert [str(item) for item in config.listeners] == ["tcp://127.0.0.1:9090", "udp://127.0.0.1:9091"]
+    assert config.ttl == 5 and config.stdout and config.zipkin == DEFAULT_ZIPKIN_URL
+    assert config.socket_mode == 0o660 and config.max_pending == 10
+    assert config.honeycomb_dataset == "from-file"
+
+
+def test_precedence_flags_over_env_over_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = write(
+        tmp_path,
+        'service-name = "file"\nhoneycomb-dataset = "file"\nttl = 5\nlisten = ["tcp://127.0.0.1:1"]\n',
+    )
+    env = {"OTEL_SERVICE_NAME": "env", "HONEYCOMB_DATASET": "env"}
+    config, _ = load_config(
+        ["--config", path, "--service-name", "flag", "--listen", "tcp://127.0.0.1:2"], env=env
+    )
+    assert config.service_name == "flag"  # flag > env > file
+    assert config.honeycomb_dataset == "env"  # env > file
+    assert config.ttl == 5  # file > default
+    assert [str(item) for item in config.listeners] == [
+        "tcp://127.0.0.1:2"
+    ]  # a flag's list replaces the file's
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus = 1\n", "unknown option 'bogus'"),
+        ("ttl = -1\n", "--ttl: must be greater than 0"),
+        ("stdout = 1\n", "must be true or false"),
+        ("ttl = [\n", "not valid TOML"),
+        ('log-level = "loud"\n', "invalid choice"),
+    ],
+)
+def test_config_file_errors(tmp_path, text: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=message):
+        load_config(["--config", write(tmp_path, text)], env={})
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(["--config", str(tmp_path / "absent.toml")], env={})
+
+
+def test_check_config_exit_codes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    good = write(tmp_path, "stdout = true\nttl = 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "vault_observe", "--config", good, "--check-config"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"ttl = 3.0" in result.stdout and b"configuration is valid" in result.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nope = true\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "vault_observe", "--config", str(bad), "--check-config"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and b"unknown option 'nope'" in result.stderr

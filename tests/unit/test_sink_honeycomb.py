@@ -89,8 +89,14 @@ def event_key(event: dict[str, Any]) -> str:
     """An event with its time cut to microseconds (what libhoney can carry)."""
     time_ns = parse_rfc3339_ns(event["time"])
     assert time_ns is not None, event["time"]
-    return text({"dataset": event["dataset"], "time_us": time_ns // 1000, "samplerate": event["samplerate"],
-                 "data": event["data"]})
+    return text(
+        {
+            "dataset": event["dataset"],
+            "time_us": time_ns // 1000,
+            "samplerate": event["samplerate"],
+            "data": event["data"],
+        }
+    )
 
 
 def deliver_both(spans: list[SpanRecord]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -165,11 +171,29 @@ def test_field_types(sample_spans: list[SpanRecord]) -> None:
             assert "error" not in data
 
 
-def record(attrs: dict[str, Any], *, error: str = "", request_id: str = "req-1", parent: int = 0,
-           pairing: int = PAIRED, start: int = 1_700_000_000_123_456_789, end: int | None = None) -> SpanRecord:
+def record(
+    attrs: dict[str, Any],
+    *,
+    error: str = "",
+    request_id: str = "req-1",
+    parent: int = 0,
+    pairing: int = PAIRED,
+    start: int = 1_700_000_000_123_456_789,
+    end: int | None = None,
+) -> SpanRecord:
     end = start + 1_234_567 if end is None else end
-    return SpanRecord(bytes(range(16)), 0x0123456789ABCDEF, parent, "read secret/", start, end, error, pairing,
-                      request_id, json.dumps(attrs, ensure_ascii=False, separators=(",", ":")).encode())
+    return SpanRecord(
+        bytes(range(16)),
+        0x0123456789ABCDEF,
+        parent,
+        "read secret/",
+        start,
+        end,
+        error,
+        pairing,
+        request_id,
+        json.dumps(attrs, ensure_ascii=False, separators=(",", ":")).encode(),
+    )
 
 
 def no_duplicates(body: bytes) -> dict[str, Any]:
@@ -199,7 +223,7 @@ def test_encoded_events_have_no_duplicate_keys(sample_spans: list[SpanRecord]) -
         ({"type": "response", "error": "other text", "z": 1}, "denied", PAIRED),  # the span's own text wins
         ({"x": [{"error": "denied"}]}, "denied", ORPHAN),  # only a nested one
         ({"x": [{"error": "denied"}]}, "denied", PAIRED),
-        ({"error": "line\n\t\"quoted\" ünï"}, "line\n\t\"quoted\" ünï", PAIRED),
+        ({"error": 'line\n\t"quoted" ünï'}, 'line\n\t"quoted" ünï', PAIRED),
         ({}, "denied", PAIRED),
         ({}, "", PAIRED),
     ],
@@ -217,7 +241,9 @@ def test_trace_fields_of_odd_records() -> None:
         sink = native(rx)
         spans = [
             record({"a": 1}, request_id="", parent=0xFEDCBA9876543210),
-            record({"a": 1.5, "b": True, "c": ["x", 2, None, {"d": False}], "ü": "ğ"}, request_id="custom id ☃"),
+            record(
+                {"a": 1.5, "b": True, "c": ["x", 2, None, {"d": False}], "ü": "ğ"}, request_id="custom id ☃"
+            ),
             record({}, start=1_700_000_000_000_000_000, end=1_700_000_000_000_000_000),  # empty attributes
             record({"name": "attr", "duration_ms": "attr"}),  # clashes: the trace fields win
             record({"a": 1}, start=1_700_000_001_999_999_999, end=1_700_000_002_000_001_499),
@@ -239,7 +265,13 @@ def test_trace_fields_of_odd_records() -> None:
 
 def test_duration_rounds_to_microseconds() -> None:
     encoder = EventEncoder(SERVICE)
-    for delta, expected in [(0, 0.0), (499, 0.0), (1_000, 0.001), (1_234_567, 1.235), (10_000_000_000, 10000.0)]:
+    for delta, expected in [
+        (0, 0.0),
+        (499, 0.0),
+        (1_000, 0.001),
+        (1_234_567, 1.235),
+        (10_000_000_000, 10000.0),
+    ]:
         span = record({}, start=1_000_000_000, end=1_000_000_000 + delta)
         assert json.loads(encoder.encode(span))["data"]["duration_ms"] == expected
 
@@ -266,8 +298,9 @@ def test_zstd(sample_spans: list[SpanRecord]) -> None:
     assert len(rx.events) == len(sample_spans) and rx.errors == []
 
 
-def test_zstd_without_the_module_falls_back_to_gzip(sample_spans: list[SpanRecord],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zstd_without_the_module_falls_back_to_gzip(
+    sample_spans: list[SpanRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "zstandard", None)  # import fails
@@ -461,8 +494,9 @@ def test_key_never_logged(caplog: pytest.LogCaptureFixture, sample_spans: list[S
     assert all(KEY not in repr(r.args) for r in caplog.records)
 
 
-def test_refusals_are_logged_once_a_minute(caplog: pytest.LogCaptureFixture,
-                                           sample_spans: list[SpanRecord]) -> None:
+def test_refusals_are_logged_once_a_minute(
+    caplog: pytest.LogCaptureFixture, sample_spans: list[SpanRecord]
+) -> None:
     caplog.set_level(logging.WARNING, logger="vault_observe")
     with HoneycombReceiver(KEY) as rx:
         rx.fail_with = 400

@@ -109,11 +109,15 @@ def test_sample_spans(sample_spans: list[SpanRecord]) -> None:
     assert len(rx.spans) == len(sample_spans)
     for span, record in zip(rx.spans, sample_spans, strict=True):
         check_span(span, record)
-        assert span["_resource"] == {"attributes": [{"key": "service.name", "value": {"stringValue": "vault"}}]}
+        assert span["_resource"] == {
+            "attributes": [{"key": "service.name", "value": {"stringValue": "vault"}}]
+        }
         assert span["_scope"] == {"name": "vault-observe", "version": __version__}
     kinds = {next(iter(a["value"])) for s in rx.spans for a in s["attributes"]}
     assert kinds == {"stringValue", "intValue", "doubleValue", "boolValue", "arrayValue"}
-    policies = next(a["value"] for a in rx.spans[0]["attributes"] if a["key"] == "auth.policy_results.granting_policies")
+    policies = next(
+        a["value"] for a in rx.spans[0]["attributes"] if a["key"] == "auth.policy_results.granting_policies"
+    )
     assert "kvlistValue" in policies["arrayValue"]["values"][0]
     assert sum(1 for s in rx.spans if "status" in s) == sum(1 for r in sample_spans if r.error) > 0
     assert sink.stats()["sent"] == len(sample_spans)
@@ -140,18 +144,36 @@ def test_any_value_mapping() -> None:
     assert any_value(2.5) == {"doubleValue": 2.5}
     assert any_value(None) == {}
     assert any_value([1, [], {"a": None, "b": [False]}]) == {
-        "arrayValue": {"values": [
-            {"intValue": "1"},
-            {"arrayValue": {"values": []}},
-            {"kvlistValue": {"values": [{"key": "a", "value": {}},
-                                        {"key": "b", "value": {"arrayValue": {"values": [{"boolValue": False}]}}}]}},
-        ]}
+        "arrayValue": {
+            "values": [
+                {"intValue": "1"},
+                {"arrayValue": {"values": []}},
+                {
+                    "kvlistValue": {
+                        "values": [
+                            {"key": "a", "value": {}},
+                            {"key": "b", "value": {"arrayValue": {"values": [{"boolValue": False}]}}},
+                        ]
+                    }
+                },
+            ]
+        }
     }
 
 
 def test_parent_and_odd_values() -> None:
-    record = SpanRecord(b"\xff" * 16, 1, 2, "n", 10, 20, "", PAIRED, "",
-                        b'{"big":18446744073709551615,"deep":[[[[1]]]],"u":"\xc3\xbc\\n"}')
+    record = SpanRecord(
+        b"\xff" * 16,
+        1,
+        2,
+        "n",
+        10,
+        20,
+        "",
+        PAIRED,
+        "",
+        b'{"big":18446744073709551615,"deep":[[[[1]]]],"u":"\xc3\xbc\\n"}',
+    )
     with OtlpReceiver() as rx:
         assert sink_for(rx).send([record], deadline(10)) == 0
     span = rx.spans[0]
@@ -167,9 +189,18 @@ def test_parent_and_odd_values() -> None:
 
 def test_endpoint_from_the_environment() -> None:
     assert OtlpSink(environ={}).endpoint == DEFAULT_ENDPOINT
-    assert OtlpSink(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).endpoint == "http://c:4318/v1/traces"
-    assert OtlpSink(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}).endpoint == "http://c:4318/v1/traces"
-    both = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/custom"}
+    assert (
+        OtlpSink(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).endpoint
+        == "http://c:4318/v1/traces"
+    )
+    assert (
+        OtlpSink(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}).endpoint
+        == "http://c:4318/v1/traces"
+    )
+    both = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/custom",
+    }
     assert OtlpSink(environ=both).endpoint == "http://t:1/custom"  # as is
     assert OtlpSink("http://arg/v1/traces", environ=both).endpoint == "http://arg/v1/traces"
     with pytest.raises(ConfigError):
@@ -199,8 +230,11 @@ def test_environment_settings_reach_the_wire(sample_spans: list[SpanRecord]) -> 
 
 
 def test_arguments_override_the_environment() -> None:
-    env = {"OTEL_EXPORTER_OTLP_TIMEOUT": "100", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
-           "OTEL_EXPORTER_OTLP_HEADERS": "a=1"}
+    env = {
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "100",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_HEADERS": "a=1",
+    }
     sink = OtlpSink(timeout=3.0, compression="none", headers={"A": "2"}, environ=env)
     assert sink._poster.timeout == 3.0
     assert sink._headers["a"] == "2" and "content-encoding" not in sink._headers

@@ -25,7 +25,17 @@ def sample_spans(sample_log: Path) -> list[SpanRecord]:
 
 def check_line(line: bytes, span: SpanRecord) -> None:
     obj = json.loads(line)
-    expected_keys = ["trace_id", "span_id", "name", "start", "duration_ms", "pairing", "request_id", "attributes"]
+    expected_keys = [
+        "trace_id",
+        "span_id",
+        "name",
+        "start",
+        "end",
+        "duration_ms",
+        "pairing",
+        "request_id",
+        "attributes",
+    ]
     if span.parent_span_id:
         expected_keys.insert(2, "parent_span_id")
     if span.error:
@@ -35,6 +45,7 @@ def check_line(line: bytes, span: SpanRecord) -> None:
     assert obj["span_id"] == f"{span.span_id:016x}"
     assert obj["name"] == span.name
     assert parse_rfc3339_ns(obj["start"]) == span.start_ns
+    assert parse_rfc3339_ns(obj["end"]) == span.end_ns
     assert obj["start"].endswith("Z") and len(obj["start"]) == 30  # nanoseconds, always 9 digits
     assert type(obj["duration_ms"]) is float
     assert obj["duration_ms"] == round((span.end_ns - span.start_ns) / 1000) / 1000
@@ -57,13 +68,27 @@ def test_sample_as_json_lines(sample_spans: list[SpanRecord]) -> None:
     for line, span in zip(lines, sample_spans, strict=False):
         check_line(line, span)
     assert {"paired", "orphan", "unanswered"} <= {json.loads(x)["pairing"] for x in lines[:-1]}
-    assert sink.stats() == {"sent": len(sample_spans), "failed": 0, "batches": 1, "bytes": len(out.getvalue())}
+    assert sink.stats() == {
+        "sent": len(sample_spans),
+        "failed": 0,
+        "batches": 1,
+        "bytes": len(out.getvalue()),
+    }
 
 
 def test_parent_error_and_odd_text() -> None:
-    span = SpanRecord(b"\x01" * 16, 7, 0xABC, 'read "odd"\nname ☃', 1_700_000_000_000_000_001,
-                      1_700_000_000_002_000_000, "1 error occurred:\n\t* permission denied\n\n", 0, "",
-                      b'{"a":[1,2.5,true,{"b":null}],"c":"\\u0001"}')
+    span = SpanRecord(
+        b"\x01" * 16,
+        7,
+        0xABC,
+        'read "odd"\nname ☃',
+        1_700_000_000_000_000_001,
+        1_700_000_000_002_000_000,
+        "1 error occurred:\n\t* permission denied\n\n",
+        0,
+        "",
+        b'{"a":[1,2.5,true,{"b":null}],"c":"\\u0001"}',
+    )
     out = io.BytesIO()
     StdoutSink(out).send([span], 0.0)
     line = out.getvalue()
@@ -99,7 +124,9 @@ class BrokenStream(io.RawIOBase):
         raise BrokenPipeError(32, "Broken pipe")
 
 
-def test_broken_stream_is_counted_not_raised(sample_spans: list[SpanRecord], caplog: pytest.LogCaptureFixture) -> None:
+def test_broken_stream_is_counted_not_raised(
+    sample_spans: list[SpanRecord], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR, logger="vault_observe")
     sink = StdoutSink(BrokenStream())  # type: ignore[arg-type]
     assert sink.send(sample_spans[:10], 0.0) == 10
@@ -118,7 +145,9 @@ def test_closed_stream(sample_spans: list[SpanRecord]) -> None:
     sink.close()
 
 
-def test_default_stream_is_stdout(sample_spans: list[SpanRecord], capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_default_stream_is_stdout(
+    sample_spans: list[SpanRecord], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
     sink = StdoutSink()
     sink.send(sample_spans[:2], 0.0)
     sink.close()

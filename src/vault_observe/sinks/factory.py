@@ -2,26 +2,55 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from ..config import Config
 from .base import Sink
 
+DEFAULT_TIMEOUT = 10.0
 
-def build_sinks(config: Config) -> list[Sink]:
+
+def build_sinks(config: Config, environ: Mapping[str, str] | None = None) -> list[Sink]:
+    env = os.environ if environ is None else environ
     sinks: list[Sink] = []
     if config.stdout:
         from .stdout import StdoutSink
 
         sinks.append(StdoutSink())
     if config.zipkin:
-        from .zipkin import make_zipkin_sink
+        from .zipkin import ZipkinSink
 
-        sinks.append(make_zipkin_sink(config))
+        sinks.append(
+            ZipkinSink(
+                config.zipkin,
+                encoder=config.zipkin_encoder,
+                service_name=config.service_name,
+                timeout=config.send_timeout or DEFAULT_TIMEOUT,
+            )
+        )
     if config.honeycomb:
-        from .honeycomb import make_honeycomb_sink
+        from .honeycomb import HoneycombSink
 
-        sinks.append(make_honeycomb_sink(config))
-    if config.otlp:
-        from .otlp import make_otlp_sink
+        sinks.append(
+            HoneycombSink(
+                config.honeycomb_api_key,
+                dataset=config.honeycomb_dataset,
+                api_host=config.honeycomb_api_host,
+                service_name=config.service_name,
+                timeout=config.send_timeout or DEFAULT_TIMEOUT,
+                encoder=config.honeycomb_encoder,
+            )
+        )
+    if config.otlp is not None:
+        from .otlp import OtlpSink
 
-        sinks.append(make_otlp_sink(config))
+        sinks.append(
+            OtlpSink(
+                config.otlp or None,
+                service_name=config.service_name,
+                timeout=config.send_timeout,
+                environ=env,
+            )
+        )
     return sinks

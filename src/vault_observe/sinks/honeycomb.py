@@ -74,7 +74,10 @@ _EPOCH = datetime.datetime(1970, 1, 1)
 def trace_fields(record: SpanRecord, service_name: str) -> dict[str, Any]:
     """The trace fields of one span's event, as the libhoney encoder adds them."""
     fields: dict[str, Any] = {
-        "trace.trace_id": record.request_id or record.trace_id.hex(),
+        # In the caller's trace (traceparent), else the request id as Vault wrote it.
+        "trace.trace_id": record.trace_id.hex()
+        if record.parent_span_id or not record.request_id
+        else record.request_id,
         "trace.span_id": f"{record.span_id:016x}",
     }
     if record.parent_span_id:
@@ -107,7 +110,7 @@ class EventEncoder:
         error = b""
         if record.error:
             attrs, error = self._error(record)
-        if record.request_id:
+        if record.request_id and not record.parent_span_id:
             trace_id = json_str(record.request_id)
         else:
             trace_id = b'"' + record.trace_id.hex().encode("ascii") + b'"'
@@ -116,7 +119,7 @@ class EventEncoder:
             (
                 b'{"time":"',
                 rfc3339_ns(record.start_ns).encode("ascii"),
-                b'","samplerate":1,"data":',
+                b'","samplerate":%d,"data":' % record.sample_rate,
                 # Attributes first, trace fields after: a JSON reader keeps the last of
                 # duplicate keys, so on a clash (not seen in Vault's output) the trace
                 # fields win, as in the libhoney encoder.
@@ -148,7 +151,14 @@ class EventEncoder:
         if record.pairing == PAIRED:
             tail = needle + b"}"
         elif 0 <= record.pairing < len(PAIRING_NAMES):
-            tail = needle + b',"' + PAIRING_KEY.encode() + b'":"' + PAIRING_NAMES[record.pairing].encode() + b'"}'
+            tail = (
+                needle
+                + b',"'
+                + PAIRING_KEY.encode()
+                + b'":"'
+                + PAIRING_NAMES[record.pairing].encode()
+                + b'"}'
+            )
         else:
             tail = b""
         if tail and attrs.endswith(tail) and attrs[-len(tail) - 1 : -len(tail)] in (b",", b"{"):
@@ -230,9 +240,13 @@ class _NativeSender:
         for run in pack(events, self._max_bytes, self._max_events):
             if len(run) == 1 and len(events[run[0]]) + 2 > self._max_bytes:
                 failed += 1
-                self._log("too-large", logging.WARNING,
-                          "honeycomb: dropped an event of %d bytes: a batch body may not exceed %d bytes",
-                          len(events[run[0]]), self._max_bytes)
+                self._log(
+                    "too-large",
+                    logging.WARNING,
+                    "honeycomb: dropped an event of %d bytes: a batch body may not exceed %d bytes",
+                    len(events[run[0]]),
+                    self._max_bytes,
+                )
                 continue
             failed += self._post([events[i] for i in run], deadline)
         self.sent += len(events) - failed
@@ -253,8 +267,12 @@ class _NativeSender:
             statuses = _statuses(result.body, len(events))
             if statuses is None:
                 # The request was accepted; only its per-event report is unreadable.
-                self._log("odd-reply", logging.WARNING, "honeycomb: batch accepted with an unexpected reply: %s",
-                          result.body[:200].decode("utf-8", "replace"))
+                self._log(
+                    "odd-reply",
+                    logging.WARNING,
+                    "honeycomb: batch accepted with an unexpected reply: %s",
+                    result.body[:200].decode("utf-8", "replace"),
+                )
                 return failed
             again: list[bytes] = []
             errors: list[str] | None = None
@@ -267,24 +285,45 @@ class _NativeSender:
                 failed += 1
                 if errors is None:
                     errors = _errors_of(result.body)
-                self._log(f"event-{status}", logging.WARNING, "honeycomb: event refused (%d): %s",
-                          status, errors[i] if i < len(errors) else "")
+                self._log(
+                    f"event-{status}",
+                    logging.WARNING,
+                    "honeycomb: event refused (%d): %s",
+                    status,
+                    errors[i] if i < len(errors) else "",
+                )
             if not again:
                 return failed
             if not self._poster.backoff(attempt, deadline):
-                self._log("event-gave-up", logging.WARNING,
-                          "honeycomb: %d events still refused (429/5xx) at the deadline", len(again))
+                self._log(
+                    "event-gave-up",
+                    logging.WARNING,
+                    "honeycomb: %d events still refused (429/5xx) at the deadline",
+                    len(again),
+                )
                 return failed + len(again)
             attempt += 1
             events = again
 
     def _log_failure(self, result: PostResult, count: int) -> None:
         if result.retryable:
-            self._log("gave-up", logging.WARNING, "honeycomb: %d events not delivered to %s by the deadline: %s",
-                      count, self._url, describe(result))
+            self._log(
+                "gave-up",
+                logging.WARNING,
+                "honeycomb: %d events not delivered to %s by the deadline: %s",
+                count,
+                self._url,
+                describe(result),
+            )
         else:
-            self._log(f"refused-{result.status}", logging.ERROR, "honeycomb: %d events refused by %s: %s",
-                      count, self._url, describe(result))
+            self._log(
+                f"refused-{result.status}",
+                logging.ERROR,
+                "honeycomb: %d events refused by %s: %s",
+                count,
+                self._url,
+                describe(result),
+            )
 
     def flush(self, timeout: float) -> None:
         pass  # nothing is buffered: ``send`` posts before it returns
@@ -308,9 +347,12 @@ class _NativeSender:
 class _Pending:
     """A span on its way through libhoney (the event's metadata)."""
 
-    __slots__ = ("attempt", "created_at", "deadline", "fields")
+    __slots__ = ("attempt", "created_at", "deadline", "fields", "sample_rate")
 
-    def __init__(self, fields: dict[str, Any], created_at: datetime.datetime, deadline: float) -> None:
+    def __init__(
+        self, fields: dict[str, Any], created_at: datetime.datetime, deadline: float, sample_rate: int = 1
+    ) -> None:
+        self.sample_rate = sample_rate
         self.fields = fields
         self.created_at = created_at
         self.deadline = deadline
@@ -353,7 +395,9 @@ class _LibhoneySender:
 
                 def timed_post(url: str, data: bytes = b"", **kw: Any) -> Any:
                     deadline = getattr(self._local, "deadline", None)
-                    limit = timeout if deadline is None else min(timeout, max(0.05, deadline - time.monotonic()))
+                    limit = (
+                        timeout if deadline is None else min(timeout, max(0.05, deadline - time.monotonic()))
+                    )
                     kw["timeout"] = limit
                     owner._count(bytes_=len(data))
                     return post(url, data=data, **kw)
@@ -419,16 +463,23 @@ class _LibhoneySender:
                     continue
                 self._outstanding += 1
             created_at = _EPOCH + datetime.timedelta(microseconds=record.start_ns // 1000)
-            self._queue(_Pending(event_fields(record, self._service_name), created_at, deadline))
+            self._queue(
+                _Pending(event_fields(record, self._service_name), created_at, deadline, record.sample_rate)
+            )
         if refused:
-            self._log("full", logging.WARNING, "honeycomb: %d events not queued: libhoney queue full until the deadline",
-                      refused)
+            self._log(
+                "full",
+                logging.WARNING,
+                "honeycomb: %d events not queued: libhoney queue full until the deadline",
+                refused,
+            )
         return refused
 
     def _queue(self, pending: _Pending) -> None:
         event = self._client.new_event()
         event.add(pending.fields)
         event.created_at = pending.created_at  # naive UTC: libhoney appends "Z"
+        event.sample_rate = pending.sample_rate
         event.add_metadata(pending)
         event.send_presampled()
 
@@ -476,13 +527,21 @@ class _LibhoneySender:
                     heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), pending))
                     return
                 self._finish(failed=1)
-            self._log("gave-up", logging.WARNING, "honeycomb: event not delivered by the deadline: %s",
-                      _describe_response(status, error))
+            self._log(
+                "gave-up",
+                logging.WARNING,
+                "honeycomb: event not delivered by the deadline: %s",
+                _describe_response(status, error),
+            )
             return
         with self._cond:
             self._finish(failed=1)
-        self._log(f"refused-{status}", logging.ERROR, "honeycomb: event refused: %s",
-                  _describe_response(status, error))
+        self._log(
+            f"refused-{status}",
+            logging.ERROR,
+            "honeycomb: event refused: %s",
+            _describe_response(status, error),
+        )
 
     def _start_due_retries(self) -> None:
         now = time.monotonic()
@@ -530,8 +589,15 @@ class _LibhoneySender:
 
 def _transient(error: object) -> bool:
     """libhoney's status-0 errors worth another try: no answer, or urllib3 gave up on 5xx/429."""
-    if isinstance(error, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
-                          requests.exceptions.ChunkedEncodingError)):
+    if isinstance(
+        error,
+        (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.RetryError,
+            requests.exceptions.ChunkedEncodingError,
+        ),
+    ):
         return True
     return isinstance(error, str) and "queue overflow" in error
 
@@ -590,15 +656,32 @@ class HoneycombSink:
         self._impl: _NativeSender | _LibhoneySender
         if encoder == "native":
             self._impl = _NativeSender(
-                api_key, self.url, service_name, timeout, compression, max_batch_bytes, max_batch_events,
-                retry, session, safelog,
+                api_key,
+                self.url,
+                service_name,
+                timeout,
+                compression,
+                max_batch_bytes,
+                max_batch_events,
+                retry,
+                session,
+                safelog,
             )
         else:
             if compression.lower() != "gzip":
                 log.warning("honeycomb: the libhoney encoder always sends gzip (asked for %s)", compression)
             self._impl = _LibhoneySender(
-                api_key, dataset, self.api_host, service_name, timeout, retry, libhoney_batch_size,
-                libhoney_send_frequency, libhoney_max_pending, libhoney_concurrency, safelog,
+                api_key,
+                dataset,
+                self.api_host,
+                service_name,
+                timeout,
+                retry,
+                libhoney_batch_size,
+                libhoney_send_frequency,
+                libhoney_max_pending,
+                libhoney_concurrency,
+                safelog,
             )
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:

@@ -44,7 +44,9 @@ def rfc3339_ns(ns: int) -> str:
         prefix = cached[1]
     else:
         t = time.gmtime(second)
-        prefix = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        prefix = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
         _last_second = (second, prefix)
     return f"{prefix}.{frac:09d}Z"
 
@@ -69,7 +71,9 @@ class Compressor:
     """Compress request bodies: ``gzip`` (default), ``zstd`` (when ``zstandard`` is
     importable; otherwise gzip with a warning) or ``none``."""
 
-    def __init__(self, encoding: str = "gzip", level: int | None = None, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self, encoding: str = "gzip", level: int | None = None, logger: logging.Logger | None = None
+    ) -> None:
         encoding = (encoding or "none").lower()
         if encoding not in ("gzip", "zstd", "none"):
             raise ConfigError(f"unknown compression {encoding!r} (use gzip, zstd or none)")
@@ -240,7 +244,9 @@ class RetryingPoster:
             try:
                 self.requests += 1
                 self.bytes += len(body)
-                resp = self.session.post(url, data=body, headers=headers, timeout=min(self.timeout, remaining))
+                resp = self.session.post(
+                    url, data=body, headers=headers, timeout=min(self.timeout, remaining)
+                )
             except _TRANSIENT as exc:
                 result = PostResult(0, b"", f"{type(exc).__name__}: {exc}", True)
             except Exception as exc:  # bad URL, bad header...: another try would fail the same way
@@ -248,8 +254,13 @@ class RetryingPoster:
             else:
                 status = int(resp.status_code)
                 content = bytes(resp.content or b"")
-                result = PostResult(status, content, "" if 200 <= status <= 299 else f"HTTP {status}",
-                                    is_retryable(status), resp.headers)
+                result = PostResult(
+                    status,
+                    content,
+                    "" if 200 <= status <= 299 else f"HTTP {status}",
+                    is_retryable(status),
+                    resp.headers,
+                )
                 if not is_retryable(status):
                     return result
                 if status in (429, 503):

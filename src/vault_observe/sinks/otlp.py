@@ -161,9 +161,13 @@ class OtlpSink:
         self._log = SafeLog(log, secrets=[v for v in merged.values() if len(v) >= 4])
         self._max_bytes = max_batch_bytes
         self._max_spans = max_batch_spans
-        resource = orjson.dumps({"attributes": [{"key": "service.name", "value": {"stringValue": service_name}}]})
+        resource = orjson.dumps(
+            {"attributes": [{"key": "service.name", "value": {"stringValue": service_name}}]}
+        )
         scope = orjson.dumps({"name": SCOPE_NAME, "version": __version__})
-        self._head = b'{"resourceSpans":[{"resource":' + resource + b',"scopeSpans":[{"scope":' + scope + b',"spans":['
+        self._head = (
+            b'{"resourceSpans":[{"resource":' + resource + b',"scopeSpans":[{"scope":' + scope + b',"spans":['
+        )
         self._tail = b"]}]}]}"
         self.sent = 0
         self.failed = 0
@@ -178,8 +182,13 @@ class OtlpSink:
         for run in pack(encoded, self._max_bytes, self._max_spans, overhead):
             if len(run) == 1 and len(encoded[run[0]]) + overhead > self._max_bytes:
                 failed += 1
-                self._log("too-large", logging.WARNING, "otlp: dropped a span of %d bytes (batch limit %d)",
-                          len(encoded[run[0]]), self._max_bytes)
+                self._log(
+                    "too-large",
+                    logging.WARNING,
+                    "otlp: dropped a span of %d bytes (batch limit %d)",
+                    len(encoded[run[0]]),
+                    self._max_bytes,
+                )
                 continue
             failed += self._post([encoded[i] for i in run], deadline)
         self.sent += len(spans) - failed
@@ -192,16 +201,34 @@ class OtlpSink:
         result = self._poster.post(self.endpoint, body, self._headers, deadline)
         if not result.ok:
             if result.retryable:
-                self._log("gave-up", logging.WARNING, "otlp: %d spans not delivered to %s by the deadline: %s",
-                          len(spans), self.endpoint, describe(result))
+                self._log(
+                    "gave-up",
+                    logging.WARNING,
+                    "otlp: %d spans not delivered to %s by the deadline: %s",
+                    len(spans),
+                    self.endpoint,
+                    describe(result),
+                )
             else:
-                self._log(f"refused-{result.status}", logging.ERROR, "otlp: %d spans refused by %s: %s",
-                          len(spans), self.endpoint, describe(result))
+                self._log(
+                    f"refused-{result.status}",
+                    logging.ERROR,
+                    "otlp: %d spans refused by %s: %s",
+                    len(spans),
+                    self.endpoint,
+                    describe(result),
+                )
             return len(spans)
         rejected, message = _partial_success(result.body)
         if rejected:
-            self._log("partial", logging.WARNING, "otlp: the receiver rejected %d of %d spans: %s",
-                      rejected, len(spans), message)
+            self._log(
+                "partial",
+                logging.WARNING,
+                "otlp: the receiver rejected %d of %d spans: %s",
+                rejected,
+                len(spans),
+                message,
+            )
         return min(rejected, len(spans))
 
     def flush(self, timeout: float) -> None:

@@ -1,7 +1,7 @@
 """Stdout sink: one JSON object per span per line (JSON Lines) on a binary stream.
 
 Each line is ``{"trace_id", "span_id", "parent_span_id" (non-root only), "name",
-"start" (RFC 3339, nanoseconds), "duration_ms", "error" (when set), "pairing",
+"start" and "end" (RFC 3339, nanoseconds), "duration_ms", "error" (when set), "pairing",
 "request_id", "attributes"}`` with the record's canonical attribute bytes spliced in
 as they are. The stream is flushed once per batch.
 """
@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 def encode_line(record: SpanRecord) -> bytes:
     """One span as a JSON line (ending in ``\\n``)."""
-    pairing = PAIRING_NAMES[record.pairing] if 0 <= record.pairing < len(PAIRING_NAMES) else str(record.pairing)
+    pairing = (
+        PAIRING_NAMES[record.pairing] if 0 <= record.pairing < len(PAIRING_NAMES) else str(record.pairing)
+    )
     return b"".join(
         (
             b'{"trace_id":"',
@@ -32,6 +34,8 @@ def encode_line(record: SpanRecord) -> bytes:
             json_str(record.name),
             b',"start":"',
             rfc3339_ns(record.start_ns).encode("ascii"),
+            b'","end":"',
+            rfc3339_ns(record.end_ns).encode("ascii"),
             b'","duration_ms":',
             repr(duration_ms(record.start_ns, record.end_ns)).encode("ascii"),
             b',"error":' + json_str(record.error) if record.error else b"",

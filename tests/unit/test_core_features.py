@@ -1,0 +1,168 @@
+"""Trace context, attribute filters and sampling: the same cases for both cores."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from vault_observe import _core_py
+from vault_observe.model import PAIRED, UNANSWERED
+
+
+def load_core(name: str) -> Any:
+    if name == "py":
+        return _core_py.Core
+    try:
+        from vault_observe._fast import Core
+    except ImportError as exc:
+        if os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1":
+            pytest.fail(f"the compiled core is required but did not load: {exc}")
+        pytest.skip(f"the compiled core is not built: {exc}")
+    return Core
+
+
+@pytest.fixture(params=["py", "c"])
+def Core(request: pytest.FixtureRequest) -> Any:  # noqa: N802 - a class
+    return load_core(request.param)
+
+
+RID = "0b6e3f2c-9c4a-4d8e-a1b2-c3d4e5f60718"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+def entry(kind: str, rid: str, second: int, headers: dict[str, Any] | None = None, **extra: Any) -> bytes:
+    request: dict[str, Any] = {
+        "id": rid,
+        "operation": "read",
+        "mount_point": "secret/",
+        "path": "secret/data/x",
+    }
+    if headers is not None:
+        request["headers"] = headers
+    body: dict[str, Any] = {
+        "time": f"2026-01-01T00:00:{second:02d}.5Z",
+        "type": kind,
+        "auth": {"policies": ["a"]},
+        "request": request,
+    }
+    if kind == "response":
+        body["response"] = {"data": {"value": "hmac-sha256:x", "n": 1}}
+    body.update(extra)
+    return json.dumps(body).encode() + b"\n"
+
+
+def pair(rid: str, headers: dict[str, Any] | None = None, **extra: Any) -> bytes:
+    return entry("request", rid, 1, headers) + entry("response", rid, 2, headers, **extra)
+
+
+def test_traceparent_joins_the_callers_trace(Core: Any) -> None:  # noqa: N803
+    core = Core()
+    core.feed(pair(RID, {"traceparent": [f"00-{TRACE}-{PARENT}-01"]}))
+    [span] = core.drain()
+    assert span.trace_id.hex() == TRACE
+    assert span.parent_span_id == int(PARENT, 16)
+    assert span.request_id == RID and span.attributes()["request.id"] == RID
+    # The span id still comes from the request id, not from the shared trace.
+    plain = Core()
+    plain.feed(pair(RID))
+    [alone] = plain.drain()
+    assert span.span_id == alone.span_id
+    assert alone.trace_id.hex() == RID.replace("-", "") and alone.parent_span_id == 0
+
+
+def test_traceparent_on_unanswered_requests(Core: Any) -> None:  # noqa: N803
+    core = Core()
+    core.feed(entry("request", RID, 1, {"traceparent": [f"00-{TRACE}-{PARENT}-01"]}))
+    core.flush()
+    [span] = core.drain()
+    assert span.pairing == UNANSWERED
+    assert (span.trace_id.hex(), span.parent_span_id) == (TRACE, int(PARENT, 16))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "hmac-sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",  # audited with hmac=true
+        f"00-{'0' * 32}-{PARENT}-01",  # all-zero trace id
+        f"00-{TRACE}-{'0' * 16}-01",  # all-zero parent
+        f"ff-{TRACE}-{PARENT}-01",  # forbidden version
+        f"00-{TRACE.upper()}-{PARENT}-01",  # upper case
+        f"00-{TRACE}-{PARENT}-01-extra",  # version 00 has exactly four parts
+        f"00-{TRACE}-{PARENT}",
+        "",
+    ],
+)
+def test_invalid_traceparent_is_ignored(Core: Any, value: str) -> None:  # noqa: N803
+    core = Core()
+    core.feed(pair(RID, {"traceparent": [value]}))
+    [span] = core.drain()
+    assert span.trace_id.hex() == RID.replace("-", "") and span.parent_span_id == 0
+
+
+def test_future_traceparent_version_with_more_fields_is_accepted(Core: Any) -> None:  # noqa: N803
+    core = Core()
+    core.feed(pair(RID, {"traceparent": [f"01-{TRACE}-{PARENT}-01-more"]}))
+    [span] = core.drain()
+    assert span.trace_id.hex() == TRACE
+
+
+def test_trace_context_can_be_turned_off(Core: Any) -> None:  # noqa: N803
+    core = Core(trace_context=False)
+    core.feed(pair(RID, {"traceparent": [f"00-{TRACE}-{PARENT}-01"]}))
+    [span] = core.drain()
+    assert span.parent_span_id == 0 and span.trace_id.hex() == RID.replace("-", "")
+
+
+def test_include_and_exclude_globs(Core: Any) -> None:  # noqa: N803
+    core = Core(include=["request.*", "response.*", "error"], exclude=["response.data.*", "request.path"])
+    core.feed(pair(RID, error="boom"))
+    [span] = core.drain()
+    assert span.attributes() == {
+        "request.id": RID,
+        "request.operation": "read",
+        "request.mount_point": "secret/",
+        "error": "boom",
+    }
+    assert span.error == "boom"  # status is not an attribute: filters leave it alone
+
+
+def test_exclude_alone_keeps_the_rest(Core: Any) -> None:  # noqa: N803
+    core = Core(exclude=["auth.*", "time", "type"])
+    core.feed(pair(RID))
+    [span] = core.drain()
+    assert not any(key.startswith("auth.") or key in ("time", "type") for key in span.attributes())
+    assert span.attributes()["response.data.n"] == 1
+
+
+def test_sampling_keeps_one_in_n_by_trace_id_and_every_error(Core: Any) -> None:  # noqa: N803
+    core = Core(sample_rate=4)
+    ids = [f"{i:08x}-1111-4111-8111-111111111111" for i in range(400)]
+    core.feed(b"".join(pair(rid) for rid in ids))
+    core.feed(b"".join(pair(f"{i:08x}-2222-4222-8222-222222222222", error="denied") for i in range(20)))
+    spans = core.drain()
+    ok = [s for s in spans if not s.error]
+    errors = [s for s in spans if s.error]
+    assert len(errors) == 20 and all(s.sample_rate == 1 for s in errors)
+    assert 60 <= len(ok) <= 140  # about 100 of 400
+    assert all(s.sample_rate == 4 and s.pairing == PAIRED for s in ok)
+    counters = core.counters()
+    assert counters["sampled_out"] == 400 - len(ok)
+    assert counters["spans"] == len(spans) and counters["paired"] == 420
+    # Stable: the same trace ids give the same choice in another run (and the other core).
+    again = Core(sample_rate=4)
+    again.feed(b"".join(pair(rid) for rid in ids))
+    assert [s.request_id for s in again.drain()] == [s.request_id for s in ok]
+    reference = _core_py.Core(sample_rate=4)
+    reference.feed(b"".join(pair(rid) for rid in ids))
+    assert [s.request_id for s in reference.drain()] == [s.request_id for s in ok]
+
+
+def test_sampling_keeps_unanswered_and_orphans(Core: Any) -> None:  # noqa: N803
+    core = Core(sample_rate=1000)
+    core.feed(entry("request", RID, 1) + entry("response", "11111111-1111-4111-8111-111111111111", 2))
+    core.flush()
+    assert sorted(s.pairing for s in core.drain()) == [1, 2]
