@@ -97,6 +97,7 @@ def check_zipkin(spans: list[dict[str, Any]], expected: dict[str, Expected], ser
         span = got[0]
         tags = span.get("tags", {})
         assert span["name"] == want.name, (span["name"], want)
+        assert span.get("kind") == "SERVER"
         assert abs(span["timestamp"] - want.start_ns / 1000) <= 1, (span["timestamp"], want)
         assert abs(span.get("duration", 0) - want.duration_ns / 1000) <= 1, (span.get("duration"), want)
         if want.error:
@@ -112,8 +113,9 @@ def check_zipkin(spans: list[dict[str, Any]], expected: dict[str, Expected], ser
 def check_honeycomb(
     events: list[dict[str, Any]], expected: dict[str, Expected], dataset: str = "vault"
 ) -> None:
-    """Exactly one Honeycomb event per expected span, with the same facts."""
-    grouped = by_trace_id(events, lambda e: e["data"]["trace.trace_id"])
+    """Exactly one Honeycomb event per expected span, with the same facts. Its
+    ``trace.trace_id`` is the request id as OpenBao wrote it (with dashes)."""
+    grouped = by_trace_id(events, lambda e: e["data"]["trace.trace_id"].replace("-", ""))
     assert sorted(grouped) == sorted(expected), (
         f"missing {sorted(set(expected) - set(grouped))[:5]}, unexpected {sorted(set(grouped) - set(expected))[:5]}"
     )
@@ -122,6 +124,7 @@ def check_honeycomb(
         assert len(got) == 1, f"{len(got)} Honeycomb events for {want.request_id}"
         event = got[0]
         data = event["data"]
+        assert data["trace.trace_id"] == want.request_id
         assert event["dataset"] == dataset
         assert data["name"] == want.name, (data["name"], want)
         assert abs(data["duration_ms"] - want.duration_ns / 1e6) <= 1e-3, (data["duration_ms"], want)
