@@ -219,6 +219,7 @@ class DevServer:
 
     def start(self, timeout: float = 60.0) -> DevServer:
         """Start the server and wait until it serves requests with kv v2 at ``secret/``."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "dev-extra.hcl"
         config.write_text(DEV_CONFIG + self.extra_config)
         last_error = ""

@@ -32,7 +32,6 @@ def bao_binary() -> str:
 @pytest.fixture
 def bao(bao_binary: str, tmp_path: Path) -> Iterator[DevServer]:
     """A fresh dev server on its own free port; always stopped afterwards."""
-    (tmp_path / "bao").mkdir()
     server = DevServer(bao_binary, workdir=tmp_path / "bao")
     try:
         server.start()
