@@ -59,6 +59,13 @@ def daemon_args(
     ]
 
 
+def stop_cleanly(daemon: ObserveProcess) -> None:
+    """SIGTERM: the daemon exits 0 and has logged no error."""
+    assert daemon.terminate() == 0, daemon.stderr()
+    log = daemon.stderr()
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
 def final_counters(stderr: str) -> dict[str, int]:
     """The integer counters of the daemon's last summary line (logged at exit)."""
     lines = [line for line in stderr.splitlines() if "summary" in line]
@@ -124,7 +131,7 @@ def test_every_entry_becomes_one_span_in_each_sink(
     extra_errors(bao)
     burst(bao, clients=8, rounds=6)
     # Stop at once: whatever is still in the connection must be read before exiting.
-    assert daemon.terminate() == 0, daemon.stderr()
+    stop_cleanly(daemon)
 
     received = load(capture)
     reference = load(file_log)
@@ -189,13 +196,13 @@ def test_restarted_daemon_gets_the_next_connection(
     bao.enable_socket_audit(socket_path)
     bao.enable_file_audit(file_log)
     _kv_writes(bao, "before", 5)
-    assert first.terminate() == 0, first.stderr()
+    stop_cleanly(first)
     assert not socket_path.exists()  # removed at exit
 
     second = observe(daemon_args(socket_path, second_capture, zipkin, honeycomb)).start(socket_path)
     # OpenBao's next write fails on the closed connection; it re-dials and writes again.
     _kv_writes(bao, "after", 5)
-    assert second.terminate() == 0, second.stderr()
+    stop_cleanly(second)
 
     before, after = load(first_capture), load(second_capture)
     reference = load(file_log)
@@ -237,7 +244,7 @@ def test_reenabled_device_is_a_new_connection(
     _kv_writes(bao, "unseen", 2)
     bao.enable_socket_audit(socket_path)  # a new connection, starting with a test entry
     _kv_writes(bao, "two", 3)
-    assert daemon.terminate() == 0, daemon.stderr()
+    stop_cleanly(daemon)
 
     received = load(capture)
     assert not any("unseen" in e["request"]["path"] for e in received)
