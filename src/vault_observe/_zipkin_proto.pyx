@@ -125,24 +125,18 @@ cdef inline void put_le64(Buf* b, uint64_t value) noexcept nogil:
 
 cdef inline bint put_entry(Buf* b, const char* key, size_t klen,
                            const char* value, size_t vlen) noexcept nogil:
-    """One ``tags`` map entry (field 11); an empty key or value is left out, as proto3 does."""
-    cdef size_t size = 0
-    if klen:
-        size += 1 + varint_size(klen) + klen
-    if vlen:
-        size += 1 + varint_size(vlen) + vlen
+    """One ``tags`` map entry (field 11): key and value are written even when empty."""
+    cdef size_t size = 2 + varint_size(klen) + klen + varint_size(vlen) + vlen
     if not reserve(b, 1 + varint_size(size) + size):
         return False
     put_byte(b, 0x5A)
     put_varint(b, size)
-    if klen:
-        put_byte(b, 0x0A)
-        put_varint(b, klen)
-        put(b, key, klen)
-    if vlen:
-        put_byte(b, 0x12)
-        put_varint(b, vlen)
-        put(b, value, vlen)
+    put_byte(b, 0x0A)
+    put_varint(b, klen)
+    put(b, key, klen)
+    put_byte(b, 0x12)
+    put_varint(b, vlen)
+    put(b, value, vlen)
     return True
 
 

@@ -6,7 +6,8 @@ same span built as a ``ReadableSpan`` (kind SERVER, sampled, the sink's resource
 scope, status ERROR with the entry's error), without its per-span Python objects:
 
 * fields in field-number order, proto3 defaults (0, empty string) left out, so a
-  zero duration or an empty name is absent; ``debug`` is true (a sampled span);
+  zero duration or an empty name is absent (but a ``tags`` entry always holds both
+  its key and its value, even empty ones); ``debug`` is true (a sampled span);
 * tags in the order the exporter's dict gets them: the attributes in document
   order, then ``service.name``, ``otel.library.name``/``version``,
   ``otel.scope.name``/``version``, and for an error span ``otel.status_code`` =
@@ -50,12 +51,8 @@ def _len_field(tag: int, payload: bytes) -> bytes:
 
 
 def _map_entry(key: bytes, value: bytes) -> bytes:
-    entry = b""
-    if key:
-        entry += _len_field(0x0A, key)
-    if value:
-        entry += _len_field(0x12, value)
-    return _len_field(0x5A, entry)
+    # A map entry carries its key and value even when empty (unlike a plain field).
+    return _len_field(0x5A, _len_field(0x0A, key) + _len_field(0x12, value))
 
 
 def tag_text(value: Any) -> str | None:
@@ -136,7 +133,10 @@ class ProtoEncoder:
 
     def tags(self, span: SpanRecord) -> dict[str, str]:
         """The span's tags, in wire order."""
-        return build_tags(json.loads(span.attrs_json), self._tail, span.error)
+        attrs = json.loads(span.attrs_json)
+        if not isinstance(attrs, dict):
+            raise ValueError("attrs_json is not a JSON object")
+        return build_tags(attrs, self._tail, span.error)
 
 
 def build_tags(attrs: dict[str, Any], tail: dict[str, str], error: str) -> dict[str, str]:
