@@ -39,7 +39,7 @@ from .. import __version__
 from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
 from . import zipkin_proto_py
-from .zipkin_proto_py import build_tags, scope_tags
+from .zipkin_proto_py import build_tags, loads_attrs, scope_tags
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -104,7 +104,7 @@ class JsonEncoder:
         if duration:
             out["duration"] = duration
         out["localEndpoint"] = self._endpoint
-        out["tags"] = build_tags(orjson.loads(span.attrs_json), self._tail, span.error)
+        out["tags"] = build_tags(loads_attrs(span.attrs_json), self._tail, span.error)
         out["debug"] = True
         return out
 

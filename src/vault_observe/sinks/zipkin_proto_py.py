@@ -37,7 +37,7 @@ _U64 = 1 << 64
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def varint(value: int) -> bytes:
+def _varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -46,13 +46,23 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+_SMALL = [_varint(i) for i in range(1 << 14)]  # every one- and two-byte varint
+
+
+def varint(value: int) -> bytes:
+    return _SMALL[value] if value < 16384 else _varint(value)
+
+
 def _len_field(tag: int, payload: bytes) -> bytes:
     return bytes((tag,)) + varint(len(payload)) + payload
 
 
-def _map_entry(key: bytes, value: bytes) -> bytes:
-    # A map entry carries its key and value even when empty (unlike a plain field).
-    return _len_field(0x5A, _len_field(0x0A, key) + _len_field(0x12, value))
+def loads_attrs(attrs_json: bytes) -> dict[str, Any]:
+    # json, not orjson: orjson reads an integer past 64 bits as a float
+    attrs = json.loads(attrs_json)
+    if not isinstance(attrs, dict):
+        raise ValueError("attrs_json is not a JSON object")
+    return attrs
 
 
 def tag_text(value: Any) -> str | None:
@@ -126,17 +136,22 @@ class ProtoEncoder:
         if duration:
             out += b"\x38" + varint(duration)
         out += self._endpoint
+        parts: list[bytes] = [bytes(out)]
+        add = parts.extend
         for key, value in self.tags(span).items():
-            out += _map_entry(key.encode(), value.encode())
-        out += b"\x60\x01"
-        return bytes(out)
+            # a map entry carries its key and value even when empty (unlike a field)
+            k = key.encode()
+            v = value.encode()
+            kv = varint(len(k))
+            vv = varint(len(v))
+            size = 2 + len(kv) + len(k) + len(vv) + len(v)
+            add((b"\x5a", varint(size), b"\x0a", kv, k, b"\x12", vv, v))
+        parts.append(b"\x60\x01")
+        return b"".join(parts)
 
     def tags(self, span: SpanRecord) -> dict[str, str]:
         """The span's tags, in wire order."""
-        attrs = json.loads(span.attrs_json)
-        if not isinstance(attrs, dict):
-            raise ValueError("attrs_json is not a JSON object")
-        return build_tags(attrs, self._tail, span.error)
+        return build_tags(loads_attrs(span.attrs_json), self._tail, span.error)
 
 
 def build_tags(attrs: dict[str, Any], tail: dict[str, str], error: str) -> dict[str, str]:
@@ -144,9 +159,12 @@ def build_tags(attrs: dict[str, Any], tail: dict[str, str], error: str) -> dict[
     scope), then the error status."""
     tags: dict[str, str] = {}
     for key, value in attrs.items():
-        text = tag_text(value)
-        if text is not None:
-            tags[key] = text
+        if type(value) is str:
+            tags[key] = value
+        else:
+            text = tag_text(value)
+            if text is not None:
+                tags[key] = text
     tags.update(tail)
     if error:
         tags["otel.status_code"] = "ERROR"
