@@ -12,13 +12,45 @@ without it, so the reader thread keeps going meanwhile.
 
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memmove
 from libcpp.vector cimport vector
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+
+
+cdef extern from *:
+    """
+    #if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+    #include <emmintrin.h>
+    /* Skip plain string bytes 16 at a time: the index of the first quote, backslash
+       or control byte in p[i:n], or of the tail shorter than 16 bytes, which the
+       caller scans byte by byte. */
+    static inline Py_ssize_t zk_skip_plain(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) {
+        const __m128i quote = _mm_set1_epi8(0x22);
+        const __m128i backslash = _mm_set1_epi8(0x5C);
+        const __m128i control_max = _mm_set1_epi8(0x1F);
+        while (i + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*)(p + i));
+            /* v <= 0x1F (unsigned) exactly when min(v, 0x1F) == v */
+            __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, control_max), v);
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)), ctl);
+            int mask = _mm_movemask_epi8(hit);
+            if (mask) return i + __builtin_ctz((unsigned)mask);
+            i += 16;
+        }
+        return i;
+    }
+    #else
+    static inline Py_ssize_t zk_skip_plain(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) {
+        (void)p; (void)n;
+        return i;
+    }
+    #endif
+    """
+    Py_ssize_t zk_skip_plain(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
 
 
 CONTENT_TYPE = "application/x-protobuf"
@@ -180,6 +212,7 @@ cdef inline Py_ssize_t scan_string(const unsigned char* p, Py_ssize_t i, Py_ssiz
     cdef unsigned char c
     escaped[0] = False
     while True:
+        i = zk_skip_plain(p, i, n)
         while i < n and not STOP[p[i]]:
             i += 1
         if i >= n:
@@ -272,7 +305,6 @@ cdef inline bint is_number_byte(unsigned char c) noexcept nogil:
 
 
 cdef struct Scratch:
-    Buf span  # the Span message being built
     Buf key  # an unescaped key
     Buf value  # an unescaped string value
 
@@ -386,10 +418,10 @@ cdef class ProtoEncoder:
         cdef Scratch scratch
         cdef Py_ssize_t failed = -1
         cdef int code = OK
-        cdef size_t k
-        out.data = scratch.span.data = scratch.key.data = scratch.value.data = NULL
-        out.len = scratch.span.len = scratch.key.len = scratch.value.len = 0
-        out.cap = scratch.span.cap = scratch.key.cap = scratch.value.cap = 0
+        cdef size_t k, guess, body, body_len, used
+        out.data = scratch.key.data = scratch.value.data = NULL
+        out.len = scratch.key.len = scratch.value.len = 0
+        out.cap = scratch.key.cap = scratch.value.cap = 0
         try:
             with nogil:
                 if not reserve(&out, total):
@@ -397,17 +429,32 @@ cdef class ProtoEncoder:
                 for k in range(items.size()):
                     if code != OK:
                         break
-                    code = self._span(&items[k], &scratch)
+                    # The span goes straight after room for its length, guessed from
+                    # its attributes' size: a wrong guess costs a memmove.
+                    guess = 0
+                    if wrap:
+                        guess = varint_size(<size_t>items[k].attrs_len + 192)
+                        if not reserve(&out, 1 + guess):
+                            code = NO_MEMORY
+                            break
+                        put_byte(&out, 0x0A)
+                        out.len += guess
+                    body = out.len
+                    code = self._span(&items[k], &out, &scratch)
                     if code != OK:
                         failed = <Py_ssize_t>k
                         break
-                    if not reserve(&out, 6 + scratch.span.len):
-                        code = NO_MEMORY
-                        break
                     if wrap:
-                        put_byte(&out, 0x0A)
-                        put_varint(&out, scratch.span.len)
-                    put(&out, scratch.span.data, scratch.span.len)
+                        body_len = out.len - body
+                        used = varint_size(body_len)
+                        if used != guess:
+                            if used > guess and not reserve(&out, used - guess):
+                                code = NO_MEMORY
+                                break
+                            memmove(out.data + body - guess + used, out.data + body, body_len)
+                        out.len = body - guess
+                        put_varint(&out, body_len)
+                        out.len += body_len
             if code == NO_MEMORY:
                 raise MemoryError()
             if code != OK:
@@ -416,13 +463,11 @@ cdef class ProtoEncoder:
             return PyBytes_FromStringAndSize(out.data, out.len)
         finally:
             free(out.data)
-            free(scratch.span.data)
             free(scratch.key.data)
             free(scratch.value.data)
 
-    cdef int _span(self, SpanIn* s, Scratch* scratch) noexcept nogil:
-        cdef Buf* b = &scratch.span
-        b.len = 0
+    cdef int _span(self, SpanIn* s, Buf* b, Scratch* scratch) noexcept nogil:
+        """Append the Span message to ``b``."""
         if not reserve(b, 64 + <size_t>s.name_len + self._endpoint_len):
             return NO_MEMORY
         put(b, b"\x0a\x10", 2)
@@ -444,7 +489,7 @@ cdef class ProtoEncoder:
             put_byte(b, 0x38)
             put_varint(b, s.duration)
         put(b, self._endpoint_p, self._endpoint_len)
-        cdef int code = self._tags(s, scratch)
+        cdef int code = self._tags(s, b, scratch)
         if code != OK:
             return code
         if not reserve(b, 2):
@@ -452,7 +497,7 @@ cdef class ProtoEncoder:
         put(b, b"\x60\x01", 2)  # debug: the span is sampled
         return OK
 
-    cdef int _tags(self, SpanIn* s, Scratch* scratch) noexcept nogil:
+    cdef int _tags(self, SpanIn* s, Buf* b, Scratch* scratch) noexcept nogil:
         cdef const unsigned char* p = s.attrs
         cdef Py_ssize_t n = s.attrs_len
         cdef Py_ssize_t i, ks, ke, vs, ve
@@ -465,7 +510,6 @@ cdef class ProtoEncoder:
         cdef const char* value
         cdef size_t vlen
         cdef unsigned char c
-        cdef Buf* b = &scratch.span
         if n < 2 or p[0] != 0x7B:
             return BAD_JSON
         i = 1

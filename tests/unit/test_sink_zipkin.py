@@ -341,6 +341,9 @@ EDGE_CASES = [
     record({"a": 1}, start_ns=1499, duration_ns=500),
     record({"a": 1}, span_id=0xFFFF_FFFF_FFFF_FFFF, parent=1),
     record({f"k{i}": i for i in range(300)}),
+    # a Span whose size prefix is longer, and one whose is shorter, than its attributes suggest
+    record({f"{i:04d}": 0 for i in range(1700)}),
+    record({"ctl": "\u0001" * 3000}),
 ]
 
 
