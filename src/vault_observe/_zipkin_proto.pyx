@@ -389,11 +389,13 @@ cdef class ProtoEncoder:
         cdef size_t total = 0
         for span in spans:
             trace_id = span.trace_id
-            if PyBytes_GET_SIZE(trace_id) != 16:
+            if trace_id is None or PyBytes_GET_SIZE(trace_id) != 16:
                 raise ValueError("trace_id must be 16 bytes")
             name = span.name
             error = span.error
             attrs = span.attrs_json
+            if attrs is None:
+                raise ValueError("attrs_json must be bytes")
             keep.append((trace_id, name, error, attrs))
             item.trace_id = PyBytes_AS_STRING(trace_id)
             item.span_id = span.span_id

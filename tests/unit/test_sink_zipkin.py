@@ -550,3 +550,16 @@ def test_make_zipkin_sink_from_config(receiver: ZipkinReceiver, sample_spans: li
     assert receiver.spans[0]["localEndpoint"] == {"serviceName": "vault"}
     sink.flush(1.0)
     sink.close()
+
+
+def test_sdk_exporter_error_log_is_rate_limited(
+    sample_spans: list[SpanRecord], receiver: ZipkinReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.fail_with = 500
+    sink = zk.ZipkinSink(receiver.url, encoder="sdk", backoff_initial=0.01, backoff_max=0.01)
+    with caplog.at_level(logging.ERROR):
+        assert sink.send(sample_spans[:3], time.monotonic() + 0.3) == 3
+    assert sink.stats()["retries"] >= 5
+    assert len([r for r in caplog.records if r.name == zk.EXPORTER_LOGGER]) <= 1  # one per minute
+    sink.close()
+    sink.close()

@@ -188,6 +188,27 @@ class _Unencodable(Exception):
     """The SDK exporter failed on a span before sending anything."""
 
 
+class _OncePerInterval(logging.Filter):
+    """Lets one record through per ``interval`` seconds: the exporter logs every
+    failed POST at ERROR, retries included, and the sink logs failures itself."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self._interval:
+            return False
+        self._last = now
+        return True
+
+
+EXPORTER_LOGGER = "opentelemetry.exporter.zipkin.proto.http"
+_exporter_log_filter = _OncePerInterval()  # one for every sink of the process
+
+
 class SdkPath:
     """ReadableSpans for the stock ``opentelemetry-exporter-zipkin-proto-http``."""
 
@@ -233,6 +254,8 @@ class SdkPath:
         self.session.headers.update(headers or {})
         self.exporter = ZipkinExporter(endpoint=url, timeout=max(1, round(timeout)), session=self.session)
         self._success = SpanExportResult.SUCCESS
+        self._closed = False
+        logging.getLogger(EXPORTER_LOGGER).addFilter(_exporter_log_filter)  # added once
 
     def readable(self, record: SpanRecord) -> ReadableSpan:
         from opentelemetry.sdk.trace import ReadableSpan
@@ -286,6 +309,9 @@ class SdkPath:
         return True
 
     def close(self) -> None:
+        if self._closed:  # the exporter warns when shut down twice
+            return
+        self._closed = True
         self.exporter.shutdown()
 
 
