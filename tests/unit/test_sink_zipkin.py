@@ -536,8 +536,9 @@ def test_implementation_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_settings(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         zk.ZipkinSink("http://127.0.0.1:9/", **kwargs)
-    with pytest.raises(ValueError, match="http"):
-        zk.ZipkinSink("ftp://example.org/")
+    for encoder in zk.ENCODERS:
+        with pytest.raises(ValueError, match="http"):
+            zk.ZipkinSink("ftp://example.org/", encoder=encoder)
 
 
 def test_make_zipkin_sink_from_config(receiver: ZipkinReceiver, sample_spans: list[SpanRecord]) -> None:

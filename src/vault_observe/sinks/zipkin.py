@@ -231,7 +231,7 @@ class SdkPath:
         self.resource = Resource({"service.name": service_name})  # one for all spans
         self.scope = InstrumentationScope(SCOPE_NAME, __version__)
 
-        class RecordingSession(requests.Session):
+        class RecordingClient(requests.Session):
             """Keeps the status and size of the last POST (the exporter only says
             SUCCESS or FAILURE); gzips the body when asked."""
 
@@ -250,9 +250,9 @@ class SdkPath:
                 self.last_status = response.status_code
                 return response
 
-        self.session = RecordingSession()
-        self.session.headers.update(headers or {})
-        self.exporter = ZipkinExporter(endpoint=url, timeout=max(1, round(timeout)), session=self.session)
+        self.http = RecordingClient()
+        self.http.headers.update(headers or {})
+        self.exporter = ZipkinExporter(endpoint=url, timeout=max(1, round(timeout)), session=self.http)
         self._success = SpanExportResult.SUCCESS
         self._closed = False
         logging.getLogger(EXPORTER_LOGGER).addFilter(_exporter_log_filter)  # added once
@@ -296,7 +296,7 @@ class SdkPath:
             raise
         except Exception as exc:
             raise _Unencodable(str(exc)) from exc
-        status = self.session.last_status
+        status = self.http.last_status
         if status is None:  # nothing was sent (exporter shut down)
             return 200 if result is self._success else 400
         return status
@@ -344,6 +344,9 @@ class ZipkinSink:
             raise ValueError("the service name must not be empty")
         if not timeout > 0:
             raise ValueError("timeout must be greater than 0")
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {endpoint!r}")
         self.endpoint = endpoint
         self.encoder = encoder
         self.service_name = service_name
@@ -373,6 +376,7 @@ class ZipkinSink:
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         if not spans:
             return 0
+        failed_before = self._counts["failed"]
         try:
             if self._sdk is not None:
                 delivered = self._send_sdk(spans, deadline)
@@ -381,7 +385,7 @@ class ZipkinSink:
         except Exception:  # a bug must not take the worker down: count and log it
             log.exception("zipkin: unexpected error; %d spans dropped", len(spans))
             delivered = 0
-            self._counts["failed"] += len(spans)
+            self._counts["failed"] = failed_before + len(spans)
         return len(spans) - delivered
 
     def flush(self, timeout: float) -> None:
@@ -411,7 +415,7 @@ class ZipkinSink:
                 try:
                     parts.append(body_encoder.encode_span(span))
                 except Exception as exc:
-                    self._unencodable(span, exc)
+                    self._unencodable(repr(span), exc)
             payload = _join(body_encoder.content_type, parts)
             count = len(parts)
         if not count:
@@ -427,21 +431,24 @@ class ZipkinSink:
             try:
                 readables.append(sdk.readable(span))
             except Exception as exc:
-                self._unencodable(span, exc)
+                self._unencodable(repr(span), exc)
         while readables:
             post = functools.partial(sdk.post, readables)
             try:
-                return self._deliver(post, lambda: sdk.session.last_size, len(readables), deadline)
+                return self._deliver(post, lambda: sdk.http.last_size, len(readables), deadline)
             except _Unencodable as exc:
-                good = [span for span in readables if sdk.encodable(span)]
-                for _ in range(len(readables) - len(good)):
-                    self._unencodable(None, exc)
+                good = []
+                for readable in readables:
+                    if sdk.encodable(readable):
+                        good.append(readable)
+                    else:
+                        self._unencodable(f"{readable.name!r} ({readable.context.trace_id:032x})", exc)
                 readables = good
         return 0
 
-    def _unencodable(self, span: SpanRecord | None, exc: BaseException) -> None:
+    def _unencodable(self, span: str, exc: BaseException) -> None:
         self._counts["failed"] += 1
-        self._log("encode", logging.ERROR, "zipkin: cannot encode span %r: %s", span, exc)
+        self._log("encode", logging.ERROR, "zipkin: cannot encode span %s: %s", span, exc)
 
     def _deliver(
         self, post: Callable[[float], int], size: int | Callable[[], int], count: int, deadline: float
