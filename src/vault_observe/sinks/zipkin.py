@@ -510,7 +510,7 @@ class ZipkinSettings(Protocol):
     zipkin: str | None
     zipkin_encoder: str
     service_name: str
-    send_timeout: float
+    send_timeout: float | None
 
 
 def make_zipkin_sink(config: ZipkinSettings) -> ZipkinSink:
@@ -518,5 +518,5 @@ def make_zipkin_sink(config: ZipkinSettings) -> ZipkinSink:
         config.zipkin or DEFAULT_ENDPOINT,
         encoder=config.zipkin_encoder,
         service_name=config.service_name,
-        timeout=config.send_timeout,
+        timeout=config.send_timeout or 10.0,
     )
