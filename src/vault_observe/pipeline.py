@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import core as core_module
 from .config import Config
@@ -27,6 +27,9 @@ from .ratelog import RateLimitedLog
 from .sinks.base import Sink
 from .sources.file import read_file
 from .sources.sockets import SocketSource
+
+if TYPE_CHECKING:
+    from .metrics_http import MetricsServer
 
 log = logging.getLogger("vault_observe")
 
@@ -66,7 +69,9 @@ class SinkWorker:
             "failed": 0,
             "dropped_queue_full": 0,
             "dropped_shutdown": 0,
+            "failed_sends": 0,
         }
+        self.failing_since: float | None = None  # monotonic time of the first failed send in a row
 
     @property
     def depth(self) -> int:
@@ -148,6 +153,8 @@ class SinkWorker:
             with self._cond:
                 self.counts["delivered"] += len(batch) - failed
                 self.counts["failed"] += failed
+                if failed:
+                    self.counts["failed_sends"] += 1
                 if failed == 0:
                     self.failing_since = None
                 elif self.failing_since is None:
@@ -174,6 +181,12 @@ class Daemon:
             from .sinks.factory import build_sinks
 
             sinks = build_sinks(config)
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_address is not None:
+            from .metrics_http import MetricsServer
+
+            self.metrics_server = MetricsServer(self)  # binds in serve/replay
+            sinks = [*sinks, self.metrics_server.sink]
         self.framing = FramingCounters()
         self.workers = [
             SinkWorker(
@@ -239,6 +252,8 @@ class Daemon:
 
     def serve(self) -> None:
         config = self.config
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         self._open_capture()
         source = SocketSource(
             config.listeners,
@@ -280,6 +295,8 @@ class Daemon:
         """Read the whole input file, then flush everything."""
         config = self.config
         assert config.input is not None
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         self._open_capture()
         for worker in self.workers:
             worker.start()
@@ -356,3 +373,5 @@ class Daemon:
             self._capture = None
         self.result = self.summary.counters()
         self.summary.log("final summary")
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
