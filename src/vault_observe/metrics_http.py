@@ -19,15 +19,15 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
-import prometheus_client
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vault_observe")
 
-# Vault answers most requests in well under 10 ms; seal, PKI issue and transit
-# RSA work take up to seconds. Beyond 10 s the +Inf bucket is enough.
+# Vault answers most requests in about a millisecond; password logins and RSA key
+# work take 100 ms and more, large PKI keys seconds. Past 10 s, +Inf is enough.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BUCKET_LABELS = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")  # as Prometheus writes them
 # Histogram label sets kept apart at most; the rest share operation=mount="(other)".
 MAX_SERIES = 2000
 OVERFLOW_LABEL = "(other)"
@@ -79,31 +80,47 @@ _MOUNT_KEY = b'"request.mount_point":"'
 # ---------------------------------------------------------------- the latency histogram
 
 
-def string_attribute(attrs_json: bytes, needle: bytes) -> str:
-    """The string value after ``needle`` (``"key":"``) in a span's flat attribute JSON;
-    "" when the key is absent or not a string.
+def string_attribute(
+    attrs_json: bytes, needle: bytes, start: int = 0, end: int | None = None
+) -> tuple[str, int]:
+    """The string value after ``needle`` (``"key":"``) in a span's flat attribute JSON,
+    searched in ``attrs_json[start:end]``, and the offset just past it; ("", -1) when
+    the key is absent or its value is not a string.
 
-    A byte search instead of decoding every attribute: quotes inside JSON strings are
-    escaped, so an unescaped ``"key":"`` is a key. (A dotted key inside an array of
-    objects could match too; Vault writes none before ``request``.)
+    A byte search instead of decoding every attribute (response bodies can be large):
+    quotes inside JSON strings are escaped, so an unescaped ``"key":"`` is a key. (A
+    dotted key inside an array of objects could match too; Vault writes none before
+    ``request``.)
     """
-    start = attrs_json.find(needle)
-    if start < 0:
-        return ""
-    start += len(needle)
-    end = attrs_json.find(b'"', start)
-    while end > 0 and _escaped(attrs_json, start, end):
-        end = attrs_json.find(b'"', end + 1)
-    if end < 0:
-        return ""
-    raw = attrs_json[start:end]
+    at = attrs_json.find(needle, start, len(attrs_json) if end is None else end)
+    if at < 0:
+        return "", -1
+    begin = at + len(needle)
+    close = attrs_json.find(b'"', begin)
+    while close > 0 and _escaped(attrs_json, begin, close):
+        close = attrs_json.find(b'"', close + 1)
+    if close < 0:
+        return "", -1
+    raw = attrs_json[begin:close]
     if b"\\" not in raw:
-        return raw.decode("utf-8", "replace")
+        return raw.decode("utf-8", "replace"), close + 1
     try:
-        value = orjson.loads(attrs_json[start - 1 : end + 1])
+        value = orjson.loads(attrs_json[begin - 1 : close + 1])
     except orjson.JSONDecodeError:  # a lone surrogate escape: keep the text as written
-        return raw.decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""
+        return raw.decode("utf-8", "replace"), close + 1
+    return (value if isinstance(value, str) else ""), close + 1
+
+
+def request_labels(attrs_json: bytes) -> tuple[str, str]:
+    """(``request.operation``, ``request.mount_point``) of a span, "" for either when absent."""
+    operation, after = string_attribute(attrs_json, _OPERATION_KEY)
+    if after < 0:
+        return operation, string_attribute(attrs_json, _MOUNT_KEY)[0]
+    # Vault writes mount_point right after operation: look there first.
+    mount, found = string_attribute(attrs_json, _MOUNT_KEY, after)
+    if found < 0:
+        mount = string_attribute(attrs_json, _MOUNT_KEY, 0, after)[0]
+    return operation, mount
 
 
 def _escaped(data: bytes, start: int, pos: int) -> bool:
@@ -114,58 +131,89 @@ def _escaped(data: bytes, start: int, pos: int) -> bool:
     return n % 2 == 1
 
 
-class MetricsSink:
+class _Series:
+    """One label set of the histogram: per-bucket (not cumulative) counts and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+
+class MetricsSink(Collector):
     """Feeds ``vault_request_duration_seconds`` from PAIRED spans (the only ones with
-    a real duration), labelled by the request's operation and mount. Never fails."""
+    a real duration), labelled by the request's operation and mount. Never fails.
+
+    The sink keeps its own bucket counts rather than a ``prometheus_client.Histogram``:
+    one lock per batch instead of several per observation, and a scrape sees whole
+    batches only, so its buckets, count and sum always agree.
+    """
 
     name = "metrics"
 
     def __init__(self, registry: CollectorRegistry | None = None, max_series: int = MAX_SERIES) -> None:
-        self.histogram = Histogram(
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._max_series = max_series
+        self._lock = threading.Lock()
+        self.observed = 0
+        self.overflow = 0
+        if registry is not None:
+            registry.register(self)
+
+    def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
+        series = self._series
+        bounds = DURATION_BUCKETS
+        observed = 0
+        with self._lock:
+            for span in spans:
+                if span.pairing != PAIRED:
+                    continue
+                operation, mount = request_labels(span.attrs_json)
+                key = (operation, mount, "true" if span.error else "false")
+                entry = series.get(key)
+                if entry is None:
+                    entry = self._new_series(key)
+                seconds = (span.end_ns - span.start_ns) / 1e9
+                entry.counts[bisect_left(bounds, seconds)] += 1  # le: the first bound >= seconds
+                entry.total += seconds
+                observed += 1
+            self.observed += observed
+        return 0
+
+    def _new_series(self, key: tuple[str, str, str]) -> _Series:
+        if len(self._series) >= self._max_series:
+            if not self.overflow:
+                log.warning(
+                    "metrics: over %d operation/mount label sets; the rest are counted as %s",
+                    self._max_series,
+                    OVERFLOW_LABEL,
+                )
+            self.overflow += 1
+            key = (OVERFLOW_LABEL, OVERFLOW_LABEL, key[2])
+            entry = self._series.get(key)
+            if entry is not None:
+                return entry
+        entry = self._series[key] = _Series()
+        return entry
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            snapshot = [(key, list(entry.counts), entry.total) for key, entry in self._series.items()]
+        family = HistogramMetricFamily(
             "vault_request_duration_seconds",
             "Duration of Vault requests from the audit log: time of the response entry minus "
             "time of its request entry (requests paired with their response only)",
-            ("operation", "mount", "error"),
-            buckets=DURATION_BUCKETS,
-            registry=registry,
+            labels=["operation", "mount", "error"],
         )
-        self._children: dict[tuple[str, str, str], Histogram] = {}
-        self._max_series = max_series
-        self.observed = 0
-        self.overflow = 0
-
-    def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
-        children = self._children
-        observed = 0
-        for span in spans:
-            if span.pairing != PAIRED:
-                continue
-            attrs = span.attrs_json
-            key = (
-                string_attribute(attrs, _OPERATION_KEY),
-                string_attribute(attrs, _MOUNT_KEY),
-                "true" if span.error else "false",
-            )
-            child = children.get(key)
-            if child is None:
-                child = self._child(key)
-            child.observe((span.end_ns - span.start_ns) / 1e9)
-            observed += 1
-        self.observed += observed
-        return 0
-
-    def _child(self, key: tuple[str, str, str]) -> Histogram:
-        if len(self._children) < self._max_series:
-            child = self._children[key] = self.histogram.labels(*key)
-            return child
-        if not self.overflow:
-            log.warning(
-                "metrics: over %d operation/mount label sets; the rest are counted as %s",
-                self._max_series,
-                OVERFLOW_LABEL,
-            )
-        self.overflow += 1
-        return self.histogram.labels(OVERFLOW_LABEL, OVERFLOW_LABEL, key[2])
+        for key, counts, total in snapshot:
+            buckets = []
+            cumulative = 0
+            for le, count in zip(_BUCKET_LABELS, counts, strict=True):
+                cumulative += count
+                buckets.append((le, float(cumulative)))
+            family.add_metric(list(key), buckets, total)
+        yield family
 
     def flush(self, timeout: float) -> None:
         pass
@@ -191,7 +239,7 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 class DaemonCollector(Collector):
     """Every counter of a Daemon, read at scrape time."""
 
-    def __init__(self, daemon: Daemon, clock: Any = time.monotonic) -> None:
+    def __init__(self, daemon: Daemon, clock: Callable[[], float] = time.monotonic) -> None:
         self._daemon = daemon
         self._clock = clock
 
@@ -209,7 +257,7 @@ class DaemonCollector(Collector):
         yield info
 
         # -- input
-        yield _counter("vault_observe_lines", "Audit log lines read, bad ones included", get("lines", 0))
+        yield _counter("vault_observe_lines", "Audit log lines parsed, bad ones included", get("lines", 0))
         yield _counter("vault_observe_bytes", "Bytes of audit log received", get("bytes", 0))
         entries = CounterMetricFamily(
             "vault_observe_audit_entries", "Audit entries read, by entry type", labels=["type"]
@@ -407,9 +455,6 @@ class MetricsServer:
         self.host, self.port = parse_address(config.metrics_address or "")
         self.failure_seconds = config.health_failure_seconds
         self._daemon = daemon
-        # Per-series "_created" samples double the series count for nothing a
-        # dashboard uses; this process exports nothing else.
-        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DaemonCollector(daemon))
         self.sink = MetricsSink(self.registry)

@@ -32,6 +32,7 @@ from vault_observe.metrics_http import (
     OVERFLOW_LABEL,
     MetricsSink,
     health,
+    request_labels,
     string_attribute,
 )
 from vault_observe.model import PAIRED
@@ -331,19 +332,24 @@ def test_healthz_turns_503_while_a_sink_fails_and_200_after_it_recovers(
 # ---------------------------------------------------------------- pieces
 
 
-def test_string_attribute_reads_keys_not_values() -> None:
+def test_labels_come_from_keys_not_values() -> None:
     attrs = dump_attrs(
         {
-            "note": '"request.operation":"fake" and \\',
+            "note": '"request.operation":"fake" and "request.mount_point":"fake/" \\',
             "request.operation": "read",
             "request.mount_point": 'we"ird\\/',
             "request.path": "x",
         }
     )
-    assert string_attribute(attrs, b'"request.operation":"') == "read"
-    assert string_attribute(attrs, b'"request.mount_point":"') == 'we"ird\\/'
-    assert string_attribute(attrs, b'"request.missing":"') == ""
-    assert string_attribute(dump_attrs({"request.operation": 3}), b'"request.operation":"') == ""
+    assert request_labels(attrs) == ("read", 'we"ird\\/')
+    assert string_attribute(attrs, b'"request.missing":"') == ("", -1)
+    # mount_point before operation, or no operation, or neither
+    assert request_labels(dump_attrs({"request.mount_point": "kv/", "request.operation": "list"})) == (
+        "list",
+        "kv/",
+    )
+    assert request_labels(dump_attrs({"request.mount_point": "kv/"})) == ("", "kv/")
+    assert request_labels(dump_attrs({"request.operation": 3, "request.path": "a/b"})) == ("", "")
 
 
 def test_metrics_sink_counts_only_paired_spans_and_caps_label_sets() -> None:
