@@ -285,6 +285,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--health-failure-seconds",
         type=_positive_float,
         default=60.0,
+        metavar="SECONDS",
         help="/healthz answers 503 once a sink has been failing for this long (default 60)",
     )
     parser.add_argument(

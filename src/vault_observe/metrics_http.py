@@ -474,8 +474,9 @@ class MetricsServer:
                 exc.errno, f"--metrics-address {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
         self._server = server
+        # The poll interval bounds how long stop() waits for the accept loop.
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.25}, name="metrics-http", daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics-http", daemon=True
         )
         self._thread.start()
         log.info("serving /metrics and /healthz on %s", self.url)
