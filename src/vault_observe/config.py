@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import ConfigError
+from .metrics import parse_address
 
 DEFAULT_ZIPKIN_URL = "http://localhost:9411/api/v2/spans"
 DEFAULT_HONEYCOMB_HOST = "https://api.honeycomb.io"
@@ -70,6 +71,8 @@ class Config:
     retry_window: float = 30.0
     shutdown_timeout: float = 15.0
     summary_interval: float = 60.0
+    metrics_address: str | None = None  # HOST:PORT serving /metrics and /healthz
+    health_failure_seconds: float = 60.0
     log_level: str = "info"
 
     def sink_names(self) -> list[str]:
@@ -331,6 +334,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=60.0,
         help="seconds between counter summaries in the log (default 60)",
     )
+    ops = parser.add_argument_group("self-monitoring")
+    ops.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz on HOST:PORT, e.g. 127.0.0.1:9464 (default: off)",
+    )
+    ops.add_argument(
+        "--health-failure-seconds",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="/healthz answers 503 once a sink has been failing for this long (default 60)",
+    )
     parser.add_argument(
         "--log-level",
         default="info",
@@ -355,6 +371,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
     api_key = env.get("HONEYCOMB_API_KEY", "")
     if args.honeycomb and not api_key:
         raise ConfigError("--honeycomb needs the API key in the HONEYCOMB_API_KEY environment variable")
+    if args.metrics_address is not None:
+        parse_address(args.metrics_address)  # a bad address fails here, not at start
     return Config(
         listeners=listeners,
         socket_mode=args.socket_mode,
@@ -387,6 +405,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         send_timeout=args.send_timeout,
         retry_window=args.retry_window,
         summary_interval=args.summary_interval,
+        metrics_address=args.metrics_address,
+        health_failure_seconds=args.health_failure_seconds,
         log_level=args.log_level,
     )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from .pipeline import Daemon
 
@@ -49,3 +51,18 @@ def format_counters(counters: dict[str, Any]) -> str:
     for name, stats in counters.get("sinks", {}).items():
         parts.append(f"{name}[" + " ".join(f"{k}={v}" for k, v in stats.items()) + "]")
     return " ".join(parts)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; an empty host means every interface) -> (host, port).
+
+    Port 0 asks the system for a free port.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"--metrics-address {text!r}: expected HOST:PORT, such as 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"--metrics-address {text!r}: write an IPv6 address in brackets, [::1]:9464")
+    return host, int(port_text)

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import core as core_module
 from .config import Config
@@ -28,6 +28,9 @@ from .sinks.base import Sink
 from .sources.file import read_file
 from .sources.follow import Checkpoint, FileFollower, Position
 from .sources.sockets import SocketSource
+
+if TYPE_CHECKING:
+    from .metrics_http import MetricsServer
 
 log = logging.getLogger("vault_observe")
 
@@ -67,6 +70,7 @@ class SinkWorker:
             "failed": 0,
             "dropped_queue_full": 0,
             "dropped_shutdown": 0,
+            "failed_sends": 0,
         }
         # monotonic time of the first failed batch since the last fully delivered one (health)
         self.failing_since: float | None = None
@@ -157,6 +161,8 @@ class SinkWorker:
             with self._cond:
                 self.counts["delivered"] += len(batch) - failed
                 self.counts["failed"] += failed
+                if failed:
+                    self.counts["failed_sends"] += 1
                 if failed == 0:
                     self.failing_since = None
                 elif self.failing_since is None:
@@ -187,6 +193,12 @@ class Daemon:
             from .sinks.factory import build_sinks
 
             sinks = build_sinks(config)
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_address is not None:
+            from .metrics_http import MetricsServer
+
+            self.metrics_server = MetricsServer(self)  # binds in serve/replay
+            sinks = [*sinks, self.metrics_server.sink]
         self.framing = FramingCounters()
         self.workers = [
             SinkWorker(
@@ -262,7 +274,6 @@ class Daemon:
 
     def serve(self) -> None:
         config = self.config
-        self._open_capture()
         source = SocketSource(
             config.listeners,
             socket_mode=config.socket_mode,
@@ -271,13 +282,11 @@ class Daemon:
         )
         source.open()
         self.source = source
-        for worker in self.workers:
-            worker.start()
-        self.started.set()
         core = self.core
         last_expire = time.monotonic_ns()
         next_summary = time.monotonic() + config.summary_interval
         try:
+            self._begin()
             while not self._stop.is_set():
                 chunks = source.poll(POLL_SECONDS)
                 now = time.monotonic_ns()
@@ -303,12 +312,9 @@ class Daemon:
         """Read the whole input file, then flush everything."""
         config = self.config
         assert config.input is not None
-        self._open_capture()
-        for worker in self.workers:
-            worker.start()
-        self.started.set()
         core = self.core
         try:
+            self._begin()
             for chunk in read_file(config.input, max_line_bytes=config.max_line_bytes, counters=self.framing):
                 self._feed(chunk, None)
                 core.expire(core.watermark_ns)
@@ -330,16 +336,13 @@ class Daemon:
             start=checkpoint.load() if checkpoint else None,
         )
         self.follower = follower
-        self._open_capture()
-        for worker in self.workers:
-            worker.start()
-        self.started.set()
         core = self.core
         # (position, what each worker had been given by then), oldest first
         marks: deque[tuple[Position, list[int]]] = deque()
         saved: Position | None = None
         last_save = 0.0
         try:
+            self._begin()
             for chunk in follower.follow(self._stop.is_set):
                 if chunk is not None:
                     self._feed(chunk.lines, None)
@@ -363,6 +366,15 @@ class Daemon:
                 checkpoint.save(follower.position)
 
     # -- internals
+
+    def _begin(self) -> None:
+        """Start what every mode shares: self-metrics, capture file, sink workers."""
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+        self._open_capture()
+        for worker in self.workers:
+            worker.start()
+        self.started.set()
 
     def _open_capture(self) -> None:
         if self.config.capture:
@@ -423,3 +435,5 @@ class Daemon:
             self._capture = None
         self.result = self.summary.counters()
         self.summary.log("final summary")
+        if self.metrics_server is not None:
+            self.metrics_server.stop()

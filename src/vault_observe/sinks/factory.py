@@ -19,16 +19,9 @@ def build_sinks(config: Config, environ: Mapping[str, str] | None = None) -> lis
 
         sinks.append(StdoutSink())
     if config.zipkin:
-        from .zipkin import ZipkinSink
+        from .zipkin import make_zipkin_sink
 
-        sinks.append(
-            ZipkinSink(
-                config.zipkin,
-                encoder=config.zipkin_encoder,
-                service_name=config.service_name,
-                timeout=config.send_timeout or DEFAULT_TIMEOUT,
-            )
-        )
+        sinks.append(make_zipkin_sink(config))
     if config.honeycomb:
         from .honeycomb import HoneycombSink
 

@@ -1,0 +1,142 @@
+"""A loopback receiver for benchmarks, in its own process: it counts what arrives.
+
+Zipkin (protobuf ``ListOfSpans`` or JSON v2 on ``/api/v2/spans``), Honeycomb
+(``/1/batch/<dataset>``, answered with the per-event status array) and OTLP/HTTP
+JSON (``/v1/traces``). Counting instead of keeping keeps the receiver from being
+the bottleneck; the tests check the content, the benchmarks check the count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import multiprocessing
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+
+
+def count_proto_spans(body: bytes) -> int:
+    """Top-level field 1 (``spans``) entries of a ListOfSpans, without decoding them."""
+    count = 0
+    pos = 0
+    end = len(body)
+    while pos < end:
+        tag = body[pos]
+        pos += 1
+        if tag != 0x0A:
+            raise ValueError(f"unexpected field tag {tag:#x}")
+        length = 0
+        shift = 0
+        while True:
+            byte = body[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        pos += length
+        count += 1
+    if pos != end:
+        raise ValueError("truncated ListOfSpans")
+    return count
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spans = 0
+        self.requests = 0
+        self.errors = 0
+
+
+def _serve(conn: Connection) -> None:
+    counts = _Counts()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            reply = b""
+            try:
+                if self.path == "/api/v2/spans":
+                    if self.headers.get("Content-Type", "").startswith("application/x-protobuf"):
+                        n = count_proto_spans(body)
+                    else:
+                        n = len(orjson.loads(body))
+                elif self.path.startswith("/1/batch/"):
+                    n = len(orjson.loads(body))
+                    reply = b"[" + b",".join([b'{"status":202}'] * n) + b"]"
+                elif self.path == "/v1/traces":
+                    message = orjson.loads(body)
+                    n = sum(
+                        len(scope["spans"]) for rs in message["resourceSpans"] for scope in rs["scopeSpans"]
+                    )
+                    reply = b"{}"
+                else:
+                    raise ValueError(self.path)
+            except Exception:
+                with counts.lock:
+                    counts.errors += 1
+                self.send_response(400)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            with counts.lock:
+                counts.spans += n
+                counts.requests += 1
+            self.send_response(202 if reply else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    conn.send(server.server_address[1])
+    while True:
+        command = conn.recv()
+        if command == "stop":
+            break
+        with counts.lock:
+            conn.send({"spans": counts.spans, "requests": counts.requests, "errors": counts.errors})
+            if command == "reset":
+                counts.spans = counts.requests = counts.errors = 0
+    server.shutdown()
+
+
+class CountingReceiver:
+    """Context manager: ``port``, ``counts()``, ``reset()`` (returns the counts before)."""
+
+    def __enter__(self) -> CountingReceiver:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self._proc.start()
+        self.port: int = self._conn.recv()
+        return self
+
+    def counts(self) -> dict[str, int]:
+        self._conn.send("count")
+        result: dict[str, int] = self._conn.recv()
+        return result
+
+    def reset(self) -> dict[str, int]:
+        self._conn.send("reset")
+        result: dict[str, int] = self._conn.recv()
+        return result
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("stop")
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()

@@ -1,0 +1,522 @@
+"""Zipkin sink: spans to a Zipkin collector (``POST /api/v2/spans``).
+
+Three encoders behind one sink:
+
+* ``native`` (default): the Zipkin protobuf ``ListOfSpans`` encoded straight from
+  the SpanRecords (``_zipkin_proto``, compiled; ``zipkin_proto_py`` where it is not
+  built), POSTed on a keep-alive connection. Its bytes are what the SDK path below
+  gives for the same spans.
+* ``sdk``: ``opentelemetry.sdk.trace.ReadableSpan`` objects handed to the stock
+  ``opentelemetry-exporter-zipkin-proto-http`` exporter. ReadableSpans are built
+  directly rather than through a tracer: that keeps the ids, times and every
+  attribute (no 128-attribute limit), and skips a per-span ``Resource.create``.
+* ``json``: Zipkin JSON v2, the same content as the protobuf.
+
+Every span is a SERVER span of the sink's service with the attributes as tags;
+arrays are tagged with their compact JSON text (the exporter would turn an array
+of objects into ``[]``). Connection errors, 408, 429 and 5xx are retried with
+capped exponential backoff until the ``deadline`` given to ``send``; other 4xx are
+permanent. Failures are counted, never raised.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+
+from .. import __version__
+from ..model import SpanRecord
+from ..ratelog import RateLimitedLog
+from . import zipkin_proto_py
+from .zipkin_proto_py import build_tags, loads_attrs, scope_tags
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+log = logging.getLogger("vault_observe.zipkin")
+
+ENCODERS = ("native", "sdk", "json")
+DEFAULT_ENDPOINT = "http://localhost:9411/api/v2/spans"
+SCOPE_NAME = "vault-observe"
+SUCCESS_STATUSES = range(200, 300)
+RETRY_STATUSES = frozenset((408, 429))  # and every 5xx
+
+_U64 = 1 << 64
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class _BodyEncoder(Protocol):
+    content_type: str
+
+    def encode(self, spans: Sequence[SpanRecord]) -> bytes: ...
+
+    def encode_span(self, span: SpanRecord) -> bytes: ...
+
+
+EncoderFactory = Callable[[str, str, str], _BodyEncoder]  # (service name, scope name, version)
+
+
+def proto_encoder_class() -> tuple[EncoderFactory, str | None]:
+    """The compiled encoder when it is built, else the pure-Python one, and why."""
+    if os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1":
+        return zipkin_proto_py.ProtoEncoder, "disabled by VAULT_OBSERVE_NO_EXTENSIONS=1"
+    try:
+        from .._zipkin_proto import ProtoEncoder
+    except ImportError as exc:
+        return zipkin_proto_py.ProtoEncoder, str(exc)
+    return ProtoEncoder, None
+
+
+class JsonEncoder:
+    """Zipkin JSON v2: the SDK JSON exporter's span shape with the protobuf's content
+    (all tags, untruncated; a zero duration left out, as the Zipkin API asks)."""
+
+    implementation = "py"
+    content_type = "application/json"
+
+    def __init__(self, service_name: str, scope_name: str, scope_version: str) -> None:
+        self._endpoint = {"serviceName": service_name}
+        self._tail = scope_tags(service_name, scope_name, scope_version)
+
+    def _span(self, span: SpanRecord) -> dict[str, Any]:
+        timestamp = (span.start_ns + 500) // 1000
+        duration = (span.end_ns - span.start_ns + 500) // 1000
+        if not 0 <= timestamp < _U64 or not 0 <= duration < _U64 or len(span.trace_id) != 16:
+            raise ValueError("span time or trace id out of range")
+        out: dict[str, Any] = {"traceId": span.trace_id.hex(), "id": f"{span.span_id:016x}"}
+        if span.parent_span_id:
+            out["parentId"] = f"{span.parent_span_id:016x}"
+        out["kind"] = "SERVER"
+        out["name"] = span.name
+        if timestamp:
+            out["timestamp"] = timestamp
+        if duration:
+            out["duration"] = duration
+        out["localEndpoint"] = self._endpoint
+        out["tags"] = build_tags(loads_attrs(span.attrs_json), self._tail, span.error)
+        out["debug"] = True
+        return out
+
+    def encode(self, spans: Sequence[SpanRecord]) -> bytes:
+        return orjson.dumps([self._span(span) for span in spans])
+
+    def encode_span(self, span: SpanRecord) -> bytes:
+        return orjson.dumps(self._span(span))
+
+
+def _join(content_type: str, parts: list[bytes]) -> bytes:
+    if content_type == "application/json":
+        return b"[" + b",".join(parts) + b"]"
+    return zipkin_proto_py.wrap_spans(parts)
+
+
+class HttpPoster:
+    """POSTs bodies to one URL over a kept-alive ``http.client`` connection."""
+
+    def __init__(
+        self, url: str, content_type: str, *, gzip: bool = False, headers: Mapping[str, str] | None = None
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._gzip = gzip
+        self.headers = {"Content-Type": content_type, "User-Agent": f"vault-observe/{__version__}"}
+        if gzip:
+            self.headers["Content-Encoding"] = "gzip"
+        self.headers.update(headers or {})
+        self._conn: http.client.HTTPConnection | None = None
+
+    def body(self, payload: bytes) -> bytes:
+        """What goes on the wire for ``payload``."""
+        if not self._gzip:
+            return payload
+        packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: gzip framing
+        return packer.compress(payload) + packer.flush()
+
+    def post(self, body: bytes, timeout: float) -> int:
+        """The response status; raises OSError/HTTPException when there is none."""
+        for fresh_retry in (False, True):
+            conn = self._conn
+            reused = conn is not None and conn.sock is not None
+            if conn is None:
+                conn = self._conn = self._connection(timeout)
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            try:
+                conn.request("POST", self._path, body=body, headers=self.headers)
+                response = conn.getresponse()
+                response.read()
+            except (ConnectionResetError, BrokenPipeError, http.client.BadStatusLine):
+                self.close()
+                if reused and not fresh_retry:
+                    continue  # the server dropped an idle kept-alive connection: once more at once
+                raise
+            except BaseException:
+                self.close()
+                raise
+            return response.status
+        raise AssertionError("unreachable")
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class _Unencodable(Exception):
+    """The SDK exporter failed on a span before sending anything."""
+
+
+class _OncePerInterval(logging.Filter):
+    """Lets one record through per ``interval`` seconds: the exporter logs every
+    failed POST at ERROR, retries included, and the sink logs failures itself."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self._interval:
+            return False
+        self._last = now
+        return True
+
+
+EXPORTER_LOGGER = "opentelemetry.exporter.zipkin.proto.http"
+_exporter_log_filter = _OncePerInterval()  # one for every sink of the process
+
+
+class SdkPath:
+    """ReadableSpans for the stock ``opentelemetry-exporter-zipkin-proto-http``."""
+
+    def __init__(
+        self, url: str, service_name: str, timeout: float, *, gzip: bool, headers: Mapping[str, str] | None
+    ) -> None:
+        import requests
+        from opentelemetry.exporter.zipkin.proto.http import ZipkinExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace.export import SpanExportResult
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+        self._SpanContext = SpanContext
+        self._Status = Status
+        self._ERROR = StatusCode.ERROR
+        self._unset = Status(StatusCode.UNSET)
+        self._server = SpanKind.SERVER
+        self._sampled = TraceFlags(TraceFlags.SAMPLED)
+        self.resource = Resource({"service.name": service_name})  # one for all spans
+        self.scope = InstrumentationScope(SCOPE_NAME, __version__)
+
+        class RecordingClient(requests.Session):
+            """Keeps the status and size of the last POST (the exporter only says
+            SUCCESS or FAILURE); gzips the body when asked."""
+
+            last_status: int | None = None
+            last_size = 0
+
+            def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+                data = kwargs.get("data")
+                if gzip and isinstance(data, bytes):
+                    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+                    kwargs["data"] = data = packer.compress(data) + packer.flush()
+                    kwargs["headers"] = {**(kwargs.get("headers") or {}), "Content-Encoding": "gzip"}
+                self.last_status = None
+                self.last_size = len(data) if isinstance(data, bytes) else 0
+                response = super().request(method, url, *args, **kwargs)
+                self.last_status = response.status_code
+                return response
+
+        self.http = RecordingClient()
+        self.http.headers.update(headers or {})
+        self.exporter = ZipkinExporter(endpoint=url, timeout=max(1, round(timeout)), session=self.http)
+        self._success = SpanExportResult.SUCCESS
+        self._closed = False
+        logging.getLogger(EXPORTER_LOGGER).addFilter(_exporter_log_filter)  # added once
+
+    def readable(self, record: SpanRecord) -> ReadableSpan:
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        if len(record.trace_id) != 16:
+            raise ValueError("trace_id must be 16 bytes")
+        trace_id = int.from_bytes(record.trace_id, "big")
+        context = self._SpanContext(trace_id, record.span_id, is_remote=False, trace_flags=self._sampled)
+        parent = None
+        if record.parent_span_id:
+            parent = self._SpanContext(
+                trace_id, record.parent_span_id, is_remote=False, trace_flags=self._sampled
+            )
+        attributes = {
+            key: _dumps(value) if isinstance(value, list) else value
+            for key, value in record.attributes().items()
+        }
+        status = self._Status(self._ERROR, record.error) if record.error else self._unset
+        return ReadableSpan(
+            record.name,
+            context,
+            parent,
+            self.resource,
+            attributes,
+            kind=self._server,
+            status=status,
+            start_time=record.start_ns,
+            end_time=record.end_ns,
+            instrumentation_scope=self.scope,
+        )
+
+    def post(self, spans: Sequence[ReadableSpan], timeout: float) -> int:
+        self.exporter.timeout = timeout  # type: ignore[assignment]  # requests takes a float
+        try:
+            # The exporter's hints say trace.Span; a ReadableSpan has all it reads.
+            result = self.exporter.export(spans)  # type: ignore[arg-type]
+        except OSError:  # requests' errors are OSErrors
+            raise
+        except Exception as exc:
+            raise _Unencodable(str(exc)) from exc
+        status = self.http.last_status
+        if status is None:  # nothing was sent (exporter shut down)
+            return 200 if result is self._success else 400
+        return status
+
+    def encodable(self, span: ReadableSpan) -> bool:
+        try:
+            self.exporter.encoder.serialize([span], self.exporter.local_node)  # type: ignore[list-item]
+        except Exception:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._closed:  # the exporter warns when shut down twice
+            return
+        self._closed = True
+        self.exporter.shutdown()
+
+
+class ZipkinSink:
+    """A Sink (see ``base.Sink``) for a Zipkin collector.
+
+    ``stats()``: ``sent``/``failed`` spans, ``retries`` (requests repeated after a
+    retryable failure), ``batches`` and ``bytes`` (body bytes on the wire, gzipped
+    when ``gzip``) of the requests the collector accepted.
+    """
+
+    name = "zipkin"
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        encoder: str = "native",
+        service_name: str = "vault",
+        timeout: float = 10.0,
+        gzip: bool = False,
+        headers: Mapping[str, str] | None = None,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        rate_log: RateLimitedLog | None = None,
+    ) -> None:
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown Zipkin encoder {encoder!r}; expected one of {', '.join(ENCODERS)}")
+        if not service_name:
+            raise ValueError("the service name must not be empty")
+        if not timeout > 0:
+            raise ValueError("timeout must be greater than 0")
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {endpoint!r}")
+        self.endpoint = endpoint
+        self.encoder = encoder
+        self.service_name = service_name
+        self.timeout = timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._log = rate_log or RateLimitedLog(log, 60.0)
+        self._closing = threading.Event()
+        self._counts = {"sent": 0, "failed": 0, "retries": 0, "batches": 0, "bytes": 0}
+        self._sdk: SdkPath | None = None
+        self._body: _BodyEncoder | None = None
+        self._poster: HttpPoster | None = None
+        self.load_error: str | None = None
+        if encoder == "sdk":
+            self._sdk = SdkPath(endpoint, service_name, timeout, gzip=gzip, headers=headers)
+            self.implementation = "sdk"
+        else:
+            factory: EncoderFactory = JsonEncoder
+            if encoder == "native":
+                factory, self.load_error = proto_encoder_class()
+            self._body = factory(service_name, SCOPE_NAME, __version__)
+            self._poster = HttpPoster(endpoint, self._body.content_type, gzip=gzip, headers=headers)
+            self.implementation = str(getattr(self._body, "implementation", "py"))
+
+    # -- the Sink protocol
+
+    def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
+        if not spans:
+            return 0
+        failed_before = self._counts["failed"]
+        try:
+            if self._sdk is not None:
+                delivered = self._send_sdk(spans, deadline)
+            else:
+                delivered = self._send_body(spans, deadline)
+        except Exception:  # a bug must not take the worker down: count and log it
+            log.exception("zipkin: unexpected error; %d spans dropped", len(spans))
+            delivered = 0
+            self._counts["failed"] = failed_before + len(spans)
+        return len(spans) - delivered
+
+    def flush(self, timeout: float) -> None:
+        """Nothing is buffered here: ``send`` delivers or gives up before it returns."""
+
+    def close(self) -> None:
+        self._closing.set()  # ends a backoff wait at once
+        if self._poster is not None:
+            self._poster.close()
+        if self._sdk is not None:
+            self._sdk.close()
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    # -- internals
+
+    def _send_body(self, spans: Sequence[SpanRecord], deadline: float) -> int:
+        assert self._body is not None and self._poster is not None
+        body_encoder, poster = self._body, self._poster
+        try:
+            payload = body_encoder.encode(spans)
+            count = len(spans)
+        except Exception:
+            parts = []
+            for span in spans:
+                try:
+                    parts.append(body_encoder.encode_span(span))
+                except Exception as exc:
+                    self._unencodable(repr(span), exc)
+            payload = _join(body_encoder.content_type, parts)
+            count = len(parts)
+        if not count:
+            return 0
+        body = poster.body(payload)
+        return self._deliver(lambda timeout: poster.post(body, timeout), len(body), count, deadline)
+
+    def _send_sdk(self, spans: Sequence[SpanRecord], deadline: float) -> int:
+        sdk = self._sdk
+        assert sdk is not None
+        readables = []
+        for span in spans:
+            try:
+                readables.append(sdk.readable(span))
+            except Exception as exc:
+                self._unencodable(repr(span), exc)
+        while readables:
+            post = functools.partial(sdk.post, readables)
+            try:
+                return self._deliver(post, lambda: sdk.http.last_size, len(readables), deadline)
+            except _Unencodable as exc:
+                good = []
+                for readable in readables:
+                    if sdk.encodable(readable):
+                        good.append(readable)
+                    else:
+                        self._unencodable(f"{readable.name!r} ({readable.context.trace_id:032x})", exc)
+                readables = good
+        return 0
+
+    def _unencodable(self, span: str, exc: BaseException) -> None:
+        self._counts["failed"] += 1
+        self._log("encode", logging.ERROR, "zipkin: cannot encode span %s: %s", span, exc)
+
+    def _deliver(
+        self, post: Callable[[float], int], size: int | Callable[[], int], count: int, deadline: float
+    ) -> int:
+        """POST until accepted, refused, or out of time; how many spans went through."""
+        counts = self._counts
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closing.is_set():
+                return self._give_up(count, attempt, "out of time" if remaining <= 0 else "closing")
+            try:
+                status = post(min(self.timeout, remaining))
+            except (OSError, http.client.HTTPException) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if status in SUCCESS_STATUSES:
+                    counts["sent"] += count
+                    counts["batches"] += 1
+                    counts["bytes"] += size if isinstance(size, int) else size()
+                    return count
+                if status not in RETRY_STATUSES and status < 500:
+                    counts["failed"] += count
+                    self._log(
+                        f"status-{status}",
+                        logging.ERROR,
+                        "zipkin: %s refused %d spans with HTTP %d; not retrying",
+                        self.endpoint,
+                        count,
+                        status,
+                    )
+                    return 0
+                reason = f"HTTP {status}"
+            delay = min(self.backoff_max, self.backoff_initial * (2**attempt))
+            if time.monotonic() + delay >= deadline:
+                return self._give_up(count, attempt + 1, reason)
+            if self._closing.wait(delay):
+                return self._give_up(count, attempt + 1, "closing")
+            attempt += 1
+            counts["retries"] += 1
+
+    def _give_up(self, count: int, attempts: int, reason: str) -> int:
+        self._counts["failed"] += count
+        self._log(
+            "give-up",
+            logging.WARNING,
+            "zipkin: %d spans not delivered to %s after %d attempts (%s)",
+            count,
+            self.endpoint,
+            attempts,
+            reason,
+        )
+        return 0
+
+
+class ZipkinSettings(Protocol):
+    """The part of the daemon's Config that the Zipkin sink reads."""
+
+    zipkin: str | None
+    zipkin_encoder: str
+    service_name: str
+    send_timeout: float | None
+
+
+def make_zipkin_sink(config: ZipkinSettings) -> ZipkinSink:
+    return ZipkinSink(
+        config.zipkin or DEFAULT_ENDPOINT,
+        encoder=config.zipkin_encoder,
+        service_name=config.service_name,
+        timeout=config.send_timeout or 10.0,
+    )
