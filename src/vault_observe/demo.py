@@ -267,7 +267,7 @@ def _summary(
     err.write(
         f"\nvault-observe demo: OpenBao {version} dev server on {server.host}:{server.port}\n"
         f"  workload: {len(workload.calls)} API calls in {workload.seconds:.2f} s ({statuses}), "
-        f"the last {sum(1 for c in workload.calls if c.client)} from {workload.clients} concurrent clients\n"
+        f"{sum(1 for c in workload.calls if c.client)} of them from {workload.clients} concurrent clients\n"
         f"  daemon:   {lines} audit lines received (expected {expected_lines}), {spans} spans: "
         f"{counters.get('paired', 0)} paired, {counters.get('orphans', 0)} orphan, "
         f"{counters.get('unanswered', 0)} unanswered; {counters.get('probes', 0)} test entry skipped\n"

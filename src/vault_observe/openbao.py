@@ -243,7 +243,7 @@ class DevServer:
 
     def _spawn(self, config: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
-        env["HOME"] = str(self.workdir)  # the CLI's token helper writes under $HOME
+        env["HOME"] = str(self.workdir)  # the CLI keeps its token file under $HOME
         args = [
             self.binary,
             "server",
@@ -255,7 +255,7 @@ class DevServer:
             f"-log-level={self.log_level}",
         ]
         with open(self.log_path, "wb") as log:
-            # Its own session: a Ctrl-C on the terminal reaches us, and we stop it in order.
+            # Detached from the terminal: a Ctrl-C reaches only us, and we stop the server in order.
             self.process = subprocess.Popen(
                 args,
                 cwd=self.workdir,
