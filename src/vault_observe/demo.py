@@ -26,6 +26,8 @@ from .openbao import BaoError, BaoNotFound, Client, DevServer
 if TYPE_CHECKING:
     from .config import Config
 
+CORRELATION_HEADER = "X-Correlation-Id"
+CORRELATION_ID = "demo-4242"
 READER_POLICY = """
 path "secret/data/app/*" {
   capabilities = ["read"]
@@ -100,7 +102,8 @@ class _Recorder:
 def run_workload(server: DevServer, *, clients: int = 4, rounds: int = 5) -> Workload:
     """A short mix of successful and failing calls, then ``clients`` threads in parallel.
 
-    Covers kv v2 writes and reads (with versions), kv v1, a token create and lookups,
+    Covers kv v2 writes and reads (with versions, one carrying an audited
+    ``X-Correlation-Id`` header), kv v1, a token create and lookups,
     permission denied with a limited token, 404 reads, a good and a failed userpass
     login, and a response-wrapped secret unwrapped twice (the second unwrap fails and
     OpenBao logs its request entry only).
@@ -113,6 +116,8 @@ def run_workload(server: DevServer, *, clients: int = 4, rounds: int = 5) -> Wor
         api("POST", "sys/mounts/kv1", {"type": "kv", "options": {"version": "1"}}, expect=204)
         api("POST", "sys/auth/userpass", {"type": "userpass"}, expect=204)
         api("PUT", "sys/policies/acl/demo-reader", {"policy": READER_POLICY}, expect=204)
+        # Devices record this request header (unhashed) from now on: a correlation id in the spans.
+        api("PUT", f"sys/config/auditing/request-headers/{CORRELATION_HEADER}", {"hmac": False}, expect=204)
         api(
             "POST",
             "auth/userpass/users/alice",
@@ -123,7 +128,7 @@ def run_workload(server: DevServer, *, clients: int = 4, rounds: int = 5) -> Wor
         # kv v2: two versions, reads of the latest and of version 1.
         api("POST", "secret/data/app/config", {"data": {"db_host": "db.internal", "pool": 8}}, expect=200)
         api("POST", "secret/data/app/config", {"data": {"db_host": "db2.internal", "pool": 16}}, expect=200)
-        api("GET", "secret/data/app/config", expect=200)
+        api("GET", "secret/data/app/config", headers={CORRELATION_HEADER: CORRELATION_ID}, expect=200)
         api("GET", "secret/data/app/config?version=1", expect=200)
         api("LIST", "secret/metadata/app", expect=200)
         # kv v1

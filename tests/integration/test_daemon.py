@@ -19,7 +19,7 @@ import pytest
 from tests.integration.audit import Expected, check_honeycomb, check_zipkin, expected_spans, load
 from tests.integration.harness import API_KEY, ObserveProcess
 from tests.receivers import HoneycombReceiver, ZipkinReceiver
-from vault_observe.demo import run_workload
+from vault_observe.demo import CORRELATION_ID, run_workload
 from vault_observe.openbao import DevServer
 
 pytestmark = pytest.mark.integration
@@ -158,6 +158,10 @@ def test_every_entry_becomes_one_span_in_each_sink(
     check_zipkin(zipkin.spans, expected)
     check_honeycomb(honeycomb.events, expected)
     assert zipkin.errors == [] and honeycomb.errors == []
+    # The audited request header is an attribute: JSON text as a Zipkin tag, an array in Honeycomb.
+    header = "request.headers.x-correlation-id"
+    assert [s["tags"][header] for s in zipkin.spans if header in s["tags"]] == [f'["{CORRELATION_ID}"]']
+    assert [e["data"][header] for e in honeycomb.events if header in e["data"]] == [[CORRELATION_ID]]
 
     counters = final_counters(daemon.stderr())
     assert counters["spans"] == len(expected)

@@ -19,7 +19,7 @@ import pytest
 from tests.integration.audit import expected_spans
 from tests.integration.harness import SocketCollector, read_jsonl
 from vault_observe.core import Core
-from vault_observe.demo import run_workload
+from vault_observe.demo import CORRELATION_ID, run_workload
 from vault_observe.model import PAIRING_NAMES
 from vault_observe.openbao import BaoError, DevServer, find_bao
 
@@ -44,6 +44,9 @@ def test_start_use_stop(bao_binary: str) -> None:
         assert server.request("GET", "secret/data/x", token="bogus").status == 403
         with pytest.raises(BaoError, match="404"):
             server.api("GET", "secret/data/nope")
+        server.audit_request_header("X-Tenant", hmac=True)
+        headers = server.api("GET", "sys/config/auditing/request-headers").json()["data"]["headers"]
+        assert headers == {"x-tenant": {"hmac": True}}
     assert not server.running
     assert server.process is not None and server.process.returncode is not None
     assert not _port_in_use(server.port)
@@ -106,6 +109,11 @@ def test_workload_lines_match_a_file_device(bao: DevServer, short_tmp: Path) -> 
 
     assert sorted(keys(socket_entries)) == sorted(keys(file_entries))
     assert len(keys(file_entries)) == workload.audit_lines
+    with_header = [e for e in file_entries if "headers" in e["request"]]
+    assert [(e["type"], e["request"]["headers"]) for e in with_header] == [
+        ("request", {"x-correlation-id": [CORRELATION_ID]}),
+        ("response", {"x-correlation-id": [CORRELATION_ID]}),
+    ]
     statuses = workload.statuses
     assert statuses[403] == 2 and statuses[404] == 2 and statuses[400] == 2
     answered = {e["request"]["id"] for e in file_entries if e["type"] == "response"}
