@@ -70,7 +70,8 @@ def final_counters(stderr: str) -> dict[str, int]:
     """The integer counters of the daemon's last summary line (logged at exit)."""
     lines = [line for line in stderr.splitlines() if "summary" in line]
     assert lines, f"no summary logged at exit:\n{stderr}"
-    return {key: int(value) for key, value in re.findall(r"(?<![\w\[])(\w+)=(\d+)\b", lines[-1])}
+    top_level = re.sub(r"\w+\[[^\]]*\]", "", lines[-1])  # without the per-sink "name[...]" groups
+    return {key: int(value) for key, value in re.findall(r"\b(\w+)=(\d+)\b", top_level)}
 
 
 def entry_keys(entries: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -166,6 +167,7 @@ def test_every_entry_becomes_one_span_in_each_sink(
     counters = final_counters(daemon.stderr())
     assert counters["spans"] == len(expected)
     assert counters["lines"] == len(received)
+    assert counters["bytes"] == capture.stat().st_size  # the capture holds every byte received
     for bad in ("malformed", "invalid", "truncated", "oversize", "evicted"):
         assert counters.get(bad, 0) == 0, (bad, counters)
     assert counters["connections"] == 1
