@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,16 @@ SHARED_CORPUS = next(
 def sample_log() -> Path:
     """A slice of real OpenBao 2.7.2 socket-device output kept in the repository."""
     return DATA / "openbao-sample.jsonl"
+
+
+@pytest.fixture
+def short_socket() -> Iterator[Path]:
+    """A unix socket path short enough for the ~107-byte limit."""
+    folder = Path(tempfile.mkdtemp(prefix="vo-"))
+    try:
+        yield folder / "audit.sock"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
