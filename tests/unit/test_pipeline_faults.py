@@ -45,7 +45,7 @@ def test_down_failing_and_slow_sinks_do_not_hold_the_reader(short_socket: Path, 
             queue_size=1000,
             batch_size=100,
             flush_interval=0.05,
-            retry_window=1.0,
+            retry_window=2.0,
             shutdown_timeout=3.0,
         )
         daemon = Daemon(config, sinks)
