@@ -136,7 +136,8 @@ cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325
 cdef uint64_t FNV_PRIME = 0x100000001B3
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15
 cdef uint32_t NONE = 0xFFFFFFFF
-cdef size_t NAME_LIMIT = 65536
+# How many distinct span names a core shares as one str each (read when a core is made).
+NAME_LIMIT = 65536
 # Lines above this size leave no big buffers behind.
 cdef size_t BIG_LINE = 4 << 20
 
@@ -500,7 +501,7 @@ cdef class Core:
     def __cinit__(self):
         self._parser = new dom_parser()
         self._fl = new Flattener()
-        self._names = new NameTable(NAME_LIMIT)
+        self._names = new NameTable(<size_t> NAME_LIMIT)
         self._ready = []
         self._head = NONE
         self._tail = NONE

@@ -17,6 +17,10 @@
 
 #include "simdjson.h"
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 namespace vo {
 
 using simdjson::dom::array;
@@ -85,6 +89,31 @@ static const uint8_t kEscape[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
 };
 
+static inline uint64_t load64(const char *s) {
+    uint64_t w;
+    std::memcpy(&w, s, 8);
+    return w;
+}
+
+static inline uint32_t load32(const char *s) {
+    uint32_t w;
+    std::memcpy(&w, s, 4);
+    return w;
+}
+
+// The bytes of a 1..7-byte string in one word, some repeated, the rest `fill`;
+// reads nothing outside the string.
+static inline uint64_t load_short(const char *s, size_t len, uint64_t fill) {
+    if (len >= 4) return static_cast<uint64_t>(load32(s)) | (static_cast<uint64_t>(load32(s + len - 4)) << 32);
+    uint64_t b = static_cast<unsigned char>(s[0]) | (static_cast<uint64_t>(static_cast<unsigned char>(s[len >> 1])) << 8) |
+                 (static_cast<uint64_t>(static_cast<unsigned char>(s[len - 1])) << 16);
+    return b | (fill & ~0xFFFFFFULL);
+}
+
+static inline uint64_t has_zero_byte(uint64_t x) {
+    return (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+}
+
 static inline bool word_needs_escape(uint64_t x) {
     const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
     uint64_t ctrl = (x - ones * 0x20) & ~x & high;  // some byte < 0x20
@@ -116,6 +145,26 @@ static inline void put_escaped_char(Buf &out, unsigned char c) {
 static inline void put_escaped(Buf &out, const char *s, size_t len) {
     out.reserve(len * 6 + 8);
     size_t i = 0, run = 0;
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    const __m128i sign = _mm_set1_epi8(static_cast<char>(0x80));
+    while (i + 16 <= len) {
+        __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + i));
+        // unsigned v < 0x20 as a signed compare of both sides shifted by 0x80
+        __m128i ctrl = _mm_cmplt_epi8(_mm_xor_si128(v, sign), _mm_xor_si128(space, sign));
+        __m128i hit = _mm_or_si128(ctrl, _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)));
+        int mask = _mm_movemask_epi8(hit);
+        if (!mask) {
+            i += 16;
+            continue;
+        }
+        size_t j = i + static_cast<size_t>(__builtin_ctz(static_cast<unsigned>(mask)));
+        out.put(s + run, j - run);
+        put_escaped_char(out, static_cast<unsigned char>(s[j]));
+        run = j + 1;
+        i = j + 1;
+    }
+#endif
     while (i + 8 <= len) {
         uint64_t w;
         std::memcpy(&w, s + i, 8);
@@ -186,22 +235,19 @@ static inline uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
+// A function of the bytes only (the words overlap at the end); no reads outside.
 static inline uint64_t hash_bytes(const char *s, size_t len) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ (len * 0xC2B2AE3D27D4EB4FULL);
+    if (len < 8) {
+        if (len == 0) return h;
+        return (h ^ load_short(s, len, 0)) * 0x9FB21C651E98DF25ULL;
+    }
     size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, s + i, 8);
-        h = (h ^ w) * 0x9FB21C651E98DF25ULL;
+    for (; i + 8 < len; i += 8) {
+        h = (h ^ load64(s + i)) * 0x9FB21C651E98DF25ULL;
         h ^= h >> 29;
     }
-    if (i < len) {
-        uint64_t w = 0;
-        std::memcpy(&w, s + i, len - i);
-        h = (h ^ w) * 0x9FB21C651E98DF25ULL;
-        h ^= h >> 29;
-    }
-    return h;
+    return (h ^ load64(s + len - 8)) * 0x9FB21C651E98DF25ULL;
 }
 
 // Hash of a flattened name `parent + "." + key`, computed from the pieces between
@@ -224,62 +270,53 @@ static inline uint64_t fold_key(uint64_t parent, const char *s, size_t len, bool
 // Per-document set of name hashes: finds duplicate keys, which orjson resolves as
 // Python dicts do (last value, first position) and the fast path leaves to it.
 struct SeenSet {
-    std::vector<uint64_t> h;
-    std::vector<uint32_t> gen;
+    struct Slot {
+        uint64_t h;
+        uint32_t gen;
+    };
+    std::vector<Slot> slots;
     uint32_t cur = 1;
     size_t count = 0;
     size_t mask = 0;
 
     SeenSet() { resize(1024); }
     void resize(size_t n) {
-        h.assign(n, 0);
-        gen.assign(n, 0);
+        slots.assign(n, Slot{0, 0});
         mask = n - 1;
         cur = 1;
         count = 0;
     }
     void clear() {
-        if (h.size() > 65536) {
+        if (slots.size() > 65536) {
             resize(1024);
             return;
         }
         count = 0;
         if (++cur == 0) {
-            std::fill(gen.begin(), gen.end(), 0);
+            for (Slot &s : slots) s.gen = 0;
             cur = 1;
         }
     }
     // False when the hash was already present.
     inline bool insert(uint64_t x) {
-        if ((count + 1) * 2 > h.size()) rehash();
+        if ((count + 1) * 2 > slots.size()) rehash();
         size_t i = static_cast<size_t>(x) & mask;
-        while (gen[i] == cur) {
-            if (h[i] == x) return false;
+        while (slots[i].gen == cur) {
+            if (slots[i].h == x) return false;
             i = (i + 1) & mask;
         }
-        gen[i] = cur;
-        h[i] = x;
+        slots[i].gen = cur;
+        slots[i].h = x;
         count++;
         return true;
     }
     void rehash() {
         std::vector<uint64_t> old;
         old.reserve(count);
-        for (size_t i = 0; i < h.size(); i++)
-            if (gen[i] == cur) old.push_back(h[i]);
-        size_t n = h.size() * 2;
-        h.assign(n, 0);
-        gen.assign(n, 0);
-        mask = n - 1;
-        cur = 1;
-        count = 0;
-        for (uint64_t x : old) {
-            size_t i = static_cast<size_t>(x) & mask;
-            while (gen[i] == cur) i = (i + 1) & mask;
-            gen[i] = cur;
-            h[i] = x;
-            count++;
-        }
+        for (const Slot &s : slots)
+            if (s.gen == cur) old.push_back(s.h);
+        resize(slots.size() * 2);
+        for (uint64_t x : old) insert(x);
     }
 };
 
@@ -421,13 +458,110 @@ static inline int read_envelope(element root, Envelope &env) {
 
 // ------------------------------------------------------------------ flatten
 
+// Finds a key repeated within one object, which orjson resolves as a Python dict
+// does (last value, first position): the fast path then leaves the line to it.
+// Small objects compare cheap signatures pairwise; big ones hash their keys.
+class KeyCheck {
+   public:
+    SeenSet seen;
+    uint64_t objects = 0;
+
+    KeyCheck() { grow(256); }
+    ~KeyCheck() {
+        std::free(sigs_);
+        std::free(ptrs_);
+        std::free(lens_);
+    }
+    KeyCheck(const KeyCheck &) = delete;
+    KeyCheck &operator=(const KeyCheck &) = delete;
+
+    void reset() {
+        n_ = 0;
+        seen.clear();
+    }
+    // Scope of one object: where its keys start, or a seed for a hashed object.
+    struct Scope {
+        size_t begin;
+        uint64_t seed;  // 0: pairwise
+    };
+    inline Scope open(size_t nkeys) {
+        Scope s{n_, 0};
+        if (nkeys > 32) s.seed = mix64(++objects ^ 0x5851F42D4C957F2DULL) | 1;
+        return s;
+    }
+    inline void close(const Scope &s) { n_ = s.begin; }
+    // False when the key is already in the object.
+    inline bool add(const Scope &s, const char *p, size_t len, uint64_t sig) {
+        if (s.seed) return seen.insert(fold_piece(s.seed, p, len));
+        for (size_t i = s.begin; i < n_; i++) {
+            if (sigs_[i] == sig && lens_[i] == len && std::memcmp(ptrs_[i], p, len) == 0) return false;
+        }
+        if (n_ == cap_) grow(cap_ * 2);
+        sigs_[n_] = sig;
+        ptrs_[n_] = p;
+        lens_[n_] = len;
+        n_++;
+        return true;
+    }
+
+   private:
+    void grow(size_t cap) {
+        uint64_t *a = static_cast<uint64_t *>(std::realloc(sigs_, cap * sizeof(uint64_t)));
+        if (a) sigs_ = a;
+        const char **b = static_cast<const char **>(std::realloc(ptrs_, cap * sizeof(const char *)));
+        if (b) ptrs_ = b;
+        size_t *c = static_cast<size_t *>(std::realloc(lens_, cap * sizeof(size_t)));
+        if (c) lens_ = c;
+        if (!a || !b || !c) throw std::bad_alloc();
+        cap_ = cap;
+    }
+    uint64_t *sigs_ = nullptr;
+    const char **ptrs_ = nullptr;
+    size_t *lens_ = nullptr;
+    size_t n_ = 0, cap_ = 0;
+};
+
+// One scan of a key: its signature, whether it holds a '.', whether it needs escaping.
+struct KeyInfo {
+    uint64_t sig;
+    bool has_dot;
+    bool needs_escape;
+};
+
+static inline KeyInfo scan_key(const char *s, size_t len) {
+    const uint64_t ones = 0x0101010101010101ULL;
+    KeyInfo ki{len * 0x9E3779B97F4A7C15ULL, false, false};
+    if (len == 0) return ki;
+    uint64_t dot = 0;
+    bool esc = false;
+    uint64_t first, last;
+    if (len < 8) {
+        first = last = load_short(s, len, ones * 'a');
+    } else {
+        first = load64(s);
+        last = load64(s + len - 8);
+        for (size_t i = 8; i + 8 < len; i += 8) {
+            uint64_t w = load64(s + i);
+            dot |= has_zero_byte(w ^ (ones * '.'));
+            esc |= word_needs_escape(w);
+        }
+    }
+    dot |= has_zero_byte(first ^ (ones * '.')) | has_zero_byte(last ^ (ones * '.'));
+    esc |= word_needs_escape(first) || word_needs_escape(last);
+    ki.sig ^= first ^ ((last << 29) | (last >> 35));
+    ki.has_dot = dot != 0;
+    ki.needs_escape = esc;
+    return ki;
+}
+
 struct Frame {
     bool is_array;
     object::iterator oit, oend;
     array::iterator ait, aend;
     size_t index;       // next array index
     size_t prefix_len;  // length of the prefix to restore when done
-    uint64_t h;         // hash of the container's own name
+    uint64_t h;         // dotted pass: hash of the container's own name
+    KeyCheck::Scope scope;
 };
 
 struct EncFrame {
@@ -435,29 +569,41 @@ struct EncFrame {
     bool first;
     object::iterator oit, oend;
     array::iterator ait, aend;
-    uint64_t seed;  // per object instance, to find duplicate keys in it
+    KeyCheck::Scope scope;
 };
 
 class Flattener {
    public:
     Buf out;  // canonical attrs JSON of the last flatten()
     Buf prefix;
-    SeenSet seen;
+    KeyCheck check;
     std::vector<Frame> stack;
     std::vector<EncFrame> enc;
-    uint64_t objects = 0;
 
     Flattener() {
         stack.reserve(1100);
         enc.reserve(1100);
     }
 
-    // {"flat.key":value,...}: FALLBACK on duplicate names, ERROR with a Python
-    // exception set.
+    // {"flat.key":value,...} in `out`: OK, FALLBACK when two keys give one name
+    // (orjson's dict semantics decide), ERROR with a Python exception set.
     int flatten(element root, bool flatten_arrays) {
+        int r = pass(root, flatten_arrays, false);
+        if (r == RETRY) r = pass(root, flatten_arrays, true);
+        return r;
+    }
+
+   private:
+    static constexpr int RETRY = 100;
+
+    // A name can come out twice only from a key repeated in an object or from a
+    // key with a dot ({"a.b":1,"a":{"b":2}}). The first pass checks each object's
+    // keys and gives up at the first dot; the dotted pass hashes every full name
+    // piece by piece, so equal names give equal hashes whatever their nesting.
+    int pass(element root, bool flatten_arrays, bool dotted) {
         out.n = 0;
         prefix.n = 0;
-        seen.clear();
+        check.reset();
         stack.clear();
         object top;
         if (root.get_object().get(top)) return INVALID;
@@ -469,6 +615,7 @@ class Flattener {
         f0.oend = top.end();
         f0.prefix_len = 0;
         f0.h = 0x243F6A8885A308D3ULL;
+        f0.scope = check.open(dotted ? 0 : top.size());
         stack.push_back(f0);
         char numbuf[24];
         while (!stack.empty()) {
@@ -476,6 +623,7 @@ class Flattener {
             const char *key;
             size_t key_len;
             element value;
+            KeyInfo ki;
             if (f.is_array) {
                 if (!(f.ait != f.aend)) {
                     prefix.n = f.prefix_len;
@@ -492,9 +640,11 @@ class Flattener {
                 } while (v);
                 key = q;
                 key_len = static_cast<size_t>(e - q);
+                ki = KeyInfo{0, false, false};
             } else {
                 if (!(f.oit != f.oend)) {
                     prefix.n = f.prefix_len;
+                    if (!dotted) check.close(f.scope);
                     stack.pop_back();
                     continue;
                 }
@@ -502,25 +652,26 @@ class Flattener {
                 key_len = f.oit.key_length();
                 value = f.oit.value();
                 ++f.oit;
+                ki = scan_key(key, key_len);
+                if (!dotted) {
+                    if (ki.has_dot) return RETRY;
+                    if (!check.add(f.scope, key, key_len, ki.sig)) return FALLBACK;
+                }
             }
-            bool has_dot = false, needs_escape = false;
-            for (size_t i = 0; i < key_len; i++) {
-                unsigned char c = static_cast<unsigned char>(key[i]);
-                has_dot |= (c == '.');
-                needs_escape |= (kEscape[c] != 0);
+            uint64_t h = 0;
+            if (dotted) {
+                h = fold_key(f.h, key, key_len, ki.has_dot);
+                if (!check.seen.insert(h)) return FALLBACK;
             }
-            uint64_t h = fold_key(f.h, key, key_len, has_dot);
-            if (!seen.insert(h)) return FALLBACK;
             element_type t = value.type();
             if (t == element_type::NULL_VALUE) continue;
             if (t == element_type::OBJECT || t == element_type::ARRAY) {
-                bool is_arr = (t == element_type::ARRAY);
                 Frame nf{};
-                if (is_arr) {
+                if (t == element_type::ARRAY) {
                     array a = value.get_array().value_unsafe();
                     if (!(a.begin() != a.end())) continue;
                     if (!flatten_arrays) {
-                        put_name(first, key, key_len, needs_escape);
+                        put_name(first, key, key_len, ki.needs_escape);
                         first = false;
                         int r = encode(value);
                         if (r != OK) return r;
@@ -536,19 +687,20 @@ class Flattener {
                     nf.is_array = false;
                     nf.oit = o.begin();
                     nf.oend = o.end();
+                    nf.scope = check.open(dotted ? 0 : o.size());
                 }
                 nf.prefix_len = prefix.n;
                 nf.h = h;
-                if (needs_escape) {
+                if (ki.needs_escape) {
                     put_escaped(prefix, key, key_len);
                 } else {
                     prefix.append(key, key_len);
                 }
                 prefix.append('.');
-                stack.push_back(nf);  // `f` is not used after this
+                stack.push_back(nf);  // `f` may dangle from here on
                 continue;
             }
-            put_name(first, key, key_len, needs_escape);
+            put_name(first, key, key_len, ki.needs_escape);
             first = false;
             if (put_scalar(value, t) != OK) return ERROR;
         }
@@ -556,7 +708,6 @@ class Flattener {
         return OK;
     }
 
-   private:
     inline void put_name(bool first, const char *key, size_t key_len, bool needs_escape) {
         out.reserve(prefix.n + key_len * 6 + 8);
         if (!first) out.put(',');
@@ -622,6 +773,7 @@ class Flattener {
             } else {
                 if (!(f.oit != f.oend)) {
                     out.append('}');
+                    check.close(f.scope);
                     enc.pop_back();
                     continue;
                 }
@@ -629,7 +781,7 @@ class Flattener {
                 size_t key_len = f.oit.key_length();
                 v = f.oit.value();
                 ++f.oit;
-                if (!seen.insert(fold_piece(f.seed, key, key_len))) return FALLBACK;
+                if (!check.add(f.scope, key, key_len, scan_key(key, key_len).sig)) return FALLBACK;
                 out.reserve(key_len * 6 + 8);
                 if (!f.first) out.put(',');
                 f.first = false;
@@ -666,7 +818,7 @@ class Flattener {
             nf.first = true;
             nf.oit = o.begin();
             nf.oend = o.end();
-            nf.seed = mix64(++objects ^ 0x5851F42D4C957F2DULL);
+            nf.scope = check.open(o.size());
             out.append('{');
             enc.push_back(nf);
             return true;
