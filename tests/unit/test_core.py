@@ -45,7 +45,9 @@ def core_class(impl: str) -> Any:
         return _core_py.Core
     if _fast is None:
         if REQUIRE:
-            pytest.fail(f"VAULT_OBSERVE_REQUIRE_EXTENSIONS=1 but vault_observe._fast is not built: {FAST_ERROR}")
+            pytest.fail(
+                f"VAULT_OBSERVE_REQUIRE_EXTENSIONS=1 but vault_observe._fast is not built: {FAST_ERROR}"
+            )
         pytest.skip(f"vault_observe._fast is not built: {FAST_ERROR}")
     return _fast.Core
 
@@ -100,7 +102,12 @@ def ev(
     for key, value in (("id", rid), ("operation", operation), ("mount_point", mount_point), ("path", path)):
         if value is not ...:
             request[key] = value
-    entry: dict[str, Any] = {"time": time, "type": kind, "auth": {"token_type": "service"}, "request": request}
+    entry: dict[str, Any] = {
+        "time": time,
+        "type": kind,
+        "auth": {"token_type": "service"},
+        "request": request,
+    }
     entry.update(extra)
     if error is not None:
         entry["error"] = error
@@ -241,7 +248,7 @@ def test_odd_keys(core: Any) -> None:
 def test_string_escaping_is_json_dumps_ensure_ascii_false(core: Any) -> None:
     body = r'"s":"q\" b\\ \/ \u003cangle\u003e\u0026 \b\f\n\r\t \u0000\u001f\u007f é 🔑 \ud83d\udd11"'
     out = flat(core, body)
-    value = "q\" b\\ / <angle>& \b\f\n\r\t \x00\x1f\x7f é 🔑 🔑"
+    value = 'q" b\\ / <angle>& \b\f\n\r\t \x00\x1f\x7f é 🔑 🔑'
     assert out == b'{"s":' + json.dumps(value, ensure_ascii=False).encode() + b"}"
     assert b"\\u001f" in out and b"\\u0000" in out and b"\x7f" in out
 
@@ -454,9 +461,13 @@ def test_nesting_deeper_than_parsers_allow_is_malformed(core: Any) -> None:
 
 def test_nesting_just_inside_the_limit(core: Any) -> None:
     # 1024 levels of objects: both orjson and the core accept it
-    line = b'{"time":"' + T0.encode() + b'","type":"response","x":' + b'{"a":' * 1022 + b"1" + b"}" * 1022 + b"}"
+    line = (
+        b'{"time":"' + T0.encode() + b'","type":"response","x":' + b'{"a":' * 1022 + b"1" + b"}" * 1022 + b"}"
+    )
     span = only(spans_of(core, line))
-    assert span.attrs_json.startswith(b"{" + HEAD.replace(f',"request.id":"{ID1}"'.encode(), b"") + b',"x.a.a.a')
+    assert span.attrs_json.startswith(
+        b"{" + HEAD.replace(f',"request.id":"{ID1}"'.encode(), b"") + b',"x.a.a.a'
+    )
 
 
 def test_deep_arrays_are_encoded(core: Any, impl: str, request: pytest.FixtureRequest) -> None:
@@ -467,7 +478,9 @@ def test_deep_arrays_are_encoded(core: Any, impl: str, request: pytest.FixtureRe
     depth = 1000
     line = raw('"d":' + "[" * depth + "]" * depth)
     span = only(spans_of(core, line))
-    assert span.attrs_json.endswith(b',"d":' + b"[" * depth + b"]" * depth + b',"vault_observe.pairing":"orphan"}')
+    assert span.attrs_json.endswith(
+        b',"d":' + b"[" * depth + b"]" * depth + b',"vault_observe.pairing":"orphan"}'
+    )
 
 
 def test_oversize_lines_are_counted_before_prefix_stripping(make_core: Make) -> None:
@@ -495,7 +508,9 @@ def test_ten_megabyte_line(make_core: Make) -> None:
 
 def test_prefix_is_stripped_when_present(make_core: Make) -> None:
     core = make_core(prefix=b"@cee: ")
-    spans = spans_of(core, b"@cee: " + ev("response") + ev("response", ID2) + b"@cee: \n@cee:" + ev("response", ID3))
+    spans = spans_of(
+        core, b"@cee: " + ev("response") + ev("response", ID2) + b"@cee: \n@cee:" + ev("response", ID3)
+    )
     assert [s.request_id for s in spans] == [ID1, ID2]
     counters = core.counters()
     assert counters["malformed"] == 2  # the bare prefix and the one without its space
@@ -536,7 +551,9 @@ def test_span_names(core: Any, request_fields: dict[str, Any], name: str) -> Non
 
 
 def test_paired_span_takes_the_response_name(core: Any) -> None:
-    span = only(spans_of(core, ev("request", operation="create") + ev("response", operation="update", time=t(1))))
+    span = only(
+        spans_of(core, ev("request", operation="create") + ev("response", operation="update", time=t(1)))
+    )
     assert span.name == "update secret/"
 
 
@@ -547,7 +564,9 @@ def test_names_past_the_interning_bound(make_core: Make, impl: str, monkeypatch:
     data = b"".join(ev("request", f"id-{i}", path=f"p{i}", mount_point=...) for i in range(8))
     data += b"".join(ev("response", f"id-{i}", path=f"q{i}", mount_point=...) for i in range(0, 8, 2))
     spans = spans_of(core, data)
-    assert [s.name for s in spans] == [f"read q{i}" for i in range(0, 8, 2)] + [f"read p{i}" for i in range(1, 8, 2)]
+    assert [s.name for s in spans] == [f"read q{i}" for i in range(0, 8, 2)] + [
+        f"read p{i}" for i in range(1, 8, 2)
+    ]
 
 
 # ---------------------------------------------------------------- correlation
@@ -593,7 +612,10 @@ def test_ttl_expiry_with_injected_clock(make_core: Make) -> None:
     span = only(core.drain())
     assert span.pairing == UNANSWERED and span.request_id == ID1
     assert span.start_ns == span.end_ns == T0_NS
-    assert span.attrs_json == f'{{"type":"request","request.id":"{ID1}","vault_observe.pairing":"unanswered"}}'.encode()
+    assert (
+        span.attrs_json
+        == f'{{"type":"request","request.id":"{ID1}","vault_observe.pairing":"unanswered"}}'.encode()
+    )
     assert span.name == "read secret/"
     assert core.pending == 1
     # a response after expiry is an orphan
@@ -738,10 +760,14 @@ def test_non_uuid_ids(core: Any) -> None:
 
 def test_ids_pair_by_exact_text(core: Any) -> None:
     upper = ID1.upper()
-    spans = spans_of(core, ev("request", upper) + ev("response", ID1, time=t(1)) + ev("response", upper, time=t(2)))
+    spans = spans_of(
+        core, ev("request", upper) + ev("response", ID1, time=t(1)) + ev("response", upper, time=t(2))
+    )
     assert [(s.request_id, s.pairing) for s in spans] == [(ID1, ORPHAN), (upper, PAIRED)]
     assert spans[0].trace_id == spans[1].trace_id == bytes.fromhex(ID1.replace("-", ""))
-    spans = spans_of(core, ev("request", "Ab") + ev("request", "aB") + ev("response", "aB") + ev("response", "ab"))
+    spans = spans_of(
+        core, ev("request", "Ab") + ev("request", "aB") + ev("response", "aB") + ev("response", "ab")
+    )
     assert [(s.request_id, s.pairing) for s in spans] == [("aB", PAIRED), ("ab", ORPHAN), ("Ab", UNANSWERED)]
 
 
@@ -756,8 +782,13 @@ def test_times_beyond_64_bit_nanoseconds(make_core: Make) -> None:
     core = make_core(ttl_s=10)
     old = "0001-01-01T00:00:00Z"
     old_ns = -62135596800 * SEC
-    spans = spans_of(core, ev("request", ID1, time=old) + ev("request", ID2, time=t(0)) + ev("response", ID1, time=old))
-    assert [(s.request_id, s.pairing, s.start_ns) for s in spans] == [(ID1, PAIRED, old_ns), (ID2, UNANSWERED, T0_NS)]
+    spans = spans_of(
+        core, ev("request", ID1, time=old) + ev("request", ID2, time=t(0)) + ev("response", ID1, time=old)
+    )
+    assert [(s.request_id, s.pairing, s.start_ns) for s in spans] == [
+        (ID1, PAIRED, old_ns),
+        (ID2, UNANSWERED, T0_NS),
+    ]
     core.feed(ev("request", ID1, time="9999-01-01T00:00:00Z") + ev("request", ID2, time=old))
     core.feed(ev("request", ID3, time="0001-01-01T00:00:00.5Z"))
     core.expire(old_ns + 10 * SEC)
@@ -781,12 +812,16 @@ def test_huge_ttl(make_core: Make) -> None:
 
 def test_many_pending_requests(make_core: Make) -> None:
     core = make_core(max_pending=5000, ttl_s=1)
-    data = b"".join(ev("request", f"{i:08x}-0000-4000-8000-000000000000", time=t(i % 97)) for i in range(6000))
+    data = b"".join(
+        ev("request", f"{i:08x}-0000-4000-8000-000000000000", time=t(i % 97)) for i in range(6000)
+    )
     core.feed(data)
     assert core.pending == 5000
     evicted = core.drain()
     assert len(evicted) == 1000 and {s.pairing for s in evicted} == {EVICTED}
-    responses = b"".join(ev("response", f"{i:08x}-0000-4000-8000-000000000000", time=t(200)) for i in range(0, 6000, 2))
+    responses = b"".join(
+        ev("response", f"{i:08x}-0000-4000-8000-000000000000", time=t(200)) for i in range(0, 6000, 2)
+    )
     spans = spans_of(core, responses, flush=False)
     assert sum(s.pairing == PAIRED for s in spans) + sum(s.pairing == ORPHAN for s in spans) == 3000
     core.flush()
