@@ -34,7 +34,8 @@ def simdjson_dir() -> Path | None:
     return folder if (folder / "simdjson.cpp").exists() else None
 
 
-COMPILE_ARGS = ["-O3", "-std=c++17", "-DNDEBUG", "-Wno-unused-function"]
+# -g0: no debug info in the shipped module (Python's own CFLAGS ask for -g)
+COMPILE_ARGS = ["-O3", "-g0", "-std=c++17", "-DNDEBUG", "-Wno-unused-function"]
 
 
 class OptionalBuildExt(build_ext):
@@ -113,4 +114,9 @@ def extensions() -> list:  # type: ignore[type-arg]
     )
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+    # the C++ that Cython generates is a build product, not package data
+    exclude_package_data={"vault_observe": ["*.cpp"]},
+)
