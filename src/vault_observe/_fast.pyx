@@ -375,18 +375,19 @@ cdef bint _parse_time(const char *text, size_t n, i128 *out) noexcept:
 
 # ---------------------------------------------------------------- pending requests
 
-ctypedef struct Entry:
-    uint64_t k0           # trace id, high half (the UUID bytes or the id's hash)
-    uint64_t k1           # trace id, low half
-    int64_t start         # request time (saturated; exact in the extra when F_WIDE)
-    int64_t deadline      # (saturated likewise)
-    uint64_t seq          # arrival order
-    uint32_t prev         # sorted list links; for heap entries prev = heap position
-    uint32_t next         # also the free-list link
-    uint32_t name         # interned span name, NONE when the extra holds it
-    uint32_t extra        # 1 + index into the extras, 0 = none
-    uint32_t flags
-    uint32_t _unused
+cdef extern from "_fast_json.h" namespace "vo":
+    # seq and flags are bit fields there (56 + 8 bits)
+    ctypedef struct Entry "vo::Entry":
+        uint64_t k0
+        uint64_t k1
+        int64_t start
+        int64_t deadline
+        uint64_t seq
+        uint32_t flags
+        uint32_t prev
+        uint32_t next
+        uint32_t name
+        uint32_t extra
 
 ctypedef struct HeapItem:
     int64_t deadline

@@ -884,6 +884,23 @@ class NameTable {
     std::vector<uint64_t> hashes_;
 };
 
+// ------------------------------------------------------------------ pending requests
+
+// One pending request: 56 bytes.
+struct Entry {
+    uint64_t k0;            // trace id, high half (the UUID bytes or the id's hash)
+    uint64_t k1;            // trace id, low half
+    int64_t start;          // request time (saturated; exact in the extra when wide)
+    int64_t deadline;       // (saturated likewise)
+    uint64_t seq : 56;      // arrival order
+    uint64_t flags : 8;
+    uint32_t prev;          // sorted list links; for heap entries prev = heap position
+    uint32_t next;          // also the free-list link
+    uint32_t name;          // interned span name, or none when the extra holds it
+    uint32_t extra;         // 1 + index into the extras, 0 = none
+};
+static_assert(sizeof(Entry) == 56, "pending entry size");
+
 // ------------------------------------------------------------------ 128-bit ints
 
 static inline PyObject *i128_to_py(i128 v) {
