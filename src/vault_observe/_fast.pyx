@@ -15,7 +15,7 @@ both cores agree on every input.
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.object cimport PyTypeObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -119,7 +119,11 @@ cdef enum:
     N_COUNTERS
 
 COUNTER_NAMES = _core_py.COUNTER_NAMES
-assert len(COUNTER_NAMES) == N_COUNTERS and COUNTER_NAMES[C_OVERSIZE] == "oversize"
+if COUNTER_NAMES != (
+    "lines", "requests", "responses", "spans", "paired", "orphans", "unanswered", "evicted",
+    "duplicates", "probes", "no_id", "malformed", "invalid", "unknown_type", "oversize",
+):
+    raise ImportError("the counters of _core_py changed; update the compiled core")
 
 cdef enum:
     PAIRED = 0
@@ -131,7 +135,6 @@ cdef enum:
     KIND_REQUEST = 1
     KIND_RESPONSE = 2
 
-cdef uint64_t MASK_ALL = 0xFFFFFFFFFFFFFFFF
 cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325
 cdef uint64_t FNV_PRIME = 0x100000001B3
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15
@@ -291,7 +294,7 @@ cdef const char *_HEXDIGITS = b"0123456789abcdef"
 cdef object _uuid_text(uint64_t hi, uint64_t lo):
     cdef object s = PyUnicode_New(36, 127)
     cdef char *d = <char *> PyUnicode_DATA(s)
-    cdef int i, pos = 0, nib = 0
+    cdef int i, pos = 0
     cdef uint64_t w
     for i in range(32):
         if i == 8 or i == 12 or i == 16 or i == 20:
@@ -317,6 +320,7 @@ cdef inline int _d2(const unsigned char *s) noexcept:
 
 
 cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept:
+    # y >= -1 here, so C's truncating division floors like Python's //
     y -= (m <= 2)
     cdef int64_t era = (y if y >= 0 else y - 399) // 400
     cdef int64_t yoe = y - era * 400
@@ -338,7 +342,7 @@ cdef bint _parse_time(const char *text, size_t n, i128 *out) noexcept:
         return False
     if month < 1 or month > 12 or day < 1 or day > 31 or hour > 23 or minute > 59 or second > 60:
         return False
-    cdef size_t pos = 19, start
+    cdef size_t pos = 19, start, i
     cdef int64_t frac = 0
     cdef size_t ndigits
     if s[pos] == 46:
@@ -514,6 +518,11 @@ cdef class Core:
         if self._slots == NULL:
             raise MemoryError()
         memset(self._slots, 0, self._nslots * sizeof(uint32_t))
+        # the defaults of __init__, should a subclass skip it
+        self._ttl = 10_000_000_000
+        self._max_pending = 1_000_000
+        self._max_line = 16 * 1024 * 1024
+        self.prefix = b""
 
     def __init__(
         self,
@@ -662,66 +671,65 @@ cdef class Core:
         if res.error() != SUCCESS:
             return self._line_slow(p, n, has_now, now)
         root = res.value_unsafe()
-        if True:
-            r = read_envelope(root, env)
-            if r == INVALID:
-                self._counts[C_INVALID] += 1
-                return 0
-            if r == FALLBACK:
-                return self._line_slow(p, n, has_now, now)
-            if not _parse_time(env.time, env.time_len, &time_ns):
-                self._counts[C_INVALID] += 1
-                return 0
-            if env.type_len == 7 and memcmp(env.type, b"request", 7) == 0:
-                kind = KIND_REQUEST
-            elif env.type_len == 8 and memcmp(env.type, b"response", 8) == 0:
-                kind = KIND_RESPONSE
+        r = read_envelope(root, env)
+        if r == INVALID:
+            self._counts[C_INVALID] += 1
+            return 0
+        if r == FALLBACK:
+            return self._line_slow(p, n, has_now, now)
+        if not _parse_time(env.time, env.time_len, &time_ns):
+            self._counts[C_INVALID] += 1
+            return 0
+        if env.type_len == 7 and memcmp(env.type, b"request", 7) == 0:
+            kind = KIND_REQUEST
+        elif env.type_len == 8 and memcmp(env.type, b"response", 8) == 0:
+            kind = KIND_RESPONSE
+        else:
+            self._counts[C_UNKNOWN_TYPE] += 1
+            return 0
+        if kind == KIND_REQUEST:
+            if env.is_probe or not env.has_id or env.id_len == 0:
+                keep = False
             else:
-                self._counts[C_UNKNOWN_TYPE] += 1
-                return 0
-            if kind == KIND_REQUEST:
-                if env.is_probe or not env.has_id or env.id_len == 0:
-                    keep = False
-                else:
-                    canon = _trace_for(env.id, env.id_len, &hi, &lo)
-                    keep = (env.has_error and env.error_len > 0) or not canon
-                if keep:
-                    r = self._fl.flatten(root, self.flatten_arrays)
-                    if r == FALLBACK:
-                        return self._line_slow(p, n, has_now, now)
-                    if r != OK:
-                        raise RuntimeError("could not encode attributes")
-                self._counts[C_REQUESTS] += 1
-                if time_ns > self._watermark:
-                    self._watermark = time_ns
-                if env.is_probe:
-                    self._counts[C_PROBES] += 1
-                    return 0
-                if not env.has_id or env.id_len == 0:
-                    self._counts[C_NO_ID] += 1
-                    return 0
-                self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl, keep)
-                return 0
-            r = self._fl.flatten(root, self.flatten_arrays)
-            if r == FALLBACK:
-                return self._line_slow(p, n, has_now, now)
-            if r != OK:
-                raise RuntimeError("could not encode attributes")
-            self._counts[C_RESPONSES] += 1
+                canon = _trace_for(env.id, env.id_len, &hi, &lo)
+                keep = (env.has_error and env.error_len > 0) or not canon
+            if keep:
+                r = self._fl.flatten(root, self.flatten_arrays)
+                if r == FALLBACK:
+                    return self._line_slow(p, n, has_now, now)
+                if r != OK:
+                    raise RuntimeError("could not encode attributes")
+            self._counts[C_REQUESTS] += 1
             if time_ns > self._watermark:
                 self._watermark = time_ns
-            self._respond(
-                env.id if env.has_id else NULL,
-                env.id_len if env.has_id else 0,
-                None,
-                time_ns,
-                self._name_fast(env, kind),
-                _text(env.error, env.error_len) if env.has_error and env.error_len else _EMPTY,
-                p,
-                n,
-                None,
-            )
+            if env.is_probe:
+                self._counts[C_PROBES] += 1
+                return 0
+            if not env.has_id or env.id_len == 0:
+                self._counts[C_NO_ID] += 1
+                return 0
+            self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl, keep)
             return 0
+        r = self._fl.flatten(root, self.flatten_arrays)
+        if r == FALLBACK:
+            return self._line_slow(p, n, has_now, now)
+        if r != OK:
+            raise RuntimeError("could not encode attributes")
+        self._counts[C_RESPONSES] += 1
+        if time_ns > self._watermark:
+            self._watermark = time_ns
+        self._respond(
+            env.id if env.has_id else NULL,
+            env.id_len if env.has_id else 0,
+            None,
+            time_ns,
+            self._name_fast(env, kind),
+            _text(env.error, env.error_len) if env.has_error and env.error_len else _EMPTY,
+            p,
+            n,
+            None,
+        )
+        return 0
 
     cdef const char *_padded(self, const char *p, size_t n) except NULL:
         cdef size_t need = n + SIMDJSON_PADDING
@@ -783,7 +791,7 @@ cdef class Core:
         self._name_idx = idx
         if idx != NONE:
             return <object> self._names.get(idx)
-        return _text(s, n)
+        return _text(s, n)  # raises what made the table refuse it, if anything
 
     cdef int _request_fast(self, Envelope &env, i128 time_ns, i128 deadline, bint keep) except -1:
         cdef object attrs = None

@@ -842,7 +842,8 @@ class NameTable {
 
     static const uint32_t NONE = 0xFFFFFFFFu;
 
-    // Index of the name, NONE when the table is full, or NONE with a Python error.
+    // Index of the name; NONE when the table is full or the name does not decode
+    // (the caller decodes it again and gets the error).
     uint32_t lookup(const char *s, size_t len) {
         uint64_t hv = hash_bytes(s, len);
         size_t i = static_cast<size_t>(hv) & mask_;
@@ -854,7 +855,10 @@ class NameTable {
         }
         if (objs_.size() >= limit_) return NONE;
         PyObject *o = PyUnicode_DecodeUTF8(s, static_cast<Py_ssize_t>(len), "surrogatepass");
-        if (!o) return NONE;
+        if (!o) {
+            PyErr_Clear();
+            return NONE;
+        }
         uint32_t idx = static_cast<uint32_t>(objs_.size());
         objs_.push_back(o);
         keys_.emplace_back(s, len);
