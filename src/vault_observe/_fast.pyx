@@ -698,7 +698,7 @@ cdef class Core:
                 if r == FALLBACK:
                     return self._line_slow(p, n, has_now, now)
                 if r != OK:
-                    raise RuntimeError("could not encode attributes")
+                    raise MemoryError()  # only allocation can fail here
             self._counts[C_REQUESTS] += 1
             if time_ns > self._watermark:
                 self._watermark = time_ns
@@ -714,7 +714,7 @@ cdef class Core:
         if r == FALLBACK:
             return self._line_slow(p, n, has_now, now)
         if r != OK:
-            raise RuntimeError("could not encode attributes")
+            raise MemoryError()  # only allocation can fail here
         self._counts[C_RESPONSES] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns

@@ -258,7 +258,7 @@ options_strategy = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(options=options_strategy, ops=ops_strategy, prefix_some=st.booleans())
 def test_generated_streams_give_identical_spans(
     fast_cls: Any, options: dict[str, Any], ops: list[tuple[Any, ...]], prefix_some: bool
@@ -274,7 +274,7 @@ def test_generated_streams_give_identical_spans(
     run_both(fast_cls, steps, **options)
 
 
-@settings(max_examples=examples(200), deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(value=values, key=keys, flatten_arrays=st.booleans())
 def test_generated_values_flatten_identically(
     fast_cls: Any, value: str, key: str, flatten_arrays: bool
