@@ -1,8 +1,8 @@
 """Both cores give the same spans (attribute bytes included) and counters for any input.
 
-The reference is taken with the expire() fix described in test_core
-(test_expire_emits_only_due_requests); generated arrays stay shallower than the
-depth where its json encoder recurses too deep (test_deep_arrays_are_encoded).
+The reference is taken with the two fixes described in test_core: expire() emits
+only due requests (test_expire_emits_only_due_requests), and deep arrays are
+encoded instead of raising RecursionError (test_deep_arrays_are_encoded).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,19 @@ def examples(n: int) -> int:
 
 
 class ReferenceCore(_core_py.Core):
-    """The reference core with its expire() emitting only requests that are due."""
+    """The reference core, with expire() emitting only due requests and attributes
+    of any depth that the parsers accept."""
+
+    def _attrs_json(self, entry: dict[str, Any]) -> bytes:
+        try:
+            return super()._attrs_json(entry)
+        except RecursionError:
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(limit + 2000)
+            try:
+                return super()._attrs_json(entry)
+            finally:
+                sys.setrecursionlimit(limit)
 
     def expire(self, now_ns: int) -> int:
         heap = self._heap
@@ -304,6 +317,33 @@ def test_random_request_response_orders(
             steps.append(("expire", T0_NS + i * SEC // 2))
     steps.append(("flush",))
     run_both(fast_cls, steps, ttl_s=ttl_s, max_pending=max_pending)
+
+
+def nest(depth: int, shape: str, inner: str) -> str:
+    """``inner`` under ``depth`` levels of objects, arrays or both."""
+    opens, closes = [], []
+    for level in range(depth):
+        if shape == "obj" or (shape == "mixed" and level % 3):
+            opens.append('{"k":')
+            closes.append("}")
+        else:
+            opens.append("[")
+            closes.append("]")
+    return "".join(opens) + inner + "".join(reversed(closes))
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(
+    depth=st.one_of(st.integers(1, 40), st.integers(990, 1030)),
+    shape=st.sampled_from(["obj", "arr", "mixed"]),
+    inner=st.one_of(
+        scalars, st.sampled_from(["{}", "[]", '{"a":1,"a":2}', "123456789012345678901234567890"])
+    ),
+    flatten_arrays=st.booleans(),
+)
+def test_deep_nesting(fast_cls: Any, depth: int, shape: str, inner: str, flatten_arrays: bool) -> None:
+    line = f'{{"time":"{t(0)}","type":"response","d":{nest(depth, shape, inner)}}}'.encode()
+    run_both(fast_cls, [("feed", line, None)], flatten_arrays=flatten_arrays)
 
 
 # ---------------------------------------------------------------- real data
