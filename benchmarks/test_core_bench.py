@@ -58,7 +58,7 @@ def test_core_throughput(benchmark: Any, impl: str, replicated_corpus: bytes) ->
 
     rounds = 3 if impl == "py" else 15
     spans = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if impl == "c" else 0)
-    assert spans == lines // 2 + lines % 2 or spans > 0
+    assert spans > 0  # counts are checked by test_replicas_pair_like_the_original
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable
         return
