@@ -907,21 +907,29 @@ static_assert(sizeof(Entry) == 56, "pending entry size");
 
 // ------------------------------------------------------------------ 128-bit ints
 
+// Public API only: the byte-array calls of CPython are private and have changed.
 static inline PyObject *i128_to_py(i128 v) {
     if (v >= INT64_MIN && v <= INT64_MAX) return PyLong_FromLongLong(static_cast<long long>(v));
-    bool neg = v < 0;
-    unsigned __int128 u = neg ? static_cast<unsigned __int128>(0) - static_cast<unsigned __int128>(v)
-                              : static_cast<unsigned __int128>(v);
-    unsigned char bytes[16];
-    for (int i = 0; i < 16; i++) bytes[i] = static_cast<unsigned char>(u >> (8 * i));
-    PyObject *mag = _PyLong_FromByteArray(bytes, 16, 1, 0);
-    if (!mag || !neg) return mag;
-    PyObject *r = PyNumber_Negative(mag);
-    Py_DECREF(mag);
+    // v = hi * 2**64 + lo, hi fits 64 bits for any value the core holds
+    PyObject *hi = PyLong_FromLongLong(static_cast<long long>(v >> 64));
+    PyObject *lo = PyLong_FromUnsignedLongLong(static_cast<unsigned long long>(static_cast<uint64_t>(v)));
+    PyObject *shift = PyLong_FromLong(64);
+    PyObject *r = nullptr;
+    if (hi && lo && shift) {
+        PyObject *high = PyNumber_Lshift(hi, shift);
+        if (high) {
+            r = PyNumber_Add(high, lo);
+            Py_DECREF(high);
+        }
+    }
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(shift);
     return r;
 }
 
-// Python int -> i128 when |v| < 2**limit_bits; 1 = too big (sign in *sign), -1 = error.
+// Python int -> i128 when -2**limit_bits <= v < 2**limit_bits (64 < limit_bits <= 126):
+// 0, or 1 = out of range (its sign in *sign), or -1 = error (not an int, ...).
 static inline int py_to_i128(PyObject *o, i128 *out, int limit_bits, int *sign) {
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
@@ -931,14 +939,25 @@ static inline int py_to_i128(PyObject *o, i128 *out, int limit_bits, int *sign) 
         return 0;
     }
     *sign = overflow;
-    size_t nbits = _PyLong_NumBits(o);
-    if (nbits == static_cast<size_t>(-1) && PyErr_Occurred()) return -1;
-    if (nbits >= static_cast<size_t>(limit_bits)) return 1;
-    unsigned char bytes[16];
-    if (_PyLong_AsByteArray(reinterpret_cast<PyLongObject *>(o), bytes, 16, 1, 1) < 0) return -1;
-    unsigned __int128 u = 0;
-    for (int i = 15; i >= 0; i--) u = (u << 8) | bytes[i];
-    *out = static_cast<i128>(u);
+    PyObject *shift = PyLong_FromLong(64);
+    if (!shift) return -1;
+    PyObject *high = PyNumber_Rshift(o, shift);  // floor(v / 2**64)
+    Py_DECREF(shift);
+    if (!high) return -1;
+    long long hi = PyLong_AsLongLongAndOverflow(high, &overflow);
+    Py_DECREF(high);
+    if (hi == -1 && PyErr_Occurred()) return -1;
+    const long long bound = 1LL << (limit_bits - 64);
+    if (overflow || hi >= bound || hi < -bound) return 1;
+    PyObject *mask = PyLong_FromUnsignedLongLong(~0ULL);
+    if (!mask) return -1;
+    PyObject *low = PyNumber_And(o, mask);  // v mod 2**64
+    Py_DECREF(mask);
+    if (!low) return -1;
+    unsigned long long lo = PyLong_AsUnsignedLongLong(low);
+    Py_DECREF(low);
+    if (lo == static_cast<unsigned long long>(-1) && PyErr_Occurred()) return -1;
+    *out = static_cast<i128>(static_cast<unsigned __int128>(static_cast<uint64_t>(hi)) << 64 | lo);
     return 0;
 }
 
