@@ -34,8 +34,16 @@ def simdjson_dir() -> Path | None:
     return folder if (folder / "simdjson.cpp").exists() else None
 
 
+# -g0: no debug info in the shipped module (Python's own CFLAGS ask for -g)
+COMPILE_ARGS = ["-O3", "-g0", "-std=c++17", "-DNDEBUG", "-Wno-unused-function"]
+
+
 class OptionalBuildExt(build_ext):
-    """Warn instead of failing when the compiled core cannot be built."""
+    """Warn instead of failing when the compiled core cannot be built.
+
+    simdjson.cpp (about 40 s to compile) becomes one object file in build_temp,
+    reused until pysimdjson's copy changes.
+    """
 
     def run(self) -> None:
         try:
@@ -45,9 +53,29 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:
+            self._use_simdjson_object(ext)
             super().build_extension(ext)
         except Exception as exc:
             self._give_up(exc)
+
+    def _use_simdjson_object(self, ext) -> None:  # type: ignore[no-untyped-def]
+        sources = [s for s in ext.sources if Path(s).name == "simdjson.cpp"]
+        if not sources:
+            return
+        source = Path(sources[0])
+        out_dir = Path(self.build_temp) / "simdjson-object"
+        objects = self.compiler.object_filenames([str(source)], output_dir=str(out_dir))
+        obj = Path(objects[0])
+        if self.force or not obj.exists() or obj.stat().st_mtime < source.stat().st_mtime:
+            self.compiler.compile(
+                [str(source)],
+                output_dir=str(out_dir),
+                include_dirs=ext.include_dirs,
+                extra_postargs=ext.extra_compile_args,
+                debug=self.debug,
+            )
+        ext.sources = [s for s in ext.sources if s != sources[0]]
+        ext.extra_objects = [*ext.extra_objects, str(obj)]
 
     def _give_up(self, exc: BaseException) -> None:
         if REQUIRE:
@@ -75,8 +103,9 @@ def extensions() -> list:  # type: ignore[type-arg]
         "vault_observe._fast",
         sources=[str(PYX.relative_to(HERE)), str(sj / "simdjson.cpp")],
         include_dirs=[str(sj)],
+        depends=[str((PYX.parent / "_fast_json.h").relative_to(HERE))],
         language="c++",
-        extra_compile_args=["-O3", "-std=c++17", "-DNDEBUG", "-Wno-unused-function"],
+        extra_compile_args=COMPILE_ARGS,
     )
     return cythonize(
         [ext],
@@ -85,4 +114,9 @@ def extensions() -> list:  # type: ignore[type-arg]
     )
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+    # the C++ that Cython generates is a build product, not package data
+    exclude_package_data={"vault_observe": ["*.cpp"]},
+)

@@ -1,0 +1,41 @@
+"""Type stub of the compiled core; its behaviour is that of ``_core_py.Core``."""
+
+from typing import ClassVar
+
+from .model import SpanRecord
+
+COUNTER_NAMES: tuple[str, ...]
+NAME_LIMIT: int
+
+class Core:
+    implementation: ClassVar[str]
+    @property
+    def ttl_ns(self) -> int: ...
+    @property
+    def max_pending(self) -> int: ...
+    @property
+    def max_line_bytes(self) -> int: ...
+    @property
+    def prefix(self) -> bytes: ...
+    @property
+    def flatten_arrays(self) -> bool: ...
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 10.0,
+        max_pending: int = 1_000_000,
+        max_line_bytes: int = 16 * 1024 * 1024,
+        prefix: bytes = b"",
+        flatten_arrays: bool = False,
+    ) -> None: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def watermark_ns(self) -> int:
+        """The latest entry time seen (0 before any)."""
+    def counters(self) -> dict[str, int]: ...
+    def feed(self, data: bytes | bytearray | memoryview, now_ns: int | None = None) -> int:
+        """Process whole lines; return how many spans are ready."""
+    def expire(self, now_ns: int) -> int: ...
+    def flush(self) -> int: ...
+    def drain(self) -> list[SpanRecord]: ...

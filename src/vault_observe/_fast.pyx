@@ -1,0 +1,1343 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# distutils: language = c++
+"""Compiled core: the same API, spans and counters as ``_core_py.Core``, faster.
+
+Lines are parsed with simdjson's DOM parser (one reused parser, one parse per
+line) and flattened straight into the canonical attribute bytes with an explicit
+stack (``_fast_json.h``). Requests wait in an open-addressing table keyed by the
+request id, with their expiry order kept in a deadline-sorted list (in-order
+arrivals, O(1)) plus a small heap for out-of-order ones, so ``expire`` costs
+O(expired). A line that simdjson rejects, or whose keys repeat (orjson keeps the
+last value of a repeated key), goes through the reference logic on orjson, so
+both cores agree on every input.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
+from cpython.object cimport PyTypeObject
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memchr, memcmp, memcpy, memset
+
+import math
+import types
+
+import orjson
+
+from . import _core_py
+from .model import PAIRING_KEY, PAIRING_NAMES, SpanRecord
+
+# ---------------------------------------------------------------- declarations
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+    const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
+    object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void *PyUnicode_DATA(object o)
+
+cdef extern from "simdjson.h" namespace "simdjson":
+    cdef size_t SIMDJSON_PADDING
+    ctypedef enum error_code "simdjson::error_code":
+        SUCCESS "simdjson::SUCCESS"
+    cdef cppclass simdjson_result[T]:
+        simdjson_result()
+        error_code error()
+        T &value_unsafe()
+
+cdef extern from "simdjson.h" namespace "simdjson::dom":
+    cdef cppclass element "simdjson::dom::element":
+        element()
+    cdef cppclass dom_parser "simdjson::dom::parser":
+        dom_parser() except +
+        simdjson_result[element] parse(const char *buf, size_t length, bint realloc_if_needed)
+        error_code allocate(size_t capacity)
+        size_t capacity()
+
+cdef extern from "_fast_json.h" namespace "vo":
+    ctypedef long long i128 "vo::i128"
+    cdef enum:
+        OK "vo::OK"
+        INVALID "vo::INVALID"
+        FALLBACK "vo::FALLBACK"
+        ERROR "vo::ERROR"
+    cdef cppclass Buf "vo::Buf":
+        char *p
+        size_t n
+        size_t cap
+        void shrink(size_t keep)
+        void append(const char *s, size_t length) except +
+    cdef cppclass Envelope "vo::Envelope":
+        const char *type
+        const char *time
+        const char *id
+        const char *error
+        size_t type_len, time_len, id_len, error_len
+        bint has_id, has_error
+        const char *operation
+        const char *target
+        size_t operation_len, target_len
+        bint is_probe
+    int read_envelope(element root, Envelope &env)
+    cdef cppclass Flattener "vo::Flattener":
+        Buf out
+        Flattener() except +
+        int flatten(element root, bint flatten_arrays) except +
+    cdef cppclass NameTable "vo::NameTable":
+        NameTable(size_t limit) except +
+        uint32_t lookup(const char *s, size_t length) except +
+        PyObject *get(uint32_t idx)
+        size_t size()
+    uint64_t mix64(uint64_t z)
+    object i128_to_py(i128 v)
+    int py_to_i128(object o, i128 *out, int limit_bits, int *sign) except -1
+
+# ---------------------------------------------------------------- constants
+
+cdef enum:
+    C_LINES
+    C_REQUESTS
+    C_RESPONSES
+    C_SPANS
+    C_PAIRED
+    C_ORPHANS
+    C_UNANSWERED
+    C_EVICTED
+    C_DUPLICATES
+    C_PROBES
+    C_NO_ID
+    C_MALFORMED
+    C_INVALID
+    C_UNKNOWN_TYPE
+    C_OVERSIZE
+    N_COUNTERS
+
+COUNTER_NAMES = _core_py.COUNTER_NAMES
+if COUNTER_NAMES != (
+    "lines", "requests", "responses", "spans", "paired", "orphans", "unanswered", "evicted",
+    "duplicates", "probes", "no_id", "malformed", "invalid", "unknown_type", "oversize",
+):
+    raise ImportError("the counters of _core_py changed; update the compiled core")
+
+cdef enum:
+    PAIRED = 0
+    ORPHAN = 1
+    UNANSWERED = 2
+    EVICTED = 3
+
+cdef enum:
+    KIND_REQUEST = 1
+    KIND_RESPONSE = 2
+
+cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325
+cdef uint64_t FNV_PRIME = 0x100000001B3
+cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15
+cdef uint32_t NONE = 0xFFFFFFFF
+# How many distinct span names a core shares as one str each (read when a core is made).
+NAME_LIMIT = 65536
+# Lines above this size leave no big buffers behind.
+cdef size_t BIG_LINE = 4 << 20
+
+cdef uint32_t F_CANON = 1     # id is a lower-case UUID: its text is rebuilt from the key
+cdef uint32_t F_IN_HEAP = 2   # in the out-of-order heap, not in the sorted list
+cdef uint32_t F_WIDE = 4      # start or deadline does not fit 64 bits: exact values in the extra
+
+cdef object _PROBE_PATH = _core_py.PROBE_PATH
+cdef object _span_name = _core_py.span_name
+cdef object _flatten = _core_py.flatten
+cdef object _dump_attrs = _core_py.dump_attrs
+cdef object _orjson_loads = orjson.loads
+cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _ZERO = 0
+cdef object _EMPTY = ""
+cdef tuple _PAIRING_OBJS = (0, 1, 2, 3)
+cdef list _MARKERS = [
+    ('"' + PAIRING_KEY + '":"' + name + '"}').encode() for name in PAIRING_NAMES
+]
+
+# ---------------------------------------------------------------- SpanRecord
+
+# SpanRecord has __slots__ only; the core fills them directly, which is several
+# times faster than calling its __init__. Falls back to the call if that changes.
+cdef Py_ssize_t _OFF[10]
+cdef bint _DIRECT = True
+_FIELDS = (
+    "trace_id", "span_id", "parent_span_id", "name", "start_ns",
+    "end_ns", "error", "pairing", "request_id", "attrs_json",
+)
+for _i, _f in enumerate(_FIELDS):
+    _d = SpanRecord.__dict__.get(_f)
+    if type(_d) is not types.MemberDescriptorType:
+        _DIRECT = False
+        break
+    _OFF[_i] = (<PyMemberDescrObject *> <PyObject *> _d).d_member.offset
+if SpanRecord.__new__ is not object.__new__ or "__dict__" in SpanRecord.__dict__:
+    _DIRECT = False
+
+
+cdef inline void _set_slot(object obj, Py_ssize_t off, object value) noexcept:
+    Py_INCREF(value)
+    (<PyObject **> ((<char *> <PyObject *> obj) + off))[0] = <PyObject *> value
+
+
+cdef object _new_span(object trace_id, object span_id, object name, object start_ns, object end_ns,
+                      object error, int pairing, object request_id, object attrs_json):
+    cdef object pairing_obj = _PAIRING_OBJS[pairing]
+    if not _DIRECT:
+        return SpanRecord(trace_id, span_id, _ZERO, name, start_ns, end_ns, error, pairing_obj,
+                          request_id, attrs_json)
+    cdef object span = PyType_GenericAlloc(<PyTypeObject *> SpanRecord, 0)
+    _set_slot(span, _OFF[0], trace_id)
+    _set_slot(span, _OFF[1], span_id)
+    _set_slot(span, _OFF[2], _ZERO)
+    _set_slot(span, _OFF[3], name)
+    _set_slot(span, _OFF[4], start_ns)
+    _set_slot(span, _OFF[5], end_ns)
+    _set_slot(span, _OFF[6], error)
+    _set_slot(span, _OFF[7], pairing_obj)
+    _set_slot(span, _OFF[8], request_id)
+    _set_slot(span, _OFF[9], attrs_json)
+    return span
+
+# ---------------------------------------------------------------- ids
+
+
+cdef inline uint64_t _fnv1a64(const unsigned char *p, size_t n, uint64_t h) noexcept:
+    cdef size_t i
+    for i in range(n):
+        h = (h ^ p[i]) * FNV_PRIME
+    return h
+
+
+cdef inline uint64_t _splitmix64(uint64_t x) noexcept:
+    cdef uint64_t z = x + GOLDEN
+    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+cdef signed char _HEXVAL[256]
+memset(_HEXVAL, -1, 256)
+for _i in range(10):
+    _HEXVAL[48 + _i] = _i
+for _i in range(6):
+    _HEXVAL[97 + _i] = 10 + _i
+    _HEXVAL[65 + _i] = 10 + _i
+
+
+cdef inline bint _uuid(const unsigned char *s, size_t n, uint64_t *hi, uint64_t *lo, bint *lower) noexcept:
+    """The 16 bytes of a 36-character UUID of any case (see _core_py.uuid_bytes)."""
+    if n != 36:
+        return False
+    if s[8] != 45 or s[13] != 45 or s[18] != 45 or s[23] != 45:
+        return False
+    cdef uint64_t a = 0, b = 0
+    cdef int i, k = 0
+    cdef signed char v
+    cdef bint low = True
+    for i in range(36):
+        if i == 8 or i == 13 or i == 18 or i == 23:
+            continue
+        v = _HEXVAL[s[i]]
+        if v < 0:
+            return False
+        if s[i] <= 70 and s[i] >= 65:
+            low = False
+        if k < 16:
+            a = (a << 4) | <uint64_t> v
+        else:
+            b = (b << 4) | <uint64_t> v
+        k += 1
+    hi[0] = a
+    lo[0] = b
+    lower[0] = low
+    return True
+
+
+cdef inline bint _trace_for(const char *p, size_t n, uint64_t *hi, uint64_t *lo) noexcept:
+    """_core_py.trace_id_for as two big-endian halves; True when the text is canonical."""
+    cdef bint lower
+    if _uuid(<const unsigned char *> p, n, hi, lo, &lower):
+        return lower
+    hi[0] = _fnv1a64(<const unsigned char *> p, n, FNV_OFFSET)
+    lo[0] = _fnv1a64(<const unsigned char *> p, n, FNV_OFFSET ^ GOLDEN)
+    if hi[0] == 0 and lo[0] == 0:
+        lo[0] = 1
+    return False
+
+
+cdef inline uint64_t _span_id(uint64_t hi, uint64_t lo) noexcept:
+    cdef uint64_t rot = (lo << 32) | (lo >> 32)
+    cdef uint64_t s = _splitmix64(hi ^ rot)
+    return s if s else 1
+
+
+cdef inline object _trace_bytes(uint64_t hi, uint64_t lo):
+    cdef object b = PyBytes_FromStringAndSize(NULL, 16)
+    cdef unsigned char *d = <unsigned char *> PyBytes_AS_STRING(b)
+    cdef int i
+    for i in range(8):
+        d[i] = <unsigned char> (hi >> (56 - 8 * i))
+        d[8 + i] = <unsigned char> (lo >> (56 - 8 * i))
+    return b
+
+
+cdef const char *_HEXDIGITS = b"0123456789abcdef"
+
+
+cdef object _uuid_text(uint64_t hi, uint64_t lo):
+    cdef object s = PyUnicode_New(36, 127)
+    cdef char *d = <char *> PyUnicode_DATA(s)
+    cdef int i, pos = 0
+    cdef uint64_t w
+    for i in range(32):
+        if i == 8 or i == 12 or i == 16 or i == 20:
+            d[pos] = 45
+            pos += 1
+        w = hi if i < 16 else lo
+        d[pos] = _HEXDIGITS[(w >> (60 - 4 * (i & 15))) & 15]
+        pos += 1
+    return s
+
+
+cdef inline object _text(const char *p, size_t n):
+    return PyUnicode_DecodeUTF8(p, <Py_ssize_t> n, "surrogatepass")
+
+# ---------------------------------------------------------------- time
+
+
+cdef inline int _d2(const unsigned char *s) noexcept:
+    cdef unsigned int a = s[0] - 48, b = s[1] - 48
+    if a > 9 or b > 9:
+        return -1
+    return <int> (a * 10 + b)
+
+
+cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept:
+    # y >= -1 here, so C's truncating division floors like Python's //
+    y -= (m <= 2)
+    cdef int64_t era = (y if y >= 0 else y - 399) // 400
+    cdef int64_t yoe = y - era * 400
+    cdef int64_t doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef int64_t doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef bint _parse_time(const char *text, size_t n, i128 *out) noexcept:
+    """_core_py.parse_rfc3339_ns: YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM)."""
+    cdef const unsigned char *s = <const unsigned char *> text
+    if n < 20:
+        return False
+    cdef int y1 = _d2(s), y2 = _d2(s + 2), month = _d2(s + 5), day = _d2(s + 8)
+    cdef int hour = _d2(s + 11), minute = _d2(s + 14), second = _d2(s + 17)
+    if y1 < 0 or y2 < 0 or month < 0 or day < 0 or hour < 0 or minute < 0 or second < 0:
+        return False
+    if s[4] != 45 or s[7] != 45 or (s[10] != 84 and s[10] != 116) or s[13] != 58 or s[16] != 58:
+        return False
+    if month < 1 or month > 12 or day < 1 or day > 31 or hour > 23 or minute > 59 or second > 60:
+        return False
+    cdef size_t pos = 19, start, i
+    cdef int64_t frac = 0
+    cdef size_t ndigits
+    if s[pos] == 46:
+        pos += 1
+        start = pos
+        while pos < n and s[pos] >= 48 and s[pos] <= 57:
+            pos += 1
+        ndigits = pos - start
+        if ndigits < 1 or ndigits > 9:
+            return False
+        for i in range(start, pos):
+            frac = frac * 10 + (s[i] - 48)
+        for i in range(9 - ndigits):
+            frac *= 10
+    cdef int64_t offset = 0
+    cdef int oh, om
+    cdef size_t rest = n - pos
+    if rest == 1 and (s[pos] == 90 or s[pos] == 122):
+        pass
+    elif rest == 6 and (s[pos] == 43 or s[pos] == 45) and s[pos + 3] == 58:
+        oh = _d2(s + pos + 1)
+        om = _d2(s + pos + 4)
+        if oh < 0 or om < 0 or oh > 23 or om > 59:
+            return False
+        offset = oh * 3600 + om * 60
+        if s[pos] == 45:
+            offset = -offset
+    else:
+        return False
+    cdef int64_t days = _days_from_civil(y1 * 100 + y2, month, day)
+    cdef int64_t seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
+    out[0] = <i128> seconds * <i128> 1000000000 + <i128> frac
+    return True
+
+# ---------------------------------------------------------------- pending requests
+
+cdef extern from "_fast_json.h" namespace "vo":
+    # seq and flags are bit fields there (56 + 8 bits)
+    ctypedef struct Entry "vo::Entry":
+        uint64_t k0
+        uint64_t k1
+        int64_t start
+        int64_t deadline
+        uint64_t seq
+        uint32_t flags
+        uint32_t prev
+        uint32_t next
+        uint32_t name
+        uint32_t extra
+
+ctypedef struct HeapItem:
+    int64_t deadline
+    uint64_t seq
+    uint32_t idx
+
+# Rarely needed per-request data: kept only for requests with an error, a
+# non-canonical id, an uninterned name or times outside 64 bits.
+ctypedef struct Extra:
+    PyObject *request_id  # str; NULL for canonical ids
+    PyObject *error       # str; NULL for none
+    PyObject *attrs       # bytes; NULL when the reference keeps none
+    PyObject *name        # str; NULL when interned
+    i128 start
+    i128 deadline
+    uint32_t next_free
+
+
+cdef inline int64_t _sat(i128 v) noexcept:
+    if v > INT64_MAX:
+        return INT64_MAX
+    if v < INT64_MIN:
+        return INT64_MIN
+    return <int64_t> v
+
+
+cdef inline size_t _home(uint64_t k0, uint64_t k1, size_t mask) noexcept:
+    return <size_t> (mix64(k0 ^ (k1 * <uint64_t> 0xC2B2AE3D27D4EB4F)) & mask)
+
+
+@cython.wraparound(True)
+def _dump_attrs_deep(attrs):
+    """dump_attrs for values nested too deep for json's recursive encoder."""
+    enc = _core_py._ENCODER.encode
+    out = ["{"]
+    stack = [(iter(attrs.items()), True, "}")]
+    firsts = [True]
+    while stack:
+        it, is_dict, closer = stack[-1]
+        for item in it:
+            if not firsts[-1]:
+                out.append(",")
+            firsts[-1] = False
+            if is_dict:
+                key, value = item
+                out.append(enc(key))
+                out.append(":")
+            else:
+                value = item
+            if isinstance(value, dict):
+                out.append("{")
+                stack.append((iter(value.items()), True, "}"))
+                firsts.append(True)
+                break
+            if isinstance(value, list):
+                out.append("[")
+                stack.append((iter(value), False, "]"))
+                firsts.append(True)
+                break
+            out.append(enc(value))
+        else:
+            out.append(closer)
+            stack.pop()
+            firsts.pop()
+    return "".join(out).encode("utf-8")
+
+
+cdef class Core:
+    """Compiled core; see ``_core_py`` for the rules it shares with the reference."""
+
+    implementation = "c"
+
+    cdef readonly object ttl_ns
+    cdef readonly object max_pending
+    cdef readonly object max_line_bytes
+    cdef readonly bytes prefix
+    cdef readonly bint flatten_arrays
+
+    cdef i128 _ttl
+    cdef int64_t _max_line
+    cdef uint64_t _max_pending
+    cdef dom_parser *_parser
+    cdef Flattener *_fl
+    cdef NameTable *_names
+    cdef char *_pad
+    cdef size_t _pad_cap
+    cdef char *_namebuf
+    cdef size_t _namebuf_cap
+    cdef uint64_t _counts[N_COUNTERS]
+    cdef list _ready
+    cdef i128 _watermark
+    cdef uint64_t _seq
+    cdef uint32_t _name_idx
+
+    cdef Entry *_entries
+    cdef uint32_t _ent_cap
+    cdef uint32_t _ent_used
+    cdef uint32_t _free
+    cdef uint32_t _count
+    cdef uint32_t *_slots
+    cdef size_t _nslots
+    cdef uint32_t _head
+    cdef uint32_t _tail
+    cdef HeapItem *_heap
+    cdef size_t _heap_n
+    cdef size_t _heap_cap
+    cdef Extra *_extras
+    cdef uint32_t _ext_cap
+    cdef uint32_t _ext_used
+    cdef uint32_t _ext_free
+
+    def __cinit__(self):
+        self._parser = new dom_parser()
+        self._fl = new Flattener()
+        self._names = new NameTable(<size_t> NAME_LIMIT)
+        self._ready = []
+        self._head = NONE
+        self._tail = NONE
+        self._free = NONE
+        self._ext_free = NONE
+        memset(self._counts, 0, sizeof(self._counts))
+        self._nslots = 1024
+        self._slots = <uint32_t *> malloc(self._nslots * sizeof(uint32_t))
+        if self._slots == NULL:
+            raise MemoryError()
+        memset(self._slots, 0, self._nslots * sizeof(uint32_t))
+        # the defaults of __init__, should a subclass skip it
+        self._ttl = 10_000_000_000
+        self._max_pending = 1_000_000
+        self._max_line = 16 * 1024 * 1024
+        self.prefix = b""
+
+    def __init__(
+        self,
+        *,
+        ttl_s=10.0,
+        max_pending=1_000_000,
+        max_line_bytes=16 * 1024 * 1024,
+        prefix=b"",
+        flatten_arrays=False,
+    ):
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        cdef int sign = 0
+        self.ttl_ns = int(ttl_s * 1_000_000_000)
+        if py_to_i128(self.ttl_ns, &self._ttl, 100, &sign) != 0:
+            raise OverflowError("ttl_s is too large")
+        self.max_pending = max_pending
+        # the reference compares counts and lengths with these numbers as given
+        self._max_pending = <uint64_t> min(math.ceil(max_pending), 0xFFFFFFF0)
+        self.max_line_bytes = max_line_bytes
+        self._max_line = <int64_t> max(-1, min(math.floor(max_line_bytes), 1 << 62))
+        self.prefix = bytes(prefix)
+        self.flatten_arrays = bool(flatten_arrays)
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        if self._extras != NULL:
+            for i in range(self._ext_used):
+                self._clear_extra(i)
+            free(self._extras)
+        free(self._entries)
+        free(self._slots)
+        free(self._heap)
+        free(self._pad)
+        free(self._namebuf)
+        del self._parser
+        del self._fl
+        del self._names
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def pending(self) -> int:
+        return self._count
+
+    @property
+    def watermark_ns(self) -> int:
+        """The latest entry time seen (0 before any)."""
+        return i128_to_py(self._watermark)
+
+    def counters(self) -> dict[str, int]:
+        return {name: self._counts[i] for i, name in enumerate(COUNTER_NAMES)}
+
+    def feed(self, data, now_ns=None) -> int:
+        """Process whole lines; return how many spans are ready."""
+        cdef Py_buffer view
+        cdef i128 now = 0
+        cdef int sign = 0
+        cdef bint has_now = now_ns is not None
+        if has_now and py_to_i128(now_ns, &now, 100, &sign) != 0:
+            raise OverflowError("now_ns is out of range")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._feed(<const char *> view.buf, <size_t> view.len, has_now, now)
+        finally:
+            PyBuffer_Release(&view)
+        return len(self._ready)
+
+    def expire(self, now_ns) -> int:
+        cdef i128 now = 0
+        cdef int sign = 0
+        cdef uint32_t idx
+        if py_to_i128(now_ns, &now, 120, &sign) != 0:
+            # beyond any deadline the core can hold
+            now = (<i128> 1) << 121
+            if sign < 0:
+                now = -now
+        while True:
+            idx = self._oldest()
+            if idx == NONE or self._deadline_of(idx) > now:
+                break
+            self._pop(idx, UNANSWERED)
+        return len(self._ready)
+
+    def flush(self) -> int:
+        cdef uint32_t idx
+        while True:
+            idx = self._oldest()
+            if idx == NONE:
+                break
+            self._pop(idx, UNANSWERED)
+        return len(self._ready)
+
+    def drain(self) -> list:
+        ready = self._ready
+        self._ready = []
+        return ready
+
+    # ------------------------------------------------------------ lines
+
+    cdef int _feed(self, const char *data, size_t n, bint has_now, i128 now) except -1:
+        cdef const char *p = data
+        cdef const char *end = data + n
+        cdef const char *nl
+        cdef size_t length
+        cdef const char *pre = PyBytes_AS_STRING(self.prefix)
+        cdef size_t pre_n = <size_t> PyBytes_GET_SIZE(self.prefix)
+        while p < end:
+            nl = <const char *> memchr(p, 10, <size_t> (end - p))
+            if nl == NULL:
+                nl = end
+            length = <size_t> (nl - p)
+            if length:
+                self._counts[C_LINES] += 1
+                if <int64_t> length > self._max_line:
+                    self._counts[C_OVERSIZE] += 1
+                else:
+                    if pre_n and length >= pre_n and memcmp(p, pre, pre_n) == 0:
+                        self._line(p + pre_n, length - pre_n, end, has_now, now)
+                    else:
+                        self._line(p, length, end, has_now, now)
+            p = nl + 1
+        return 0
+
+    cdef int _line(self, const char *p, size_t n, const char *buf_end, bint has_now, i128 now) except -1:
+        self._line_inner(p, n, buf_end, has_now, now)
+        if n > BIG_LINE:
+            self._shrink()
+        return 0
+
+    cdef int _line_inner(self, const char *p, size_t n, const char *buf_end, bint has_now,
+                         i128 now) except -1:
+        cdef const char *src = p
+        cdef simdjson_result[element] res
+        cdef element root
+        cdef Envelope env
+        cdef int r, kind
+        cdef i128 time_ns
+        cdef bint canon, keep
+        cdef uint64_t hi, lo
+        if n >= 3 and memcmp(p, b"\xef\xbb\xbf", 3) == 0:
+            return self._line_slow(p, n, has_now, now)  # simdjson skips a BOM, orjson does not
+        if <size_t> (buf_end - p) < n + SIMDJSON_PADDING:
+            src = self._padded(p, n)
+        res = self._parser.parse(src, n, False)
+        if res.error() != SUCCESS:
+            return self._line_slow(p, n, has_now, now)
+        root = res.value_unsafe()
+        r = read_envelope(root, env)
+        if r == INVALID:
+            self._counts[C_INVALID] += 1
+            return 0
+        if r == FALLBACK:
+            return self._line_slow(p, n, has_now, now)
+        if not _parse_time(env.time, env.time_len, &time_ns):
+            self._counts[C_INVALID] += 1
+            return 0
+        if env.type_len == 7 and memcmp(env.type, b"request", 7) == 0:
+            kind = KIND_REQUEST
+        elif env.type_len == 8 and memcmp(env.type, b"response", 8) == 0:
+            kind = KIND_RESPONSE
+        else:
+            self._counts[C_UNKNOWN_TYPE] += 1
+            return 0
+        if kind == KIND_REQUEST:
+            if env.is_probe or not env.has_id or env.id_len == 0:
+                keep = False
+            else:
+                canon = _trace_for(env.id, env.id_len, &hi, &lo)
+                keep = (env.has_error and env.error_len > 0) or not canon
+            if keep:
+                r = self._fl.flatten(root, self.flatten_arrays)
+                if r == FALLBACK:
+                    return self._line_slow(p, n, has_now, now)
+                if r != OK:
+                    raise MemoryError()  # only allocation can fail here
+            self._counts[C_REQUESTS] += 1
+            if time_ns > self._watermark:
+                self._watermark = time_ns
+            if env.is_probe:
+                self._counts[C_PROBES] += 1
+                return 0
+            if not env.has_id or env.id_len == 0:
+                self._counts[C_NO_ID] += 1
+                return 0
+            self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl, keep)
+            return 0
+        r = self._fl.flatten(root, self.flatten_arrays)
+        if r == FALLBACK:
+            return self._line_slow(p, n, has_now, now)
+        if r != OK:
+            raise MemoryError()  # only allocation can fail here
+        self._counts[C_RESPONSES] += 1
+        if time_ns > self._watermark:
+            self._watermark = time_ns
+        self._respond(
+            env.id if env.has_id else NULL,
+            env.id_len if env.has_id else 0,
+            None,
+            time_ns,
+            self._name_fast(env, kind),
+            _text(env.error, env.error_len) if env.has_error and env.error_len else _EMPTY,
+            p,
+            n,
+            None,
+        )
+        return 0
+
+    cdef const char *_padded(self, const char *p, size_t n) except NULL:
+        cdef size_t need = n + SIMDJSON_PADDING
+        cdef char *q
+        if need > self._pad_cap:
+            q = <char *> realloc(self._pad, need)
+            if q == NULL:
+                raise MemoryError()
+            self._pad = q
+            self._pad_cap = need
+        memcpy(self._pad, p, n)
+        memset(self._pad + n, 32, SIMDJSON_PADDING)
+        return self._pad
+
+    cdef void _shrink(self) noexcept:
+        cdef error_code ignored = self._parser.allocate(1 << 16)
+        self._fl.out.shrink(1 << 16)
+        if self._pad_cap > (1 << 16):
+            free(self._pad)
+            self._pad = NULL
+            self._pad_cap = 0
+
+    cdef object _name_fast(self, Envelope &env, int kind):
+        """_core_py.span_name from the envelope's parts."""
+        cdef const char *s
+        cdef size_t n
+        cdef size_t need
+        cdef char *q
+        if env.operation != NULL and env.target != NULL:
+            need = env.operation_len + 1 + env.target_len
+            if need > self._namebuf_cap:
+                q = <char *> realloc(self._namebuf, need)
+                if q == NULL:
+                    raise MemoryError()
+                self._namebuf = q
+                self._namebuf_cap = need
+            memcpy(self._namebuf, env.operation, env.operation_len)
+            self._namebuf[env.operation_len] = 32
+            memcpy(self._namebuf + env.operation_len + 1, env.target, env.target_len)
+            s = self._namebuf
+            n = need
+        elif env.operation != NULL:
+            s = env.operation
+            n = env.operation_len
+        elif env.target != NULL:
+            s = env.target
+            n = env.target_len
+        elif kind == KIND_REQUEST:
+            s = b"request"
+            n = 7
+        else:
+            s = b"response"
+            n = 8
+        return self._intern(s, n)
+
+    cdef object _intern(self, const char *s, size_t n):
+        """The shared str of a span name; its index is left in _name_idx."""
+        cdef uint32_t idx = self._names.lookup(s, n)
+        self._name_idx = idx
+        if idx != NONE:
+            return <object> self._names.get(idx)
+        return _text(s, n)  # raises what made the table refuse it, if anything
+
+    cdef int _request_fast(self, Envelope &env, i128 time_ns, i128 deadline, bint keep) except -1:
+        cdef object attrs = None
+        cdef object error = None
+        if keep:
+            attrs = PyBytes_FromStringAndSize(self._fl.out.p, <Py_ssize_t> self._fl.out.n)
+        if env.has_error and env.error_len:
+            error = _text(env.error, env.error_len)
+        name = self._name_fast(env, KIND_REQUEST)
+        return self._store(env.id, env.id_len, None, time_ns, deadline, name, self._name_idx,
+                           error, attrs)
+
+    cdef int _line_slow(self, const char *p, size_t n, bint has_now, i128 now) except -1:
+        """The reference logic on orjson's objects, for the lines simdjson leaves."""
+        cdef bytes line = PyBytes_FromStringAndSize(p, <Py_ssize_t> n)
+        cdef i128 time_ns
+        cdef const char *s
+        cdef Py_ssize_t sn
+        cdef bytes key
+        cdef uint64_t hi, lo
+        cdef bint canon
+        cdef uint32_t name_idx
+        try:
+            entry = _orjson_loads(line)
+        except _JSONDecodeError:
+            self._counts[C_MALFORMED] += 1
+            return 0
+        if not isinstance(entry, dict):
+            self._counts[C_INVALID] += 1
+            return 0
+        kind = entry.get("type")
+        time_text = entry.get("time")
+        request = entry.get("request")
+        if not isinstance(kind, str) or not isinstance(time_text, str):
+            self._counts[C_INVALID] += 1
+            return 0
+        if request is None:
+            request = {}
+        elif not isinstance(request, dict):
+            self._counts[C_INVALID] += 1
+            return 0
+        request_id = request.get("id")
+        error = entry.get("error")
+        if (request_id is not None and not isinstance(request_id, str)) or (
+            error is not None and not isinstance(error, str)
+        ):
+            self._counts[C_INVALID] += 1
+            return 0
+        time_bytes = (<str> time_text).encode("utf-8", "surrogatepass")
+        if not _parse_time(PyBytes_AS_STRING(time_bytes), <size_t> PyBytes_GET_SIZE(time_bytes), &time_ns):
+            self._counts[C_INVALID] += 1
+            return 0
+        if kind == "request":
+            self._counts[C_REQUESTS] += 1
+        elif kind == "response":
+            self._counts[C_RESPONSES] += 1
+        else:
+            self._counts[C_UNKNOWN_TYPE] += 1
+            return 0
+        if time_ns > self._watermark:
+            self._watermark = time_ns
+        error = error or ""
+        name_text = _span_name(request, kind)
+        s = PyUnicode_AsUTF8AndSize(name_text, &sn)
+        name = self._intern(s, <size_t> sn)
+        name_idx = self._name_idx
+        if kind == "request":
+            if request.get("path") == _PROBE_PATH:
+                self._counts[C_PROBES] += 1
+                return 0
+            if not request_id:
+                self._counts[C_NO_ID] += 1
+                return 0
+            key = (<str> request_id).encode("utf-8", "surrogatepass")
+            canon = _trace_for(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), &hi, &lo)
+            attrs = self._dump(entry) if (error or not canon) else None
+            return self._store(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
+                               time_ns, (now if has_now else time_ns) + self._ttl, name,
+                               name_idx, error if error else None, attrs)
+        attrs = self._dump(entry)
+        if not request_id:
+            return self._respond(NULL, 0, None, time_ns, name, error, p, n, attrs)
+        key = (<str> request_id).encode("utf-8", "surrogatepass")
+        return self._respond(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
+                             time_ns, name, error, p, n, attrs)
+
+    cdef bytes _dump(self, entry):
+        flat = _flatten(entry, self.flatten_arrays)
+        try:
+            return _dump_attrs(flat)
+        except RecursionError:
+            return _dump_attrs_deep(flat)
+
+    # ------------------------------------------------------------ correlation
+
+    cdef int _respond(self, const char *id, size_t id_len, object request_id, i128 time_ns,
+                      object name, object error, const char *line, size_t line_n,
+                      object attrs) except -1:
+        """A response; its attributes are ``attrs`` or else the flattener's output."""
+        cdef uint64_t hi, lo
+        cdef bint canon
+        cdef uint32_t idx
+        cdef i128 start
+        if id == NULL or id_len == 0:
+            _trace_for(line, line_n, &hi, &lo)
+            return self._emit(hi, lo, _EMPTY, name, time_ns, time_ns, error, ORPHAN,
+                              self._attrs_with(attrs, ORPHAN))
+        canon = _trace_for(id, id_len, &hi, &lo)
+        if request_id is None:
+            request_id = _text(id, id_len)
+        idx = self._find(hi, lo, canon, id, id_len)
+        if idx == NONE:
+            return self._emit(hi, lo, request_id, name, time_ns, time_ns, error, ORPHAN,
+                              self._attrs_with(attrs, ORPHAN))
+        start = self._start_of(idx)
+        self._detach(idx)
+        self._release(idx)
+        return self._emit(hi, lo, request_id, name, start, time_ns if time_ns > start else start,
+                          error, PAIRED, self._attrs_with(attrs, PAIRED))
+
+    cdef bytes _attrs_with(self, object attrs, int pairing):
+        """The attribute bytes, with the pairing marker unless PAIRED."""
+        cdef const char *p
+        cdef size_t n
+        if attrs is None:
+            p = self._fl.out.p
+            n = self._fl.out.n
+        else:
+            p = PyBytes_AS_STRING(attrs)
+            n = <size_t> PyBytes_GET_SIZE(attrs)
+        if pairing == PAIRED:
+            if attrs is not None:
+                return attrs
+            return PyBytes_FromStringAndSize(p, <Py_ssize_t> n)
+        return _with_marker(p, n, pairing)
+
+    cdef int _store(self, const char *id, size_t id_len, object request_id, i128 time_ns,
+                    i128 deadline, object name, uint32_t name_idx, object error,
+                    object attrs) except -1:
+        cdef uint64_t hi, lo
+        cdef bint canon = _trace_for(id, id_len, &hi, &lo)
+        cdef uint32_t idx = self._find(hi, lo, canon, id, id_len)
+        cdef Entry *e
+        cdef Extra *x
+        if idx != NONE:
+            self._counts[C_DUPLICATES] += 1
+            self._detach(idx)
+            self._release(idx)
+        elif self._count >= self._max_pending:
+            self._pop(self._oldest(), EVICTED)
+        if not canon and request_id is None:
+            request_id = _text(id, id_len)
+        idx = self._alloc_entry()
+        e = &self._entries[idx]
+        e.k0 = hi
+        e.k1 = lo
+        self._seq += 1
+        e.seq = self._seq
+        e.start = _sat(time_ns)
+        e.deadline = _sat(deadline)
+        e.name = name_idx
+        e.flags = F_CANON if canon else 0
+        e.extra = 0
+        if (not canon or error is not None or attrs is not None or name_idx == NONE
+                or e.start != time_ns or e.deadline != deadline):
+            e.extra = self._alloc_extra() + 1
+            e = &self._entries[idx]
+            x = &self._extras[e.extra - 1]
+            if not canon:
+                Py_INCREF(request_id)
+                x.request_id = <PyObject *> request_id
+            if error is not None:
+                Py_INCREF(error)
+                x.error = <PyObject *> error
+            if attrs is not None:
+                Py_INCREF(attrs)
+                x.attrs = <PyObject *> attrs
+            if name_idx == NONE:
+                Py_INCREF(name)
+                x.name = <PyObject *> name
+            if e.start != time_ns or e.deadline != deadline:
+                e.flags |= F_WIDE
+                x.start = time_ns
+                x.deadline = deadline
+        self._hash_insert(idx)
+        self._order_insert(idx)
+        self._count += 1
+        return 0
+
+    cdef int _pop(self, uint32_t idx, int pairing) except -1:
+        """Emit a pending request as an UNANSWERED or EVICTED span."""
+        cdef Entry *e = &self._entries[idx]
+        cdef Extra *x = NULL
+        cdef uint64_t hi = e.k0, lo = e.k1
+        cdef i128 start = self._start_of(idx)
+        cdef object request_id, name, error, attrs
+        if e.extra:
+            x = &self._extras[e.extra - 1]
+        if x != NULL and x.request_id != NULL:
+            request_id = <object> x.request_id
+        else:
+            request_id = _uuid_text(hi, lo)
+        if e.name != NONE:
+            name = <object> self._names.get(e.name)
+        else:
+            name = <object> x.name
+        error = <object> x.error if x != NULL and x.error != NULL else _EMPTY
+        if x != NULL and x.attrs != NULL:
+            attrs = _with_marker(PyBytes_AS_STRING(<object> x.attrs),
+                                 <size_t> PyBytes_GET_SIZE(<object> x.attrs), pairing)
+        else:
+            attrs = _with_marker_plain(request_id, pairing)
+        self._detach(idx)
+        self._release(idx)
+        return self._emit(hi, lo, request_id, name, start, start, error, pairing, attrs)
+
+    cdef int _emit(self, uint64_t hi, uint64_t lo, object request_id, object name, i128 start,
+                   i128 end, object error, int pairing, object attrs) except -1:
+        self._counts[C_SPANS] += 1
+        self._counts[C_PAIRED + pairing] += 1
+        start_obj = i128_to_py(start)
+        end_obj = start_obj if end == start else i128_to_py(end)
+        self._ready.append(_new_span(_trace_bytes(hi, lo), _span_id(hi, lo), name, start_obj,
+                                     end_obj, error, pairing, request_id, attrs))
+        return 0
+
+    # ------------------------------------------------------------ the table
+
+    cdef inline i128 _start_of(self, uint32_t idx) noexcept:
+        cdef Entry *e = &self._entries[idx]
+        if e.flags & F_WIDE:
+            return self._extras[e.extra - 1].start
+        return e.start
+
+    cdef inline i128 _deadline_of(self, uint32_t idx) noexcept:
+        cdef Entry *e = &self._entries[idx]
+        if e.flags & F_WIDE:
+            return self._extras[e.extra - 1].deadline
+        return e.deadline
+
+    cdef inline bint _before(self, int64_t da, uint64_t sa, uint32_t ia,
+                             int64_t db, uint64_t sb, uint32_t ib) noexcept:
+        """(deadline, arrival) of a < that of b."""
+        cdef i128 xa, xb
+        if da != db:
+            return da < db
+        if da == INT64_MAX or da == INT64_MIN:
+            xa = self._deadline_of(ia)
+            xb = self._deadline_of(ib)
+            if xa != xb:
+                return xa < xb
+        return sa < sb
+
+    cdef uint32_t _find(self, uint64_t hi, uint64_t lo, bint canon, const char *id, size_t id_len) except? 0xFFFFFFFE:
+        cdef size_t mask = self._nslots - 1
+        cdef size_t i = _home(hi, lo, mask)
+        cdef uint32_t s
+        cdef Entry *e
+        cdef const char *t
+        cdef Py_ssize_t tn
+        while True:
+            s = self._slots[i]
+            if s == 0:
+                return NONE
+            e = &self._entries[s - 1]
+            if e.k0 == hi and e.k1 == lo and ((e.flags & F_CANON) != 0) == canon:
+                if canon:
+                    return s - 1
+                t = PyUnicode_AsUTF8AndSize(<object> self._extras[e.extra - 1].request_id, &tn)
+                if <size_t> tn == id_len and memcmp(t, id, id_len) == 0:
+                    return s - 1
+            i = (i + 1) & mask
+
+    cdef int _hash_insert(self, uint32_t idx) except -1:
+        cdef size_t mask
+        cdef size_t i
+        if (<size_t> self._count + 1) * 2 > self._nslots:
+            self._rehash(self._nslots * 2)
+        mask = self._nslots - 1
+        i = _home(self._entries[idx].k0, self._entries[idx].k1, mask)
+        while self._slots[i] != 0:
+            i = (i + 1) & mask
+        self._slots[i] = idx + 1
+        return 0
+
+    cdef int _rehash(self, size_t nslots) except -1:
+        cdef uint32_t *old = self._slots
+        cdef size_t oldn = self._nslots
+        cdef uint32_t *slots = <uint32_t *> malloc(nslots * sizeof(uint32_t))
+        cdef size_t i, j, mask = nslots - 1
+        cdef uint32_t s
+        if slots == NULL:
+            raise MemoryError()
+        memset(slots, 0, nslots * sizeof(uint32_t))
+        for i in range(oldn):
+            s = old[i]
+            if s:
+                j = _home(self._entries[s - 1].k0, self._entries[s - 1].k1, mask)
+                while slots[j] != 0:
+                    j = (j + 1) & mask
+                slots[j] = s
+        self._slots = slots
+        self._nslots = nslots
+        free(old)
+        return 0
+
+    cdef void _hash_remove(self, uint32_t idx) noexcept:
+        cdef size_t mask = self._nslots - 1
+        cdef size_t i = _home(self._entries[idx].k0, self._entries[idx].k1, mask)
+        cdef size_t j, k
+        cdef uint32_t s
+        while self._slots[i] != idx + 1:
+            i = (i + 1) & mask
+        # backward-shift deletion: no tombstones
+        j = i
+        while True:
+            j = (j + 1) & mask
+            s = self._slots[j]
+            if s == 0:
+                break
+            k = _home(self._entries[s - 1].k0, self._entries[s - 1].k1, mask)
+            if (j > i and (k <= i or k > j)) or (j < i and k <= i and k > j):
+                self._slots[i] = s
+                i = j
+        self._slots[i] = 0
+
+    cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFE:
+        cdef uint32_t idx
+        cdef size_t cap
+        cdef Entry *q
+        if self._free != NONE:
+            idx = self._free
+            self._free = self._entries[idx].next
+            return idx
+        if self._ent_used == self._ent_cap:
+            cap = self._ent_cap * 2 if self._ent_cap else 256
+            q = <Entry *> realloc(self._entries, cap * sizeof(Entry))
+            if q == NULL:
+                raise MemoryError()
+            self._entries = q
+            self._ent_cap = <uint32_t> cap
+        idx = self._ent_used
+        self._ent_used += 1
+        return idx
+
+    cdef uint32_t _alloc_extra(self) except? 0xFFFFFFFE:
+        cdef uint32_t i
+        cdef size_t cap
+        cdef Extra *q
+        if self._ext_free != NONE:
+            i = self._ext_free
+            self._ext_free = self._extras[i].next_free
+        else:
+            if self._ext_used == self._ext_cap:
+                cap = self._ext_cap * 2 if self._ext_cap else 64
+                q = <Extra *> realloc(self._extras, cap * sizeof(Extra))
+                if q == NULL:
+                    raise MemoryError()
+                self._extras = q
+                self._ext_cap = <uint32_t> cap
+            i = self._ext_used
+            self._ext_used += 1
+        memset(&self._extras[i], 0, sizeof(Extra))
+        return i
+
+    cdef void _clear_extra(self, uint32_t i) noexcept:
+        cdef Extra *x = &self._extras[i]
+        Py_XDECREF(x.request_id)
+        Py_XDECREF(x.error)
+        Py_XDECREF(x.attrs)
+        Py_XDECREF(x.name)
+        x.request_id = NULL
+        x.error = NULL
+        x.attrs = NULL
+        x.name = NULL
+
+    cdef void _release(self, uint32_t idx) noexcept:
+        """Free a detached entry and its extra."""
+        cdef Entry *e = &self._entries[idx]
+        cdef uint32_t x
+        if e.extra:
+            x = e.extra - 1
+            e.extra = 0
+            self._clear_extra(x)
+            self._extras[x].next_free = self._ext_free
+            self._ext_free = x
+        e.next = self._free
+        self._free = idx
+        self._count -= 1
+
+    cdef void _detach(self, uint32_t idx) noexcept:
+        """Take an entry out of the table and the expiry order."""
+        self._hash_remove(idx)
+        cdef Entry *e = &self._entries[idx]
+        if e.flags & F_IN_HEAP:
+            self._heap_remove(e.prev)
+            e.flags &= ~F_IN_HEAP
+            return
+        if e.prev != NONE:
+            self._entries[e.prev].next = e.next
+        else:
+            self._head = e.next
+        if e.next != NONE:
+            self._entries[e.next].prev = e.prev
+        else:
+            self._tail = e.prev
+
+    cdef int _order_insert(self, uint32_t idx) except -1:
+        cdef Entry *e = &self._entries[idx]
+        cdef Entry *t
+        if self._tail != NONE:
+            t = &self._entries[self._tail]
+            if self._before(e.deadline, e.seq, idx, t.deadline, t.seq, self._tail):
+                return self._heap_push(idx)
+        e.flags &= ~F_IN_HEAP
+        e.prev = self._tail
+        e.next = NONE
+        if self._tail != NONE:
+            self._entries[self._tail].next = idx
+        else:
+            self._head = idx
+        self._tail = idx
+        return 0
+
+    cdef uint32_t _oldest(self) noexcept:
+        """The pending entry with the smallest (deadline, arrival), or NONE."""
+        cdef uint32_t h = self._head
+        cdef HeapItem *top
+        cdef Entry *e
+        if self._heap_n == 0:
+            return h
+        top = &self._heap[0]
+        if h == NONE:
+            return top.idx
+        e = &self._entries[h]
+        if self._before(top.deadline, top.seq, top.idx, e.deadline, e.seq, h):
+            return top.idx
+        return h
+
+    # -- the heap of out-of-order entries (entry.prev = position)
+
+    cdef inline bint _heap_less(self, size_t a, size_t b) noexcept:
+        cdef HeapItem *x = &self._heap[a]
+        cdef HeapItem *y = &self._heap[b]
+        return self._before(x.deadline, x.seq, x.idx, y.deadline, y.seq, y.idx)
+
+    cdef inline void _heap_swap(self, size_t a, size_t b) noexcept:
+        cdef HeapItem t = self._heap[a]
+        self._heap[a] = self._heap[b]
+        self._heap[b] = t
+        self._entries[self._heap[a].idx].prev = <uint32_t> a
+        self._entries[self._heap[b].idx].prev = <uint32_t> b
+
+    cdef void _sift_up(self, size_t i) noexcept:
+        cdef size_t parent
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not self._heap_less(i, parent):
+                break
+            self._heap_swap(i, parent)
+            i = parent
+
+    cdef void _sift_down(self, size_t i) noexcept:
+        cdef size_t left, right, best
+        while True:
+            left = 2 * i + 1
+            if left >= self._heap_n:
+                break
+            best = left
+            right = left + 1
+            if right < self._heap_n and self._heap_less(right, left):
+                best = right
+            if not self._heap_less(best, i):
+                break
+            self._heap_swap(i, best)
+            i = best
+
+    cdef int _heap_push(self, uint32_t idx) except -1:
+        cdef size_t cap
+        cdef HeapItem *q
+        cdef Entry *e = &self._entries[idx]
+        if self._heap_n == self._heap_cap:
+            cap = self._heap_cap * 2 if self._heap_cap else 64
+            q = <HeapItem *> realloc(self._heap, cap * sizeof(HeapItem))
+            if q == NULL:
+                raise MemoryError()
+            self._heap = q
+            self._heap_cap = cap
+        self._heap[self._heap_n].deadline = e.deadline
+        self._heap[self._heap_n].seq = e.seq
+        self._heap[self._heap_n].idx = idx
+        e.prev = <uint32_t> self._heap_n
+        e.next = NONE
+        e.flags |= F_IN_HEAP
+        self._heap_n += 1
+        self._sift_up(self._heap_n - 1)
+        return 0
+
+    cdef void _heap_remove(self, size_t pos) noexcept:
+        cdef size_t last = self._heap_n - 1
+        if pos != last:
+            self._heap_swap(pos, last)
+        self._heap_n -= 1
+        if pos < self._heap_n:
+            self._sift_down(pos)
+            self._sift_up(pos)
+        if self._heap_n == 0 and self._heap_cap > 4096:
+            free(self._heap)
+            self._heap = NULL
+            self._heap_cap = 0
+
+
+cdef bytes _with_marker(const char *p, size_t n, int pairing):
+    """_core_py.with_pairing on raw bytes."""
+    cdef bytes marker = _MARKERS[pairing]
+    cdef size_t mn = <size_t> PyBytes_GET_SIZE(marker)
+    cdef size_t keep
+    cdef bytes out
+    cdef char *d
+    if n == 2 and p[0] == 123 and p[1] == 125:
+        keep = 1  # "{"
+        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t> (keep + mn))
+        d = PyBytes_AS_STRING(out)
+        d[0] = 123
+        memcpy(d + 1, PyBytes_AS_STRING(marker), mn)
+        return out
+    keep = n - 1  # without the closing brace
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t> (keep + 1 + mn))
+    d = PyBytes_AS_STRING(out)
+    memcpy(d, p, keep)
+    d[keep] = 44
+    memcpy(d + keep + 1, PyBytes_AS_STRING(marker), mn)
+    return out
+
+
+cdef bytes _PLAIN_HEAD = b'{"type":"request","request.id":"'
+
+
+cdef bytes _with_marker_plain(object request_id, int pairing):
+    """Attributes of a request kept without its own (a canonical id, so nothing to
+    escape): type, request.id and the marker."""
+    cdef char buf[160]
+    cdef size_t n = <size_t> PyBytes_GET_SIZE(_PLAIN_HEAD)
+    memcpy(buf, PyBytes_AS_STRING(_PLAIN_HEAD), n)
+    memcpy(buf + n, PyUnicode_DATA(request_id), 36)
+    n += 36
+    buf[n] = 34
+    buf[n + 1] = 125
+    return _with_marker(buf, n + 2, pairing)

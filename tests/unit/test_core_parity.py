@@ -1,0 +1,420 @@
+"""Both cores give the same spans (attribute bytes included) and counters for any input.
+
+The reference is taken with the two fixes described in test_core: expire() emits
+only due requests (test_expire_emits_only_due_requests), and deep arrays are
+encoded instead of raising RecursionError (test_deep_arrays_are_encoded).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vault_observe import _core_py
+from vault_observe.model import UNANSWERED, SpanRecord
+
+from .test_core import ID1, ID2, ID3, SEC, T0_NS, core_class, t
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "openbao-sample.jsonl"
+# Examples per property test; raise it for a long fuzzing run.
+SCALE = float(os.environ.get("VAULT_OBSERVE_PARITY_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return max(1, int(n * SCALE))
+
+
+class ReferenceCore(_core_py.Core):
+    """The reference core, with expire() emitting only due requests and attributes
+    of any depth that the parsers accept."""
+
+    def _attrs_json(self, entry: dict[str, Any]) -> bytes:
+        try:
+            return super()._attrs_json(entry)
+        except RecursionError:
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(limit + 2000)
+            try:
+                return super()._attrs_json(entry)
+            finally:
+                sys.setrecursionlimit(limit)
+
+    def expire(self, now_ns: int) -> int:
+        heap = self._heap
+        while heap and heap[0][0] <= now_ns:
+            _deadline, seq, key = heap[0]
+            pending = self._pending.get(key)
+            if pending is None or pending.seq != seq:
+                heapq.heappop(heap)
+                continue
+            self._pop_oldest(UNANSWERED)
+        return len(self._ready)
+
+
+@pytest.fixture(scope="module")
+def fast_cls() -> Any:
+    return core_class("c")
+
+
+def snapshot(spans: list[SpanRecord]) -> list[tuple[Any, ...]]:
+    return [(s.as_tuple(), s.attrs_json, type(s)) for s in spans]
+
+
+def state(core: Any) -> tuple[Any, ...]:
+    return (core.counters(), core.pending, core.watermark_ns)
+
+
+def run_both(fast_cls: Any, ops: list[tuple[Any, ...]], **options: Any) -> tuple[Any, Any]:
+    """Apply the same feed/expire/flush steps to both cores, comparing after each."""
+    ref = ReferenceCore(**options)
+    fast = fast_cls(**options)
+    for op in ops:
+        results = []
+        for core in (ref, fast):
+            if op[0] == "feed":
+                ready = core.feed(op[1], op[2])
+            elif op[0] == "expire":
+                ready = core.expire(op[1])
+            else:
+                ready = core.flush()
+            results.append((ready, snapshot(core.drain()), state(core)))
+        assert results[1] == results[0], op
+    return ref, fast
+
+
+# ---------------------------------------------------------------- JSON text generators
+
+
+def enc_str(s: str, style: int) -> str:
+    """A JSON string for ``s``, spelled one of several valid ways."""
+    if style == 0:
+        return json.dumps(s, ensure_ascii=False)
+    if style == 1:
+        return json.dumps(s, ensure_ascii=True)
+    # Go style: <, >, & as \u escapes, / as \/
+    out = json.dumps(s, ensure_ascii=False)
+    return out.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("/", "\\/")
+
+
+ODD_KEYS = [
+    "",
+    "a",
+    "b",
+    "a.b",
+    ".",
+    "..",
+    "a.",
+    'q"k',
+    "b\\s",
+    "名前",
+    "ctl\x01\n",
+    "0",
+    "1",
+    "x.y.z",
+    "type",
+    "time",
+]
+keys = st.one_of(st.sampled_from(ODD_KEYS), st.text(max_size=6))
+strings = st.one_of(
+    st.sampled_from(["", "hmac-sha256:" + "ab" * 32, "<a&b>", "tab\tnl\n", "\x00\x1f\x7f", "é🔑", "/"]),
+    st.text(max_size=12),
+)
+NUMBER_SPELLINGS = [
+    "0",
+    "-0",
+    "-0.0",
+    "1E5",
+    "1e-7",
+    "0.1e1",
+    "1e16",
+    "1e15",
+    "5e-324",
+    "1.7976931348623157e308",
+    "2.5E+3",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "-9223372036854775809",
+    "123456789012345678901234567890",
+    "0.30000000000000004",
+    "1234567890.0987654321e-5",
+    "9007199254740993",
+    "1e-400",
+    "100000000000000000000000000000000000000000.5",
+]
+numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(NUMBER_SPELLINGS),
+    st.tuples(st.integers(0, 10**20), st.integers(0, 10**12), st.integers(-330, 310)).map(
+        lambda p: f"{p[0]}.{p[1]}e{p[2]}"
+    ),
+)
+scalars = st.one_of(
+    st.tuples(strings, st.integers(0, 2)).map(lambda p: enc_str(*p)),
+    numbers,
+    st.sampled_from(["true", "false", "null"]),
+)
+SEPARATORS = [",", ", ", " ,\t", ",\r\n "[0:1] + " "]
+
+
+def obj_text(members: list[tuple[str, str]], key_style: int, sep: str) -> str:
+    return "{" + sep.join(f"{enc_str(k, key_style)}:{v}" for k, v in members) + "}"
+
+
+def containers(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.tuples(st.lists(children, max_size=4), st.sampled_from(SEPARATORS)).map(
+            lambda p: "[" + p[1].join(p[0]) + "]"
+        ),
+        st.tuples(
+            st.lists(st.tuples(keys, children), max_size=5), st.integers(0, 2), st.sampled_from(SEPARATORS)
+        ).map(lambda p: obj_text(*p)),
+    )
+
+
+values = st.recursive(scalars, containers, max_leaves=14)
+small_values = st.recursive(scalars, containers, max_leaves=4)
+
+IDS = [ID1, ID2, ID3, ID1.upper(), "dev-gen-root", "x", "", "ü", 'q"\\', None]
+TIMES = [
+    t(0),
+    t(1),
+    t(1.5),
+    t(2),
+    t(7),
+    t(12),
+    "2026-11-27T08:00:03.1+00:00",
+    "2026-11-27T09:00:04-01:00",
+    "2026-11-27T08:00:05.123456Z",
+    "0001-01-01T00:00:00Z",
+    "not a time",
+    "2026-11-27T08:00:00",
+]
+
+
+@st.composite
+def entry_lines(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["request", "response", "request", "response", "kmip-request"]))
+    rid = draw(st.sampled_from([*IDS, ...]))
+    request: list[tuple[str, str]] = []
+    if rid is not ...:
+        request.append(("id", "null" if rid is None else enc_str(rid, draw(st.integers(0, 2)))))
+    for field, choices in (
+        ("operation", ["read", "update", ""]),
+        ("mount_point", ["secret/", "", "sys/"]),
+        ("path", ["secret/data/a", "sys/audit/test", "sys/audit/test", "", "键/x"]),
+    ):
+        if draw(st.booleans()):
+            request.append((field, enc_str(draw(st.sampled_from(choices)), 0)))
+    request += draw(st.lists(st.tuples(keys, small_values), max_size=2))
+    if draw(st.integers(0, 9)) == 0:  # a repeated envelope key
+        request.append(("id", enc_str(draw(st.sampled_from([ID1, ID2])), 0)))
+    request = draw(st.permutations(request))
+    members: list[tuple[str, str]] = [
+        ("time", enc_str(draw(st.sampled_from(TIMES)), 0)),
+        ("type", enc_str(kind, 0)),
+        ("auth", obj_text([("token_type", '"service"'), ("policies", '["root","default"]')], 0, ",")),
+        ("request", obj_text(request, 0, ",")),
+    ]
+    if draw(st.booleans()):
+        members.append(
+            ("error", draw(st.sampled_from(['"denied"', '""', "null", '"1 error occurred:\\n\\t* x\\n\\n"'])))
+        )
+    members += draw(st.lists(st.tuples(keys, small_values), max_size=3))
+    if draw(st.integers(0, 4)) == 0:
+        members = draw(st.permutations(members))
+    line = obj_text(members, draw(st.integers(0, 2)), draw(st.sampled_from(SEPARATORS))).encode()
+    # now and then, damage the line
+    damage = draw(st.integers(0, 11))
+    if damage == 0:
+        line = line[: draw(st.integers(0, len(line)))]
+    elif damage == 1:
+        pos = draw(st.integers(0, len(line)))
+        junk = draw(
+            st.sampled_from([b"\x00", b"\xff", b"\xc3", b"\xed\xa0\x80", b'"', b"}", b" ", b"\xef\xbb\xbf"])
+        )
+        line = line[:pos] + junk + line[pos:]
+    elif damage == 2:
+        line = b"\xef\xbb\xbf" + line
+    elif damage == 3:
+        line = draw(st.sampled_from([b"", b"   ", b"[1]", b'"x"', b"null", b"{}", b"\r"]))
+    return line
+
+
+NOWS = st.one_of(st.none(), st.integers(0, 40).map(lambda k: T0_NS + k * SEC // 2))
+ops_strategy = st.lists(
+    st.one_of(
+        st.tuples(st.just("feed"), st.lists(entry_lines(), min_size=1, max_size=6), NOWS),
+        st.tuples(st.just("expire"), st.integers(-4, 60).map(lambda k: T0_NS + k * SEC // 2)),
+        st.tuples(st.just("flush")),
+    ),
+    min_size=1,
+    max_size=8,
+)
+options_strategy = st.fixed_dictionaries(
+    {
+        "ttl_s": st.sampled_from([0, 0.5, 3, 10]),
+        "max_pending": st.sampled_from([1, 2, 3, 1000]),
+        "flatten_arrays": st.booleans(),
+        "prefix": st.sampled_from([b"", b"@cee: "]),
+        "max_line_bytes": st.sampled_from([1 << 24, 400]),
+    }
+)
+
+
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(options=options_strategy, ops=ops_strategy, prefix_some=st.booleans())
+def test_generated_streams_give_identical_spans(
+    fast_cls: Any, options: dict[str, Any], ops: list[tuple[Any, ...]], prefix_some: bool
+) -> None:
+    steps: list[tuple[Any, ...]] = []
+    for op in ops:
+        if op[0] == "feed":
+            lines = [(options["prefix"] if prefix_some else b"") + line for line in op[1]]
+            steps.append(("feed", b"\n".join(lines) + b"\n", op[2]))
+        else:
+            steps.append(op)
+    steps.append(("flush",))
+    run_both(fast_cls, steps, **options)
+
+
+@settings(max_examples=examples(150), deadline=None)
+@given(value=values, key=keys, flatten_arrays=st.booleans())
+def test_generated_values_flatten_identically(
+    fast_cls: Any, value: str, key: str, flatten_arrays: bool
+) -> None:
+    line = f'{{"time":"{t(0)}","type":"response",{enc_str(key, 0)}:{value}}}'.encode()
+    run_both(fast_cls, [("feed", line, None)], flatten_arrays=flatten_arrays)
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.sampled_from(IDS[:-1]), st.integers(0, 30), st.booleans()), max_size=40),
+    ttl_s=st.sampled_from([1, 5]),
+    max_pending=st.sampled_from([2, 5, 100]),
+)
+def test_random_request_response_orders(
+    fast_cls: Any, pairs: list[tuple[str, int, bool]], ttl_s: int, max_pending: int
+) -> None:
+    steps: list[tuple[Any, ...]] = []
+    for i, (rid, second, is_request) in enumerate(pairs):
+        entry = {
+            "time": t(second / 2),
+            "type": "request" if is_request else "response",
+            "request": {"id": rid},
+        }
+        steps.append(("feed", json.dumps(entry).encode(), None if i % 3 else T0_NS + i * SEC // 4))
+        if i % 5 == 4:
+            steps.append(("expire", T0_NS + i * SEC // 2))
+    steps.append(("flush",))
+    run_both(fast_cls, steps, ttl_s=ttl_s, max_pending=max_pending)
+
+
+def nest(depth: int, shape: str, inner: str) -> str:
+    """``inner`` under ``depth`` levels of objects, arrays or both."""
+    opens, closes = [], []
+    for level in range(depth):
+        if shape == "obj" or (shape == "mixed" and level % 3):
+            opens.append('{"k":')
+            closes.append("}")
+        else:
+            opens.append("[")
+            closes.append("]")
+    return "".join(opens) + inner + "".join(reversed(closes))
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(
+    depth=st.one_of(st.integers(1, 40), st.integers(990, 1030)),
+    shape=st.sampled_from(["obj", "arr", "mixed"]),
+    inner=st.one_of(
+        scalars, st.sampled_from(["{}", "[]", '{"a":1,"a":2}', "123456789012345678901234567890"])
+    ),
+    flatten_arrays=st.booleans(),
+)
+def test_deep_nesting(fast_cls: Any, depth: int, shape: str, inner: str, flatten_arrays: bool) -> None:
+    line = f'{{"time":"{t(0)}","type":"response","d":{nest(depth, shape, inner)}}}'.encode()
+    run_both(fast_cls, [("feed", line, None)], flatten_arrays=flatten_arrays)
+
+
+# ---------------------------------------------------------------- real data
+
+
+def corpus_steps(data: bytes, chunk_lines: int, clock: bool) -> list[tuple[Any, ...]]:
+    lines = data.splitlines(keepends=True)
+    steps: list[tuple[Any, ...]] = []
+    for i in range(0, len(lines), chunk_lines):
+        now = T0_NS + i * SEC // 100 if clock else None
+        steps.append(("feed", b"".join(lines[i : i + chunk_lines]), now))
+        if clock:
+            steps.append(("expire", T0_NS + i * SEC // 100))
+    steps.append(("flush",))
+    return steps
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"flatten_arrays": True},
+        {"max_pending": 4, "ttl_s": 0.05},
+        {"prefix": b'{"time"', "max_line_bytes": 20_000},
+    ],
+)
+def test_sample_gives_identical_spans(fast_cls: Any, options: dict[str, Any]) -> None:
+    data = SAMPLE.read_bytes()
+    ref, _fast = run_both(fast_cls, corpus_steps(data, 97, clock="ttl_s" in options), **options)
+    assert ref.counters()["lines"] == 1430
+
+
+@pytest.mark.parametrize("options", [{}, {"flatten_arrays": True, "max_pending": 50, "ttl_s": 0.2}])
+def test_shared_corpus_gives_identical_spans(
+    fast_cls: Any, shared_corpus: Path, options: dict[str, Any]
+) -> None:
+    data = shared_corpus.read_bytes()
+    ref, _fast = run_both(fast_cls, corpus_steps(data, 500, clock=bool(options)), **options)
+    assert ref.counters()["lines"] == 5730
+
+
+# ---------------------------------------------------------------- hostile input
+
+
+def hostile_lines() -> list[bytes]:
+    good = SAMPLE.read_bytes().splitlines()[3]
+    return [
+        good[: len(good) // 2],
+        good[:-1],
+        good.replace(b"secret", b"s\xffcret", 1),
+        good.replace(b"root", b"r\x00ot", 1),
+        good.replace(b'"', b"\x00", 1),
+        b"\x00" * 100,
+        b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"time":"' + t(0).encode() + b'","type":"response","x":' + b"[" * 10_000,
+        # with an id: the reference hashes a line without one in pure Python
+        b'{"time":"' + t(0).encode() + b'","type":"response","request":{"id":"' + ID1.encode() + b'"},'
+        b'"big":"' + b"y" * (10 << 20) + b'"}',
+        b'{"time":"' + t(0).encode() + b'","type":"response","big":"' + b"y" * (10 << 20),
+        b"\xef\xbb\xbf" + good,
+        good + b"\xef\xbb\xbf",
+    ]
+
+
+@pytest.mark.parametrize("max_line_bytes", [1 << 24, 1 << 20])
+def test_hostile_input_gives_identical_counters(fast_cls: Any, max_line_bytes: int) -> None:
+    lines = hostile_lines()
+    ref, fast = run_both(
+        fast_cls, [("feed", b"\n".join(lines) + b"\n", None), ("flush",)], max_line_bytes=max_line_bytes
+    )
+    counters = fast.counters()
+    assert counters["lines"] == len(lines)
+    assert counters["malformed"] + counters["oversize"] >= 9
