@@ -17,6 +17,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 PYX = HERE / "src" / "vault_observe" / "_fast.pyx"
+ZIPKIN_PYX = HERE / "src" / "vault_observe" / "_zipkin_proto.pyx"
 REQUIRE = os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1"
 SKIP = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
 
@@ -87,28 +88,42 @@ class OptionalBuildExt(build_ext):
 
 
 def extensions() -> list:  # type: ignore[type-arg]
-    if SKIP or not PYX.exists():
-        return []
-    sj = simdjson_dir()
-    if sj is None:
-        msg = "pysimdjson (with simdjson.cpp) is not importable at build time"
-        if REQUIRE:
-            raise RuntimeError(msg)
-        sys.stderr.write(f"WARNING: {msg}; building without the compiled core.\n")
+    if SKIP:
         return []
     from Cython.Build import cythonize
     from setuptools import Extension
 
-    ext = Extension(
-        "vault_observe._fast",
-        sources=[str(PYX.relative_to(HERE)), str(sj / "simdjson.cpp")],
-        include_dirs=[str(sj)],
-        depends=[str((PYX.parent / "_fast_json.h").relative_to(HERE))],
-        language="c++",
-        extra_compile_args=COMPILE_ARGS,
-    )
+    exts = []
+    if ZIPKIN_PYX.exists():  # the native Zipkin encoder needs nothing but a C++ compiler
+        exts.append(
+            Extension(
+                "vault_observe._zipkin_proto",
+                sources=[str(ZIPKIN_PYX.relative_to(HERE))],
+                language="c++",
+                extra_compile_args=COMPILE_ARGS,
+            )
+        )
+    sj = simdjson_dir() if PYX.exists() else None
+    if PYX.exists() and sj is None:
+        msg = "pysimdjson (with simdjson.cpp) is not importable at build time"
+        if REQUIRE:
+            raise RuntimeError(msg)
+        sys.stderr.write(f"WARNING: {msg}; building without the compiled core.\n")
+    elif sj is not None:
+        exts.append(
+            Extension(
+                "vault_observe._fast",
+                sources=[str(PYX.relative_to(HERE)), str(sj / "simdjson.cpp")],
+                include_dirs=[str(sj)],
+                depends=[str((PYX.parent / "_fast_json.h").relative_to(HERE))],
+                language="c++",
+                extra_compile_args=COMPILE_ARGS,
+            )
+        )
+    if not exts:
+        return []
     return cythonize(
-        [ext],
+        exts,
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )

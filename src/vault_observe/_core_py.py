@@ -313,7 +313,46 @@ def dump_attrs(attrs: dict[str, Any]) -> bytes:
     as Python's ``repr`` (shortest round trip), integers in decimal. Zipkin tags are
     slices of these bytes, so both cores give the same tags too.
     """
-    return _ENCODER.encode(attrs).encode("utf-8")
+    try:
+        return _ENCODER.encode(attrs).encode("utf-8")
+    except RecursionError:  # arrays nested near the parsers' depth limit of 1024
+        return _dump_deep(attrs)
+
+
+def _dump_deep(attrs: dict[str, Any]) -> bytes:
+    """dump_attrs with an explicit stack instead of json's recursive encoder."""
+    enc = _ENCODER.encode
+    out = ["{"]
+    stack: list[tuple[Any, bool, str]] = [(iter(attrs.items()), True, "}")]
+    firsts = [True]
+    while stack:
+        it, is_dict, closer = stack[-1]
+        for item in it:
+            if not firsts[-1]:
+                out.append(",")
+            firsts[-1] = False
+            if is_dict:
+                key, value = item
+                out.append(enc(key))
+                out.append(":")
+            else:
+                value = item
+            if isinstance(value, dict):
+                out.append("{")
+                stack.append((iter(value.items()), True, "}"))
+                firsts.append(True)
+                break
+            if isinstance(value, list):
+                out.append("[")
+                stack.append((iter(value), False, "]"))
+                firsts.append(True)
+                break
+            out.append(enc(value))
+        else:
+            out.append(closer)
+            stack.pop()
+            firsts.pop()
+    return "".join(out).encode("utf-8")
 
 
 def with_pairing(attrs_json: bytes, pairing: int) -> bytes:

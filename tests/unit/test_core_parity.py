@@ -7,10 +7,8 @@ encoded instead of raising RecursionError (test_deep_arrays_are_encoded).
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vault_observe import _core_py
-from vault_observe.model import UNANSWERED, SpanRecord
+from vault_observe.model import SpanRecord
 
 from .test_core import ID1, ID2, ID3, SEC, T0_NS, core_class, t
 
@@ -32,31 +30,7 @@ def examples(n: int) -> int:
     return max(1, int(n * SCALE))
 
 
-class ReferenceCore(_core_py.Core):
-    """The reference core, with expire() emitting only due requests and attributes
-    of any depth that the parsers accept."""
-
-    def _attrs_json(self, entry: dict[str, Any]) -> bytes:
-        try:
-            return super()._attrs_json(entry)
-        except RecursionError:
-            limit = sys.getrecursionlimit()
-            sys.setrecursionlimit(limit + 2000)
-            try:
-                return super()._attrs_json(entry)
-            finally:
-                sys.setrecursionlimit(limit)
-
-    def expire(self, now_ns: int) -> int:
-        heap = self._heap
-        while heap and heap[0][0] <= now_ns:
-            _deadline, seq, key = heap[0]
-            pending = self._pending.get(key)
-            if pending is None or pending.seq != seq:
-                heapq.heappop(heap)
-                continue
-            self._pop_oldest(UNANSWERED)
-        return len(self._ready)
+ReferenceCore = _core_py.Core
 
 
 @pytest.fixture(scope="module")
