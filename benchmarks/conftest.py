@@ -26,6 +26,8 @@ _REQUEST_ID = re.compile(
 
 # Throughput per implementation, filled by the benchmarks, printed at the end.
 RESULTS: dict[str, dict[str, float]] = {}
+# End-to-end runs (test_end_to_end_bench.py): case -> lines and best wall time.
+RESULTS_E2E: dict[str, dict[str, float]] = {}
 
 
 def replicate(data: bytes, copies: int) -> bytes:
@@ -55,14 +57,20 @@ def replicated_corpus(corpus: bytes) -> bytes:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not RESULTS:
-        return
     write = terminalreporter.write_line
-    terminalreporter.section("core throughput (feed + flush + drain)")
-    for impl, r in sorted(RESULTS.items()):
-        write(
-            f"{impl:>3}: {r['lines_per_s']:>12,.0f} lines/s {r['mb_per_s']:>9.1f} MB/s "
-            f"(best round {r['best_s']:.3f} s for {int(r['lines']):,} lines)"
-        )
-    if "py" in RESULTS and "c" in RESULTS:
-        write(f"c/py: {RESULTS['c']['lines_per_s'] / RESULTS['py']['lines_per_s']:.1f}x")
+    if RESULTS:
+        terminalreporter.section("core throughput (feed + flush + drain)")
+        for impl, r in sorted(RESULTS.items()):
+            write(
+                f"{impl:>3}: {r['lines_per_s']:>12,.0f} lines/s {r['mb_per_s']:>9.1f} MB/s "
+                f"(best round {r['best_s']:.3f} s for {int(r['lines']):,} lines)"
+            )
+        if "py" in RESULTS and "c" in RESULTS:
+            write(f"c/py: {RESULTS['c']['lines_per_s'] / RESULTS['py']['lines_per_s']:.1f}x")
+    if RESULTS_E2E:
+        terminalreporter.section("vault-observe --input FILE end to end (best round, process start included)")
+        naive = next((r for k, r in RESULTS_E2E.items() if k.startswith("naive")), None)
+        for case, r in RESULTS_E2E.items():
+            rate = r["lines"] / r["best_s"]
+            ratio = f"  {rate / (naive['lines'] / naive['best_s']):6.1f}x naive" if naive else ""
+            write(f"{case:<62} {rate:>10,.0f} lines/s{ratio}")
