@@ -44,6 +44,17 @@ def replicate(data: bytes, copies: int) -> bytes:
     return b"".join(parts)
 
 
+def replicate_later(data: bytes, copies: int) -> bytes:
+    """Like ``replicate``, and copy k also happens k years later, so that time never
+    goes backwards across copies (a replay expires requests by the log's own clock)."""
+    parts = replicate(data, copies).split(b'{"time":"2026-')
+    out = [parts[0]]
+    per_copy = data.count(b'{"time":"2026-')
+    for i, part in enumerate(parts[1:]):
+        out.append(b'{"time":"%d-' % (2026 + i // per_copy) + part)
+    return b"".join(out)
+
+
 @pytest.fixture(scope="session")
 def corpus() -> bytes:
     if not CORPUS.exists():

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.conftest import RESULTS_E2E, replicate
+from benchmarks.conftest import RESULTS_E2E, replicate_later
 from benchmarks.counting_receiver import CountingReceiver
 
 SPANS_PER_COPY = 2868  # every response once, plus the unanswered requests
@@ -38,7 +38,7 @@ def inputs(corpus: bytes, tmp_path_factory: pytest.TempPathFactory) -> dict[int,
     out = {}
     for copies in (2, 20):
         path = folder / f"corpus-x{copies}.jsonl"
-        path.write_bytes(replicate(corpus, copies))
+        path.write_bytes(replicate_later(corpus, copies))
         out[copies] = path
     return out
 
