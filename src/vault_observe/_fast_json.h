@@ -753,8 +753,14 @@ class Flattener {
     // {"flat.key":value,...} in `out`: OK, FALLBACK when two keys give one name
     // (orjson's dict semantics decide), ERROR with a Python exception set.
     int flatten(element root, bool flatten_arrays) {
-        int r = pass(root, flatten_arrays, false);
-        if (r == RETRY) r = pass(root, flatten_arrays, true);
+        // two instances: no cost of filtering when there is no filter
+        if (filter) {
+            int r = pass<true>(root, flatten_arrays, false);
+            if (r == RETRY) r = pass<true>(root, flatten_arrays, true);
+            return r;
+        }
+        int r = pass<false>(root, flatten_arrays, false);
+        if (r == RETRY) r = pass<false>(root, flatten_arrays, true);
         return r;
     }
 
@@ -765,6 +771,7 @@ class Flattener {
     // key with a dot ({"a.b":1,"a":{"b":2}}). The first pass checks each object's
     // keys and gives up at the first dot; the dotted pass hashes every full name
     // piece by piece, so equal names give equal hashes whatever their nesting.
+    template <bool Filtered>
     int pass(element root, bool flatten_arrays, bool dotted) {
         out.n = 0;
         prefix.n = 0;
@@ -838,7 +845,7 @@ class Flattener {
                     if (!flatten_arrays) {
                         size_t mark = out.n;
                         put_name(first, key, key_len, ki.needs_escape);
-                        if (filter) {
+                        if (Filtered) {
                             int k = filtered(mark, first);
                             if (k < 0) return ERROR;
                             if (!k) continue;
@@ -873,7 +880,7 @@ class Flattener {
             }
             size_t mark = out.n;
             put_name(first, key, key_len, ki.needs_escape);
-            if (filter) {
+            if (Filtered) {
                 int k = filtered(mark, first);
                 if (k < 0) return ERROR;
                 if (!k) continue;
