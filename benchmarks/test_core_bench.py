@@ -72,6 +72,46 @@ def test_core_throughput(benchmark: Any, impl: str, replicated_corpus: bytes) ->
     }
 
 
+TRACEPARENT = b'"traceparent":["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],'
+OPTIONS = {
+    "filters": {
+        "include": ["request.*", "response.*", "auth.*", "error"],
+        "exclude": ["*.hmac*", "auth.metadata.*"],
+    },
+    "sample 1/4": {"sample_rate": 4},
+    "traceparent": {},  # every line with request headers carries one
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_core_throughput_with_options(benchmark: Any, name: str, replicated_corpus: bytes) -> None:
+    """The compiled core with key filters, sampling or trace context at work."""
+    cls = core_class("c")
+    data = replicated_corpus
+    if name == "traceparent":
+        data = data.replace(b'"headers":{', b'"headers":{' + TRACEPARENT)
+    lines = data.count(b"\n")
+    options = OPTIONS[name]
+
+    def run() -> int:
+        core = cls(**options)
+        core.feed(data)
+        core.flush()
+        return len(core.drain())
+
+    assert benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1) > 0
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable
+        return
+    best = stats.stats.min
+    RESULTS[f"c {name}"] = {
+        "lines": lines,
+        "best_s": best,
+        "lines_per_s": lines / best,
+        "mb_per_s": len(data) / best / 1e6,
+    }
+
+
 @pytest.mark.parametrize("impl", ["py", "c"])
 def test_memory_per_pending_request(impl: str) -> None:
     """RSS growth with 1,000,000 pending requests, measured in a fresh process."""

@@ -1,7 +1,9 @@
 """Type stub of the compiled core; its behaviour is that of ``_core_py.Core``."""
 
+from collections.abc import Sequence
 from typing import ClassVar
 
+from ._core_py import KeyFilter
 from .model import SpanRecord
 
 COUNTER_NAMES: tuple[str, ...]
@@ -19,6 +21,12 @@ class Core:
     def prefix(self) -> bytes: ...
     @property
     def flatten_arrays(self) -> bool: ...
+    @property
+    def key_filter(self) -> KeyFilter | None: ...
+    @property
+    def sample_rate(self) -> int: ...
+    @property
+    def trace_context(self) -> bool: ...
     def __init__(
         self,
         *,
@@ -27,6 +35,10 @@ class Core:
         max_line_bytes: int = 16 * 1024 * 1024,
         prefix: bytes = b"",
         flatten_arrays: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        sample_rate: int = 1,
+        trace_context: bool = True,
     ) -> None: ...
     @property
     def pending(self) -> int: ...
@@ -34,6 +46,8 @@ class Core:
     def watermark_ns(self) -> int:
         """The latest entry time seen (0 before any)."""
     def counters(self) -> dict[str, int]: ...
+    def take_bad_samples(self) -> dict[str, tuple[str, bytes]]:
+        """Per counter, (reason, first bytes) of its latest skipped line since the last call."""
     def feed(self, data: bytes | bytearray | memoryview, now_ns: int | None = None) -> int:
         """Process whole lines; return how many spans are ready."""
     def expire(self, now_ns: int) -> int: ...

@@ -13,6 +13,7 @@ both cores agree on every input.
 """
 
 cimport cython
+from cpython.exc cimport PyErr_Occurred
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
@@ -84,9 +85,14 @@ cdef extern from "_fast_json.h" namespace "vo":
         const char *target
         size_t operation_len, target_len
         bint is_probe
-    int read_envelope(element root, Envelope &env)
+        bint has_parent
+        uint64_t parent_hi, parent_lo, parent_span
+    int read_envelope(element root, Envelope &env, bint trace_context)
+    cdef cppclass KeyCache "vo::KeyCache":
+        KeyCache(object keep) except +
     cdef cppclass Flattener "vo::Flattener":
         Buf out
+        KeyCache *filter
         Flattener() except +
         int flatten(element root, bint flatten_arrays) except +
     cdef cppclass NameTable "vo::NameTable":
@@ -116,12 +122,14 @@ cdef enum:
     C_INVALID
     C_UNKNOWN_TYPE
     C_OVERSIZE
+    C_SAMPLED_OUT
     N_COUNTERS
 
 COUNTER_NAMES = _core_py.COUNTER_NAMES
 if COUNTER_NAMES != (
     "lines", "requests", "responses", "spans", "paired", "orphans", "unanswered", "evicted",
     "duplicates", "probes", "no_id", "malformed", "invalid", "unknown_type", "oversize",
+    "sampled_out",
 ):
     raise ImportError("the counters of _core_py changed; update the compiled core")
 
@@ -152,9 +160,13 @@ cdef object _PROBE_PATH = _core_py.PROBE_PATH
 cdef object _span_name = _core_py.span_name
 cdef object _flatten = _core_py.flatten
 cdef object _dump_attrs = _core_py.dump_attrs
+cdef object _parse_traceparent = _core_py.parse_traceparent
+cdef object _sample_hash = _core_py.sample_hash
+cdef Py_ssize_t BAD_SAMPLE_BYTES = _core_py.BAD_SAMPLE_BYTES
 cdef object _orjson_loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _ZERO = 0
+cdef object _ONE = 1
 cdef object _EMPTY = ""
 cdef tuple _PAIRING_OBJS = (0, 1, 2, 3)
 cdef list _MARKERS = [
@@ -165,11 +177,11 @@ cdef list _MARKERS = [
 
 # SpanRecord has __slots__ only; the core fills them directly, which is several
 # times faster than calling its __init__. Falls back to the call if that changes.
-cdef Py_ssize_t _OFF[10]
+cdef Py_ssize_t _OFF[11]
 cdef bint _DIRECT = True
 _FIELDS = (
     "trace_id", "span_id", "parent_span_id", "name", "start_ns",
-    "end_ns", "error", "pairing", "request_id", "attrs_json",
+    "end_ns", "error", "pairing", "request_id", "attrs_json", "sample_rate",
 )
 for _i, _f in enumerate(_FIELDS):
     _d = SpanRecord.__dict__.get(_f)
@@ -186,16 +198,17 @@ cdef inline void _set_slot(object obj, Py_ssize_t off, object value) noexcept:
     (<PyObject **> ((<char *> <PyObject *> obj) + off))[0] = <PyObject *> value
 
 
-cdef object _new_span(object trace_id, object span_id, object name, object start_ns, object end_ns,
-                      object error, int pairing, object request_id, object attrs_json):
+cdef object _new_span(object trace_id, object span_id, object parent_span_id, object name,
+                      object start_ns, object end_ns, object error, int pairing, object request_id,
+                      object attrs_json, object sample_rate):
     cdef object pairing_obj = _PAIRING_OBJS[pairing]
     if not _DIRECT:
-        return SpanRecord(trace_id, span_id, _ZERO, name, start_ns, end_ns, error, pairing_obj,
-                          request_id, attrs_json)
+        return SpanRecord(trace_id, span_id, parent_span_id, name, start_ns, end_ns, error,
+                          pairing_obj, request_id, attrs_json, sample_rate)
     cdef object span = PyType_GenericAlloc(<PyTypeObject *> SpanRecord, 0)
     _set_slot(span, _OFF[0], trace_id)
     _set_slot(span, _OFF[1], span_id)
-    _set_slot(span, _OFF[2], _ZERO)
+    _set_slot(span, _OFF[2], parent_span_id)
     _set_slot(span, _OFF[3], name)
     _set_slot(span, _OFF[4], start_ns)
     _set_slot(span, _OFF[5], end_ns)
@@ -203,6 +216,7 @@ cdef object _new_span(object trace_id, object span_id, object name, object start
     _set_slot(span, _OFF[7], pairing_obj)
     _set_slot(span, _OFF[8], request_id)
     _set_slot(span, _OFF[9], attrs_json)
+    _set_slot(span, _OFF[10], sample_rate)
     return span
 
 # ---------------------------------------------------------------- ids
@@ -399,7 +413,7 @@ ctypedef struct HeapItem:
     uint32_t idx
 
 # Rarely needed per-request data: kept only for requests with an error, a
-# non-canonical id, an uninterned name or times outside 64 bits.
+# non-canonical id, an uninterned name, times outside 64 bits or a traceparent.
 ctypedef struct Extra:
     PyObject *request_id  # str; NULL for canonical ids
     PyObject *error       # str; NULL for none
@@ -408,6 +422,17 @@ ctypedef struct Extra:
     i128 start
     i128 deadline
     uint32_t next_free
+    bint has_parent       # a traceparent header: the span joins that trace
+    uint64_t parent_hi
+    uint64_t parent_lo
+    uint64_t parent_span
+
+
+# (trace id, parent span id) of a valid traceparent header
+ctypedef struct Parent:
+    uint64_t hi
+    uint64_t lo
+    uint64_t span
 
 
 cdef inline int64_t _sat(i128 v) noexcept:
@@ -469,6 +494,15 @@ cdef class Core:
     cdef readonly object max_line_bytes
     cdef readonly bytes prefix
     cdef readonly bint flatten_arrays
+    cdef readonly object key_filter
+    cdef readonly object sample_rate
+    cdef readonly bint trace_context
+
+    cdef KeyCache *_filter
+    cdef bint _sampling   # sample_rate > 1
+    cdef bint _rate_c     # ... and an int of 64 bits, used as _rate
+    cdef uint64_t _rate
+    cdef dict _bad
 
     cdef i128 _ttl
     cdef int64_t _max_line
@@ -508,6 +542,8 @@ cdef class Core:
         self._fl = new Flattener()
         self._names = new NameTable(<size_t> NAME_LIMIT)
         self._ready = []
+        self._bad = {}
+        self.trace_context = True
         self._head = NONE
         self._tail = NONE
         self._free = NONE
@@ -532,10 +568,33 @@ cdef class Core:
         max_line_bytes=16 * 1024 * 1024,
         prefix=b"",
         flatten_arrays=False,
+        sample_rate=1,
+        trace_context=True,
+        **filters,
     ):
+        # ``include`` is a word of Cython's own, so the filters come as **filters
+        include_ = filters.pop("include", ())
+        exclude = filters.pop("exclude", ())
+        if filters:
+            raise TypeError(f"Core() got an unexpected keyword argument {next(iter(filters))!r}")
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        if sample_rate < 1:
+            raise ValueError("sample_rate must be at least 1")
         cdef int sign = 0
+        self.key_filter = _core_py.KeyFilter(include_, exclude) if include_ or exclude else None
+        self._fl.filter = NULL
+        if self._filter != NULL:
+            del self._filter
+            self._filter = NULL
+        if self.key_filter is not None:
+            self._filter = new KeyCache(self.key_filter.keep)
+            self._fl.filter = self._filter
+        self.sample_rate = sample_rate
+        self._sampling = sample_rate > 1
+        self._rate_c = self._sampling and type(sample_rate) is int and sample_rate <= 0xFFFFFFFFFFFFFFFF
+        self._rate = sample_rate if self._rate_c else 1
+        self.trace_context = bool(trace_context)
         self.ttl_ns = int(ttl_s * 1_000_000_000)
         if py_to_i128(self.ttl_ns, &self._ttl, 100, &sign) != 0:
             raise OverflowError("ttl_s is too large")
@@ -561,6 +620,8 @@ cdef class Core:
         del self._parser
         del self._fl
         del self._names
+        if self._filter != NULL:
+            del self._filter
 
     # ------------------------------------------------------------ public API
 
@@ -575,6 +636,12 @@ cdef class Core:
 
     def counters(self) -> dict[str, int]:
         return {name: self._counts[i] for i, name in enumerate(COUNTER_NAMES)}
+
+    def take_bad_samples(self) -> dict:
+        """Per counter, (reason, first bytes) of its latest skipped line since the last call."""
+        samples = self._bad
+        self._bad = {}
+        return samples
 
     def feed(self, data, now_ns=None) -> int:
         """Process whole lines; return how many spans are ready."""
@@ -639,6 +706,7 @@ cdef class Core:
                 self._counts[C_LINES] += 1
                 if <int64_t> length > self._max_line:
                     self._counts[C_OVERSIZE] += 1
+                    self._bad_line("oversize", f"line of {length} bytes is over the limit", p, length)
                 else:
                     if pre_n and length >= pre_n and memcmp(p, pre, pre_n) == 0:
                         self._line(p + pre_n, length - pre_n, end, has_now, now)
@@ -663,6 +731,7 @@ cdef class Core:
         cdef i128 time_ns
         cdef bint canon, keep
         cdef uint64_t hi, lo
+        cdef Parent par
         if n >= 3 and memcmp(p, b"\xef\xbb\xbf", 3) == 0:
             return self._line_slow(p, n, has_now, now)  # simdjson skips a BOM, orjson does not
         if <size_t> (buf_end - p) < n + SIMDJSON_PADDING:
@@ -671,14 +740,17 @@ cdef class Core:
         if res.error() != SUCCESS:
             return self._line_slow(p, n, has_now, now)
         root = res.value_unsafe()
-        r = read_envelope(root, env)
+        r = read_envelope(root, env, self.trace_context)
         if r == INVALID:
             self._counts[C_INVALID] += 1
+            self._bad_line("invalid", "not an object, or 'type', 'time', 'request', 'request.id' or "
+                           "'error' of the wrong type", p, n)
             return 0
         if r == FALLBACK:
             return self._line_slow(p, n, has_now, now)
         if not _parse_time(env.time, env.time_len, &time_ns):
             self._counts[C_INVALID] += 1
+            self._bad_line("invalid", "'time' is not RFC 3339", p, n)
             return 0
         if env.type_len == 7 and memcmp(env.type, b"request", 7) == 0:
             kind = KIND_REQUEST
@@ -686,7 +758,12 @@ cdef class Core:
             kind = KIND_RESPONSE
         else:
             self._counts[C_UNKNOWN_TYPE] += 1
+            self._bad_line("unknown_type", f"unknown type {_text(env.type, env.type_len)[:40]!r}", p, n)
             return 0
+        if env.has_parent:
+            par.hi = env.parent_hi
+            par.lo = env.parent_lo
+            par.span = env.parent_span
         if kind == KIND_REQUEST:
             if env.is_probe or not env.has_id or env.id_len == 0:
                 keep = False
@@ -698,7 +775,7 @@ cdef class Core:
                 if r == FALLBACK:
                     return self._line_slow(p, n, has_now, now)
                 if r != OK:
-                    raise MemoryError()  # only allocation can fail here
+                    return _flatten_failed()
             self._counts[C_REQUESTS] += 1
             if time_ns > self._watermark:
                 self._watermark = time_ns
@@ -707,14 +784,16 @@ cdef class Core:
                 return 0
             if not env.has_id or env.id_len == 0:
                 self._counts[C_NO_ID] += 1
+                self._bad_line("no_id", "request without request.id", p, n)
                 return 0
-            self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl, keep)
+            self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl, keep,
+                               &par if env.has_parent else NULL)
             return 0
         r = self._fl.flatten(root, self.flatten_arrays)
         if r == FALLBACK:
             return self._line_slow(p, n, has_now, now)
         if r != OK:
-            raise MemoryError()  # only allocation can fail here
+            return _flatten_failed()
         self._counts[C_RESPONSES] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns
@@ -728,7 +807,14 @@ cdef class Core:
             p,
             n,
             None,
+            &par if env.has_parent else NULL,
         )
+        return 0
+
+    cdef int _bad_line(self, str counter, str reason, const char *p, size_t n) except -1:
+        # Only the head of the line: with log_raw=true, lines hold secrets.
+        self._bad[counter] = (reason, PyBytes_FromStringAndSize(
+            p, <Py_ssize_t> (n if n < <size_t> BAD_SAMPLE_BYTES else <size_t> BAD_SAMPLE_BYTES)))
         return 0
 
     cdef const char *_padded(self, const char *p, size_t n) except NULL:
@@ -793,7 +879,8 @@ cdef class Core:
             return <object> self._names.get(idx)
         return _text(s, n)  # raises what made the table refuse it, if anything
 
-    cdef int _request_fast(self, Envelope &env, i128 time_ns, i128 deadline, bint keep) except -1:
+    cdef int _request_fast(self, Envelope &env, i128 time_ns, i128 deadline, bint keep,
+                           const Parent *par) except -1:
         cdef object attrs = None
         cdef object error = None
         if keep:
@@ -802,7 +889,7 @@ cdef class Core:
             error = _text(env.error, env.error_len)
         name = self._name_fast(env, KIND_REQUEST)
         return self._store(env.id, env.id_len, None, time_ns, deadline, name, self._name_idx,
-                           error, attrs)
+                           error, attrs, par)
 
     cdef int _line_slow(self, const char *p, size_t n, bint has_now, i128 now) except -1:
         """The reference logic on orjson's objects, for the lines simdjson leaves."""
@@ -814,24 +901,30 @@ cdef class Core:
         cdef uint64_t hi, lo
         cdef bint canon
         cdef uint32_t name_idx
+        cdef Parent par
+        cdef bint has_parent
         try:
             entry = _orjson_loads(line)
-        except _JSONDecodeError:
+        except _JSONDecodeError as exc:
             self._counts[C_MALFORMED] += 1
+            self._bad_line("malformed", f"not JSON ({exc})", p, n)
             return 0
         if not isinstance(entry, dict):
             self._counts[C_INVALID] += 1
+            self._bad_line("invalid", "not a JSON object", p, n)
             return 0
         kind = entry.get("type")
         time_text = entry.get("time")
         request = entry.get("request")
         if not isinstance(kind, str) or not isinstance(time_text, str):
             self._counts[C_INVALID] += 1
+            self._bad_line("invalid", "'type' or 'time' missing or not a string", p, n)
             return 0
         if request is None:
             request = {}
         elif not isinstance(request, dict):
             self._counts[C_INVALID] += 1
+            self._bad_line("invalid", "'request' is not an object", p, n)
             return 0
         request_id = request.get("id")
         error = entry.get("error")
@@ -839,10 +932,12 @@ cdef class Core:
             error is not None and not isinstance(error, str)
         ):
             self._counts[C_INVALID] += 1
+            self._bad_line("invalid", "'request.id' or 'error' is not a string", p, n)
             return 0
         time_bytes = (<str> time_text).encode("utf-8", "surrogatepass")
         if not _parse_time(PyBytes_AS_STRING(time_bytes), <size_t> PyBytes_GET_SIZE(time_bytes), &time_ns):
             self._counts[C_INVALID] += 1
+            self._bad_line("invalid", "'time' is not RFC 3339", p, n)
             return 0
         if kind == "request":
             self._counts[C_REQUESTS] += 1
@@ -850,6 +945,7 @@ cdef class Core:
             self._counts[C_RESPONSES] += 1
         else:
             self._counts[C_UNKNOWN_TYPE] += 1
+            self._bad_line("unknown_type", f"unknown type {kind[:40]!r}", p, n)
             return 0
         if time_ns > self._watermark:
             self._watermark = time_ns
@@ -864,22 +960,46 @@ cdef class Core:
                 return 0
             if not request_id:
                 self._counts[C_NO_ID] += 1
+                self._bad_line("no_id", "request without request.id", p, n)
                 return 0
             key = (<str> request_id).encode("utf-8", "surrogatepass")
             canon = _trace_for(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), &hi, &lo)
             attrs = self._dump(entry) if (error or not canon) else None
+            has_parent = self._slow_parent(request, &par)
             return self._store(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
                                time_ns, (now if has_now else time_ns) + self._ttl, name,
-                               name_idx, error if error else None, attrs)
+                               name_idx, error if error else None, attrs,
+                               &par if has_parent else NULL)
         attrs = self._dump(entry)
+        has_parent = self._slow_parent(request, &par)
         if not request_id:
-            return self._respond(NULL, 0, None, time_ns, name, error, p, n, attrs)
+            return self._respond(NULL, 0, None, time_ns, name, error, p, n, attrs,
+                                 &par if has_parent else NULL)
         key = (<str> request_id).encode("utf-8", "surrogatepass")
         return self._respond(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
-                             time_ns, name, error, p, n, attrs)
+                             time_ns, name, error, p, n, attrs, &par if has_parent else NULL)
+
+    cdef bint _slow_parent(self, object request, Parent *out) except -1:
+        """_core_py.Core._parent into ``out``; False when there is none."""
+        if not self.trace_context:
+            return False
+        headers = request.get("headers")
+        if not isinstance(headers, dict):
+            return False
+        parent = _parse_traceparent(headers.get("traceparent"))
+        if parent is None:
+            return False
+        trace = <bytes> parent[0]
+        out.hi = int.from_bytes(trace[:8], "big")
+        out.lo = int.from_bytes(trace[8:], "big")
+        out.span = parent[1]
+        return True
 
     cdef bytes _dump(self, entry):
         flat = _flatten(entry, self.flatten_arrays)
+        if self.key_filter is not None:
+            keep = self.key_filter.keep
+            flat = {key: value for key, value in flat.items() if keep(key)}
         try:
             return _dump_attrs(flat)
         except RecursionError:
@@ -889,7 +1009,7 @@ cdef class Core:
 
     cdef int _respond(self, const char *id, size_t id_len, object request_id, i128 time_ns,
                       object name, object error, const char *line, size_t line_n,
-                      object attrs) except -1:
+                      object attrs, const Parent *par) except -1:
         """A response; its attributes are ``attrs`` or else the flattener's output."""
         cdef uint64_t hi, lo
         cdef bint canon
@@ -897,20 +1017,19 @@ cdef class Core:
         cdef i128 start
         if id == NULL or id_len == 0:
             _trace_for(line, line_n, &hi, &lo)
-            return self._emit(hi, lo, _EMPTY, name, time_ns, time_ns, error, ORPHAN,
-                              self._attrs_with(attrs, ORPHAN))
+            return self._emit(hi, lo, _EMPTY, name, time_ns, time_ns, error, ORPHAN, attrs, True, par)
         canon = _trace_for(id, id_len, &hi, &lo)
         if request_id is None:
             request_id = _text(id, id_len)
         idx = self._find(hi, lo, canon, id, id_len)
         if idx == NONE:
-            return self._emit(hi, lo, request_id, name, time_ns, time_ns, error, ORPHAN,
-                              self._attrs_with(attrs, ORPHAN))
+            return self._emit(hi, lo, request_id, name, time_ns, time_ns, error, ORPHAN, attrs, True,
+                              par)
         start = self._start_of(idx)
         self._detach(idx)
         self._release(idx)
         return self._emit(hi, lo, request_id, name, start, time_ns if time_ns > start else start,
-                          error, PAIRED, self._attrs_with(attrs, PAIRED))
+                          error, PAIRED, attrs, True, par)
 
     cdef bytes _attrs_with(self, object attrs, int pairing):
         """The attribute bytes, with the pairing marker unless PAIRED."""
@@ -930,7 +1049,7 @@ cdef class Core:
 
     cdef int _store(self, const char *id, size_t id_len, object request_id, i128 time_ns,
                     i128 deadline, object name, uint32_t name_idx, object error,
-                    object attrs) except -1:
+                    object attrs, const Parent *par) except -1:
         cdef uint64_t hi, lo
         cdef bint canon = _trace_for(id, id_len, &hi, &lo)
         cdef uint32_t idx = self._find(hi, lo, canon, id, id_len)
@@ -956,7 +1075,7 @@ cdef class Core:
         e.flags = F_CANON if canon else 0
         e.extra = 0
         if (not canon or error is not None or attrs is not None or name_idx == NONE
-                or e.start != time_ns or e.deadline != deadline):
+                or e.start != time_ns or e.deadline != deadline or par != NULL):
             e.extra = self._alloc_extra() + 1
             e = &self._entries[idx]
             x = &self._extras[e.extra - 1]
@@ -976,6 +1095,11 @@ cdef class Core:
                 e.flags |= F_WIDE
                 x.start = time_ns
                 x.deadline = deadline
+            if par != NULL:
+                x.has_parent = True
+                x.parent_hi = par.hi
+                x.parent_lo = par.lo
+                x.parent_span = par.span
         self._hash_insert(idx)
         self._order_insert(idx)
         self._count += 1
@@ -988,8 +1112,15 @@ cdef class Core:
         cdef uint64_t hi = e.k0, lo = e.k1
         cdef i128 start = self._start_of(idx)
         cdef object request_id, name, error, attrs
+        cdef Parent par
+        cdef const Parent *pp = NULL
         if e.extra:
             x = &self._extras[e.extra - 1]
+            if x.has_parent:
+                par.hi = x.parent_hi
+                par.lo = x.parent_lo
+                par.span = x.parent_span
+                pp = &par
         if x != NULL and x.request_id != NULL:
             request_id = <object> x.request_id
         else:
@@ -1006,17 +1137,41 @@ cdef class Core:
             attrs = _with_marker_plain(request_id, pairing)
         self._detach(idx)
         self._release(idx)
-        return self._emit(hi, lo, request_id, name, start, start, error, pairing, attrs)
+        return self._emit(hi, lo, request_id, name, start, start, error, pairing, attrs, False, pp)
 
     cdef int _emit(self, uint64_t hi, uint64_t lo, object request_id, object name, i128 start,
-                   i128 end, object error, int pairing, object attrs) except -1:
-        self._counts[C_SPANS] += 1
+                   i128 end, object error, int pairing, object attrs, bint raw,
+                   const Parent *par) except -1:
+        """A span of the request id (hi, lo), in the trace of ``par`` when given; ``attrs``
+        are final, or with ``raw`` still without the marker (None: the flattener's output)."""
+        cdef object rate = _ONE
+        cdef uint64_t thi = hi, tlo = lo
+        if par != NULL:
+            thi = par.hi
+            tlo = par.lo
         self._counts[C_PAIRED + pairing] += 1
+        if self._sampling and pairing == PAIRED and not error:
+            # Keep 1 in N successful spans, by trace id so the choice is stable; errors always.
+            if not self._sampled_in(thi, tlo):
+                self._counts[C_SAMPLED_OUT] += 1
+                return 0
+            rate = self.sample_rate
+        self._counts[C_SPANS] += 1
+        if raw:
+            attrs = self._attrs_with(attrs, pairing)
         start_obj = i128_to_py(start)
         end_obj = start_obj if end == start else i128_to_py(end)
-        self._ready.append(_new_span(_trace_bytes(hi, lo), _span_id(hi, lo), name, start_obj,
-                                     end_obj, error, pairing, request_id, attrs))
+        self._ready.append(_new_span(_trace_bytes(thi, tlo), _span_id(hi, lo),
+                                     _ZERO if par == NULL else <object> par.span, name, start_obj,
+                                     end_obj, error, pairing, request_id, attrs, rate))
         return 0
+
+    cdef bint _sampled_in(self, uint64_t hi, uint64_t lo) except -1:
+        """_core_py.sample_hash(trace id) % sample_rate == 0."""
+        cdef uint64_t h = _splitmix64(hi ^ lo)
+        if self._rate_c:
+            return h % self._rate == 0
+        return not (<object> h % self.sample_rate)
 
     # ------------------------------------------------------------ the table
 
@@ -1302,6 +1457,13 @@ cdef class Core:
             free(self._heap)
             self._heap = NULL
             self._heap_cap = 0
+
+
+cdef int _flatten_failed() except -1:
+    """After the flattener failed: its Python exception, else out of memory."""
+    if PyErr_Occurred() == NULL:
+        raise MemoryError()
+    return -1
 
 
 cdef bytes _with_marker(const char *p, size_t n, int pairing):

@@ -333,7 +333,40 @@ struct Envelope {
     const char *operation = nullptr, *target = nullptr;
     size_t operation_len = 0, target_len = 0;
     bool is_probe = false;
+    // A valid W3C traceparent in request.headers (read only when asked for).
+    bool has_parent = false;
+    uint64_t parent_hi = 0, parent_lo = 0, parent_span = 0;
 };
+
+static inline int hex_lower(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+static inline bool hex_word(const char *s, size_t digits, uint64_t &out) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < digits; i++) {
+        int d = hex_lower(s[i]);
+        if (d < 0) return false;
+        v = (v << 4) | static_cast<uint64_t>(d);
+    }
+    out = v;
+    return true;
+}
+
+// _core_py.parse_traceparent on a string's UTF-8 bytes: version-trace-parent-flags,
+// lower-case hex of 2-32-16-2 digits; more '-' parts only after a version other
+// than 00; version ff, an all-zero trace id or an all-zero parent are invalid.
+static inline bool parse_traceparent(const char *s, size_t n, uint64_t &hi, uint64_t &lo, uint64_t &span) {
+    if (n < 55 || s[2] != '-' || s[35] != '-' || s[52] != '-') return false;
+    if (n > 55 && s[55] != '-') return false;
+    uint64_t version, flags;
+    if (!hex_word(s, 2, version) || !hex_word(s + 53, 2, flags)) return false;
+    if (version == 0xff || (version == 0 && n != 55)) return false;
+    if (!hex_word(s + 3, 16, hi) || !hex_word(s + 19, 16, lo) || !hex_word(s + 36, 16, span)) return false;
+    return (hi | lo) != 0 && span != 0;
+}
 
 static inline bool key_is(const object::iterator &it, const char *lit, uint32_t len) {
     return it.key_length() == len && std::memcmp(it.key_c_str(), lit, len) == 0;
@@ -349,7 +382,7 @@ static inline bool str_of(element e, const char **p, size_t *n) {
 
 // Mirrors the checks of _core_py.Core._line; FALLBACK when a key that the checks
 // read appears twice in its object.
-static inline int read_envelope(element root, Envelope &env) {
+static inline int read_envelope(element root, Envelope &env, bool trace_context) {
     object top;
     if (root.get_object().get(top)) return INVALID;
     element e_type, e_time, e_request, e_error;
@@ -385,8 +418,8 @@ static inline int read_envelope(element root, Envelope &env) {
     }
     if (!s_type || !str_of(e_type, &env.type, &env.type_len)) return INVALID;
     if (!s_time || !str_of(e_time, &env.time, &env.time_len)) return INVALID;
-    element e_id, e_path, e_op, e_mount;
-    bool s_id = false, s_path = false, s_op = false, s_mount = false;
+    element e_id, e_path, e_op, e_mount, e_headers;
+    bool s_id = false, s_path = false, s_op = false, s_mount = false, s_headers = false;
     if (s_request && !e_request.is_null()) {
         object req;
         if (e_request.get_object().get(req)) return INVALID;
@@ -404,6 +437,13 @@ static inline int read_envelope(element root, Envelope &env) {
                         if (s_path) return FALLBACK;
                         s_path = true;
                         e_path = it.value();
+                    }
+                    break;
+                case 7:
+                    if (key_is(it, "headers", 7)) {
+                        if (s_headers) return FALLBACK;
+                        s_headers = true;
+                        e_headers = it.value();
                     }
                     break;
                 case 9:
@@ -452,6 +492,32 @@ static inline int read_envelope(element root, Envelope &env) {
     } else if (have_path && n) {
         env.target = p;
         env.target_len = n;
+    }
+    env.has_parent = false;
+    object headers;
+    if (trace_context && s_headers && !e_headers.get_object().get(headers)) {
+        element e_tp;
+        bool s_tp = false;
+        for (object::iterator it = headers.begin(), end = headers.end(); it != end; ++it) {
+            if (key_is(it, "traceparent", 11)) {
+                if (s_tp) return FALLBACK;
+                s_tp = true;
+                e_tp = it.value();
+            }
+        }
+        if (s_tp) {
+            array values;
+            if (!e_tp.get_array().get(values)) {
+                // Vault audits header values as arrays: the first one counts
+                if (values.begin() != values.end()) {
+                    e_tp = *values.begin();
+                } else {
+                    s_tp = false;
+                }
+            }
+            if (s_tp && str_of(e_tp, &p, &n))
+                env.has_parent = parse_traceparent(p, n, env.parent_hi, env.parent_lo, env.parent_span);
+        }
     }
     return OK;
 }
@@ -554,6 +620,104 @@ static inline KeyInfo scan_key(const char *s, size_t len) {
     return ki;
 }
 
+// Decisions of an include/exclude filter (a Python callable str -> bool) per
+// flattened name, keyed by the name as written (JSON-escaped, which is one-to-one).
+class KeyCache {
+   public:
+    explicit KeyCache(PyObject *keep) : keep_(keep) {
+        Py_INCREF(keep_);
+        resize(1024);
+    }
+    ~KeyCache() { Py_XDECREF(keep_); }
+    KeyCache(const KeyCache &) = delete;
+    KeyCache &operator=(const KeyCache &) = delete;
+
+    static const size_t LIMIT = 65536;
+
+    // 1 keep, 0 drop, -1 error (a Python exception is set).
+    inline int keep(const char *s, size_t len) {
+        uint64_t hv = hash_bytes(s, len);
+        size_t i = static_cast<size_t>(hv) & mask_;
+        while (slots_[i]) {
+            uint32_t idx = slots_[i] - 1;
+            if (hashes_[idx] == hv && keys_[idx].size() == len && std::memcmp(keys_[idx].data(), s, len) == 0)
+                return vals_[idx];
+            i = (i + 1) & mask_;
+        }
+        int v = ask(s, len);
+        if (v < 0) return v;
+        if (keys_.size() >= LIMIT) {
+            keys_.clear();
+            hashes_.clear();
+            vals_.clear();
+            resize(1024);
+            i = static_cast<size_t>(hv) & mask_;
+            while (slots_[i]) i = (i + 1) & mask_;
+        }
+        uint32_t idx = static_cast<uint32_t>(keys_.size());
+        keys_.emplace_back(s, len);
+        hashes_.push_back(hv);
+        vals_.push_back(static_cast<char>(v));
+        slots_[i] = idx + 1;
+        if (keys_.size() * 2 > slots_.size()) resize(slots_.size() * 2);
+        return v;
+    }
+
+   private:
+    // Undo put_escaped and ask the filter.
+    int ask(const char *s, size_t len) {
+        std::string raw;
+        raw.reserve(len);
+        for (size_t i = 0; i < len; i++) {
+            char c = s[i];
+            if (c != '\\' || i + 1 >= len) {
+                raw.push_back(c);
+                continue;
+            }
+            char e = s[++i];
+            switch (e) {
+                case 'n': raw.push_back('\n'); break;
+                case 'r': raw.push_back('\r'); break;
+                case 't': raw.push_back('\t'); break;
+                case 'b': raw.push_back('\b'); break;
+                case 'f': raw.push_back('\f'); break;
+                case 'u':  // only \u00XX is written
+                    if (i + 4 < len) {
+                        uint64_t v = 0;
+                        hex_word(s + i + 1, 4, v);
+                        raw.push_back(static_cast<char>(v));
+                        i += 4;
+                    }
+                    break;
+                default: raw.push_back(e);  // '"' or '\\'
+            }
+        }
+        PyObject *key = PyUnicode_DecodeUTF8(raw.data(), static_cast<Py_ssize_t>(raw.size()), "surrogatepass");
+        if (!key) return -1;
+        PyObject *r = PyObject_CallOneArg(keep_, key);
+        Py_DECREF(key);
+        if (!r) return -1;
+        int v = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        return v;
+    }
+    void resize(size_t n) {
+        slots_.assign(n, 0);
+        mask_ = n - 1;
+        for (uint32_t idx = 0; idx < keys_.size(); idx++) {
+            size_t i = static_cast<size_t>(hashes_[idx]) & mask_;
+            while (slots_[i]) i = (i + 1) & mask_;
+            slots_[i] = idx + 1;
+        }
+    }
+    PyObject *keep_;
+    size_t mask_ = 0;
+    std::vector<uint32_t> slots_;
+    std::vector<std::string> keys_;
+    std::vector<uint64_t> hashes_;
+    std::vector<char> vals_;
+};
+
 struct Frame {
     bool is_array;
     object::iterator oit, oend;
@@ -576,6 +740,7 @@ class Flattener {
    public:
     Buf out;  // canonical attrs JSON of the last flatten()
     Buf prefix;
+    KeyCache *filter = nullptr;  // include/exclude on flattened names; not owned
     KeyCheck check;
     std::vector<Frame> stack;
     std::vector<EncFrame> enc;
@@ -588,8 +753,14 @@ class Flattener {
     // {"flat.key":value,...} in `out`: OK, FALLBACK when two keys give one name
     // (orjson's dict semantics decide), ERROR with a Python exception set.
     int flatten(element root, bool flatten_arrays) {
-        int r = pass(root, flatten_arrays, false);
-        if (r == RETRY) r = pass(root, flatten_arrays, true);
+        // two instances: no cost of filtering when there is no filter
+        if (filter) {
+            int r = pass<true>(root, flatten_arrays, false);
+            if (r == RETRY) r = pass<true>(root, flatten_arrays, true);
+            return r;
+        }
+        int r = pass<false>(root, flatten_arrays, false);
+        if (r == RETRY) r = pass<false>(root, flatten_arrays, true);
         return r;
     }
 
@@ -600,6 +771,7 @@ class Flattener {
     // key with a dot ({"a.b":1,"a":{"b":2}}). The first pass checks each object's
     // keys and gives up at the first dot; the dotted pass hashes every full name
     // piece by piece, so equal names give equal hashes whatever their nesting.
+    template <bool Filtered>
     int pass(element root, bool flatten_arrays, bool dotted) {
         out.n = 0;
         prefix.n = 0;
@@ -671,7 +843,13 @@ class Flattener {
                     array a = value.get_array().value_unsafe();
                     if (!(a.begin() != a.end())) continue;
                     if (!flatten_arrays) {
+                        size_t mark = out.n;
                         put_name(first, key, key_len, ki.needs_escape);
+                        if (Filtered) {
+                            int k = filtered(mark, first);
+                            if (k < 0) return ERROR;
+                            if (!k) continue;
+                        }
                         first = false;
                         int r = encode(value);
                         if (r != OK) return r;
@@ -700,12 +878,27 @@ class Flattener {
                 stack.push_back(nf);  // `f` may dangle from here on
                 continue;
             }
+            size_t mark = out.n;
             put_name(first, key, key_len, ki.needs_escape);
+            if (Filtered) {
+                int k = filtered(mark, first);
+                if (k < 0) return ERROR;
+                if (!k) continue;
+            }
             first = false;
             if (put_scalar(value, t) != OK) return ERROR;
         }
         out.append('}');
         return OK;
+    }
+
+    // The filter's decision on the name just written from `mark`; takes it back
+    // when dropped. 1 keep, 0 drop, -1 error.
+    inline int filtered(size_t mark, bool first) {
+        size_t begin = mark + (first ? 1 : 2);  // past ',' and '"'
+        int k = filter->keep(out.p + begin, out.n - 2 - begin);  // without '":'
+        if (k == 0) out.n = mark;
+        return k;
     }
 
     inline void put_name(bool first, const char *key, size_t key_len, bool needs_escape) {

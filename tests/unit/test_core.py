@@ -1,8 +1,8 @@
 """Every rule of the core, run against both cores: "py" (reference) and "c" (compiled).
 
 The "c" cores skip when the extension is not built, and fail instead when
-VAULT_OBSERVE_REQUIRE_EXTENSIONS=1 (CI builds it). Two reference-core bugs are
-marked xfail(strict) for "py" only; the fixes are described where they are tested.
+VAULT_OBSERVE_REQUIRE_EXTENSIONS=1 (CI builds it). Trace context, key filters and
+sampling are covered in test_core_features.
 """
 
 from __future__ import annotations
@@ -176,6 +176,45 @@ def test_constructor_is_keyword_only_and_checks_max_pending(make_core: Make) -> 
     assert core.max_line_bytes == 99
     assert core.prefix == b"x"
     assert core.flatten_arrays is True
+    with pytest.raises(ValueError):
+        make_core(sample_rate=0)
+    with pytest.raises(TypeError):
+        make_core(includes=["x"])
+    core = make_core(sample_rate=3, include=["a*"], exclude=("b",), trace_context=False)
+    assert core.sample_rate == 3
+    assert not core.trace_context
+    assert (core.key_filter.include, core.key_filter.exclude) == (("a*",), ("b",))
+    assert make_core().key_filter is None
+
+
+def test_bad_samples_name_the_counter_and_keep_the_head(make_core: Make) -> None:
+    core = make_core(max_line_bytes=400, prefix=b"@cee: ")
+    long = b"@cee: " + ev("response", pad="x" * 400)
+    lines = [
+        long,
+        b"@cee: {not json",
+        b'["an array"]',
+        b'{"time":"yesterday","type":"request"}',
+        b"@cee: " + ev("kmip-request"),
+        ev("request", ...),
+        b'{"time":"' + T0.encode() + b'","type":"request","request":{"id":7}}',
+    ]
+    core.feed(b"\n".join(line.rstrip(b"\n") for line in lines) + b"\n")
+    samples = core.take_bad_samples()
+    assert (
+        {name: head for name, (_reason, head) in samples.items()}
+        == {
+            "oversize": long[:48],
+            "malformed": b"{not json",
+            "invalid": lines[6][:48],  # the latest one
+            "unknown_type": ev("kmip-request")[:48],
+            "no_id": ev("request", ...)[:48],
+        }
+    )
+    assert all(isinstance(reason, str) and reason for reason, _head in samples.values())
+    assert core.take_bad_samples() == {}
+    counters = core.counters()
+    assert (counters["oversize"], counters["malformed"], counters["invalid"]) == (1, 1, 3)
 
 
 def test_feed_returns_ready_count_and_drain_empties(core: Any) -> None:
@@ -465,10 +504,9 @@ def test_nesting_just_inside_the_limit(core: Any) -> None:
     )
 
 
-def test_deep_arrays_are_encoded(core: Any, impl: str, request: pytest.FixtureRequest) -> None:
-    # The reference's dump_attrs uses json's recursive C encoder, which raises
-    # RecursionError near depth 1000 (below the parsers' 1024). Fix: on
-    # RecursionError, fall back to an iterative encoder (_fast._dump_attrs_deep).
+def test_deep_arrays_are_encoded(core: Any) -> None:
+    # json's recursive C encoder raises RecursionError near depth 1000 (below the
+    # parsers' 1024): both cores then encode with an explicit stack.
     depth = 1000
     line = raw('"d":' + "[" * depth + "]" * depth)
     span = only(spans_of(core, line))
@@ -628,17 +666,8 @@ def test_deadline_from_entry_time_without_clock(make_core: Make) -> None:
     assert [s.request_id for s in core.drain()] == [ID1]
 
 
-def test_expire_emits_only_due_requests(make_core: Make, impl: str, request: pytest.FixtureRequest) -> None:
-    # The reference's expire() checks the deadline of the heap top, which may be a
-    # stale entry (answered or replaced); _pop_oldest then emits the next live
-    # request even when its deadline is later than now. Fix in _core_py.Core.expire:
-    #     while heap and heap[0][0] <= now_ns:
-    #         _deadline, seq, key = heap[0]
-    #         pending = self._pending.get(key)
-    #         if pending is None or pending.seq != seq:
-    #             heapq.heappop(heap)
-    #             continue
-    #         self._pop_oldest(UNANSWERED)
+def test_expire_emits_only_due_requests(make_core: Make) -> None:
+    # the deadline of a stale (answered or replaced) entry must not let a later one out
     core = make_core(ttl_s=10)
     core.feed(ev("request", ID1, time=t(0)) + ev("response", ID1, time=t(1)) + ev("request", ID2, time=t(5)))
     core.drain()

@@ -166,3 +166,50 @@ def test_sampling_keeps_unanswered_and_orphans(Core: Any) -> None:  # noqa: N803
     core.feed(entry("request", RID, 1) + entry("response", "11111111-1111-4111-8111-111111111111", 2))
     core.flush()
     assert sorted(s.pairing for s in core.drain()) == [1, 2]
+
+
+def test_filters_see_array_indexes_when_arrays_are_flattened(Core: Any) -> None:  # noqa: N803
+    core = Core(flatten_arrays=True, include=["auth.*"], exclude=["*.0"])
+    core.feed(entry("response", RID, 2).replace(b'["a"]', b'["a", "b", "c"]'))
+    [span] = core.drain()
+    assert span.attributes() == {
+        "auth.policies.1": "b",
+        "auth.policies.2": "c",
+        "vault_observe.pairing": "orphan",
+    }
+
+
+def test_filters_match_keys_that_need_escaping(Core: Any) -> None:  # noqa: N803
+    core = Core(include=['q"*', "tab\t*", "back\\slash"])
+    body = {
+        "time": "2026-01-01T00:00:01Z",
+        "type": "response",
+        'q"k': 1,
+        "tab\tx": 2,
+        "back\\slash": 3,
+        "z": 4,
+    }
+    core.feed(json.dumps(body).encode() + b"\n")
+    [span] = core.drain()
+    assert span.attributes() == {'q"k': 1, "tab\tx": 2, "back\\slash": 3, "vault_observe.pairing": "orphan"}
+
+
+def test_unanswered_minimal_attributes_are_not_filtered(Core: Any) -> None:  # noqa: N803
+    # A request kept without its attributes reports type and request.id whatever the filters.
+    core = Core(exclude=["type", "request.*"])
+    core.feed(entry("request", RID, 1))
+    core.flush()
+    [span] = core.drain()
+    assert span.attributes() == {"type": "request", "request.id": RID, "vault_observe.pairing": "unanswered"}
+
+
+def test_unanswered_span_takes_the_requests_trace_context(Core: Any) -> None:  # noqa: N803
+    core = Core(max_pending=1)
+    other = "11111111-1111-4111-8111-111111111111"
+    core.feed(entry("request", RID, 1, {"traceparent": f"00-{TRACE}-{PARENT}-01"}))
+    core.feed(entry("request", other, 2))  # evicts the first
+    core.feed(entry("response", other, 3, {"traceparent": [f"00-{TRACE}-{'1' * 16}-01"]}))
+    evicted, paired = core.drain()
+    assert (evicted.trace_id.hex(), evicted.parent_span_id) == (TRACE, int(PARENT, 16))
+    assert (paired.trace_id.hex(), paired.parent_span_id) == (TRACE, int("1" * 16, 16))
+    assert paired.span_id != evicted.span_id

@@ -1,8 +1,8 @@
 """Both cores give the same spans (attribute bytes included) and counters for any input.
 
-The reference is taken with the two fixes described in test_core: expire() emits
-only due requests (test_expire_emits_only_due_requests), and deep arrays are
-encoded instead of raising RecursionError (test_deep_arrays_are_encoded).
+Generated streams carry traceparent headers (valid and not) and run with key
+filters and sampling too; the heads of skipped lines (take_bad_samples) must
+match as well.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def snapshot(spans: list[SpanRecord]) -> list[tuple[Any, ...]]:
 
 
 def state(core: Any) -> tuple[Any, ...]:
-    return (core.counters(), core.pending, core.watermark_ns)
+    # Reasons are free text; the counters they belong to and the line heads are not.
+    bad = {name: head for name, (_reason, head) in core.take_bad_samples().items()}
+    return (core.counters(), core.pending, core.watermark_ns, bad)
 
 
 def run_both(fast_cls: Any, ops: list[tuple[Any, ...]], **options: Any) -> tuple[Any, Any]:
@@ -175,6 +177,62 @@ TIMES = [
 ]
 
 
+TRACE_HEX = [
+    "4bf92f3577b34da6a3ce929d0e0e4736",
+    "0" * 32,
+    "0" * 31 + "1",
+    "f" * 32,
+    "4BF92F3577B34DA6A3CE929D0E0E4736",
+]
+PARENT_HEX = ["00f067aa0ba902b7", "0" * 16, "f" * 16, "00F067AA0BA902B7", "0" * 15 + "1"]
+
+
+@st.composite
+def traceparents(draw: st.DrawFn) -> str:
+    """W3C traceparent values: valid ones, near misses and junk."""
+    trace = draw(st.one_of(st.sampled_from(TRACE_HEX), st.integers(0, 2**128 - 1).map(lambda v: f"{v:032x}")))
+    parent = draw(
+        st.one_of(st.sampled_from(PARENT_HEX), st.integers(0, 2**64 - 1).map(lambda v: f"{v:016x}"))
+    )
+    if draw(st.booleans()):
+        version, flags, suffix = draw(
+            st.sampled_from([("00", "01", ""), ("00", "00", ""), ("cc", "03", "-x")])
+        )
+    else:
+        version = draw(st.sampled_from(["00", "01", "fe", "ff", "0g", "0A", "0"]))
+        flags = draw(st.sampled_from(["01", "00", "ff", "1", "0x"]))
+        suffix = draw(st.sampled_from(["", "-", "-x", "-é-", "x", "-0-1"]))
+    value = f"{version}-{trace}-{parent}-{flags}{suffix}"
+    if draw(st.integers(0, 5)) == 0:  # one character changed
+        pos = draw(st.integers(0, len(value) - 1))
+        value = value[:pos] + draw(st.sampled_from(["-", "a", "G", "0", "é", "\x00", ""])) + value[pos + 1 :]
+    if draw(st.integers(0, 9)) == 0:
+        value = draw(st.sampled_from(["", "hmac-sha256:" + "ab" * 32, "-" * 60, "0" * 55]))
+    return value
+
+
+@st.composite
+def header_values(draw: st.DrawFn) -> str:
+    """The JSON of request.headers: mostly Vault's {name: [value]} shape, sometimes not."""
+    value = traceparents()
+    tp = draw(
+        st.one_of(
+            value.map(lambda v: json.dumps([v])),
+            value.map(json.dumps),
+            st.tuples(value, value).map(lambda p: json.dumps(list(p))),
+            st.sampled_from(["[]", "[1]", "null", "5", '{"a":"b"}', "[null]"]),
+        )
+    )
+    members = [("traceparent", tp)]
+    if draw(st.booleans()):
+        members.append(("x-correlation-id", '["ff6f08d0-a1cf-b3eb-316e-1e98985fa9fc"]'))
+    if draw(st.integers(0, 9)) == 0:  # a repeated header
+        members.append(("traceparent", json.dumps([draw(value)])))
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(["null", "[]", '"00-x"', "{}"]))
+    return obj_text(draw(st.permutations(members)), 0, ",")
+
+
 @st.composite
 def entry_lines(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(["request", "response", "request", "response", "kmip-request"]))
@@ -190,8 +248,16 @@ def entry_lines(draw: st.DrawFn) -> bytes:
         if draw(st.booleans()):
             request.append((field, enc_str(draw(st.sampled_from(choices)), 0)))
     request += draw(st.lists(st.tuples(keys, small_values), max_size=2))
+    if draw(st.integers(0, 2)) == 0:
+        request.append(("headers", draw(header_values())))
     if draw(st.integers(0, 9)) == 0:  # a repeated envelope key
-        request.append(("id", enc_str(draw(st.sampled_from([ID1, ID2])), 0)))
+        request.append(
+            draw(
+                st.sampled_from(
+                    [("id", enc_str(ID1, 0)), ("id", enc_str(ID2, 0)), ("headers", draw(header_values()))]
+                )
+            )
+        )
     request = draw(st.permutations(request))
     members: list[tuple[str, str]] = [
         ("time", enc_str(draw(st.sampled_from(TIMES)), 0)),
@@ -234,6 +300,16 @@ ops_strategy = st.lists(
     min_size=1,
     max_size=8,
 )
+# include/exclude pattern sets: odd globs, keys that need escaping, array indexes
+FILTERS = [
+    {},
+    {"include": ["request.*"]},
+    {"exclude": ["auth.*", "*.a", "type", "request.id"]},
+    {"include": ["*"], "exclude": ["*.0", "*.1.*", ""]},
+    {"include": ["[a-c]*", "?", "名*", "*.0", "request.headers.*"], "exclude": ["[!a]*.b"]},
+    {"exclude": ['*"*', "*\\*", "*\n*", "*\x01*", "*.*.*"]},
+    {"include": ["nothing matches this"]},
+]
 options_strategy = st.fixed_dictionaries(
     {
         "ttl_s": st.sampled_from([0, 0.5, 3, 10]),
@@ -241,8 +317,10 @@ options_strategy = st.fixed_dictionaries(
         "flatten_arrays": st.booleans(),
         "prefix": st.sampled_from([b"", b"@cee: "]),
         "max_line_bytes": st.sampled_from([1 << 24, 400]),
+        "sample_rate": st.sampled_from([1, 1, 2, 3, 2**64 + 1]),
+        "trace_context": st.sampled_from([True, True, False]),
     }
-)
+).flatmap(lambda o: st.sampled_from(FILTERS).map(lambda f: {**o, **f}))
 
 
 @settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -262,12 +340,45 @@ def test_generated_streams_give_identical_spans(
 
 
 @settings(max_examples=examples(150), deadline=None)
-@given(value=values, key=keys, flatten_arrays=st.booleans())
+@given(value=values, key=keys, flatten_arrays=st.booleans(), filters=st.sampled_from(FILTERS))
 def test_generated_values_flatten_identically(
-    fast_cls: Any, value: str, key: str, flatten_arrays: bool
+    fast_cls: Any, value: str, key: str, flatten_arrays: bool, filters: dict[str, Any]
 ) -> None:
     line = f'{{"time":"{t(0)}","type":"response",{enc_str(key, 0)}:{value}}}'.encode()
-    run_both(fast_cls, [("feed", line, None)], flatten_arrays=flatten_arrays)
+    run_both(fast_cls, [("feed", line, None)], flatten_arrays=flatten_arrays, **filters)
+
+
+@settings(max_examples=examples(150), deadline=None)
+@given(
+    header=header_values(),
+    rid=st.sampled_from([ID1, ID2, "dev-gen-root", ""]),
+    sample_rate=st.sampled_from([1, 2, 3]),
+)
+def test_generated_traceparents(fast_cls: Any, header: str, rid: str, sample_rate: int) -> None:
+    request = f'"request":{{"id":{json.dumps(rid)},"headers":{header}}}'
+    lines = [
+        f'{{"time":"{t(0)}","type":"request",{request}}}',
+        f'{{"time":"{t(1)}","type":"response",{request}}}',
+        f'{{"time":"{t(2)}","type":"request",{request}}}',
+    ]
+    steps: list[tuple[Any, ...]] = [("feed", line.encode(), None) for line in lines]
+    run_both(fast_cls, [*steps, ("flush",)], sample_rate=sample_rate)
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(
+    ids=st.lists(st.sampled_from([ID1, ID2, ID3, "a", "b", "c", "dev-gen-root"]), min_size=1, max_size=20),
+    sample_rate=st.integers(2, 5),
+    errors=st.lists(st.booleans(), min_size=20, max_size=20),
+)
+def test_sampling_decisions(fast_cls: Any, ids: list[str], sample_rate: int, errors: list[bool]) -> None:
+    steps: list[tuple[Any, ...]] = []
+    for i, rid in enumerate(ids):
+        error = ',"error":"denied"' if errors[i] else ""
+        for second, kind in ((i, "request"), (i + 0.5, "response")):
+            line = f'{{"time":"{t(second)}","type":"{kind}","request":{{"id":"{rid}"}}{error}}}'
+            steps.append(("feed", line.encode(), None))
+    run_both(fast_cls, [*steps, ("flush",)], sample_rate=sample_rate)
 
 
 @settings(max_examples=examples(100), deadline=None)
@@ -342,6 +453,14 @@ def corpus_steps(data: bytes, chunk_lines: int, clock: bool) -> list[tuple[Any, 
         {"flatten_arrays": True},
         {"max_pending": 4, "ttl_s": 0.05},
         {"prefix": b'{"time"', "max_line_bytes": 20_000},
+        {
+            "include": ["request.*", "response.*", "error", "auth.policies"],
+            "exclude": ["*.hmac*", "request.id"],
+        },
+        {"exclude": ["auth.*", "*.0", "request.headers.*"], "flatten_arrays": True},
+        {"sample_rate": 3},
+        {"sample_rate": 2, "max_pending": 4, "ttl_s": 0.05, "include": ["*path*", "type"]},
+        {"trace_context": False, "sample_rate": 5},
     ],
 )
 def test_sample_gives_identical_spans(fast_cls: Any, options: dict[str, Any]) -> None:
@@ -350,7 +469,14 @@ def test_sample_gives_identical_spans(fast_cls: Any, options: dict[str, Any]) ->
     assert ref.counters()["lines"] == 1430
 
 
-@pytest.mark.parametrize("options", [{}, {"flatten_arrays": True, "max_pending": 50, "ttl_s": 0.2}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"flatten_arrays": True, "max_pending": 50, "ttl_s": 0.2},
+        {"sample_rate": 4, "include": ["request.*", "response.data.*", "auth.*"], "exclude": ["*.1"]},
+    ],
+)
 def test_shared_corpus_gives_identical_spans(
     fast_cls: Any, shared_corpus: Path, options: dict[str, Any]
 ) -> None:
