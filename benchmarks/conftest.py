@@ -73,7 +73,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("core throughput (feed + flush + drain)")
         for impl, r in sorted(RESULTS.items()):
             write(
-                f"{impl:>3}: {r['lines_per_s']:>12,.0f} lines/s {r['mb_per_s']:>9.1f} MB/s "
+                f"{impl:>14}: {r['lines_per_s']:>12,.0f} lines/s {r['mb_per_s']:>9.1f} MB/s "
                 f"(best round {r['best_s']:.3f} s for {int(r['lines']):,} lines)"
             )
         if "py" in RESULTS and "c" in RESULTS:

@@ -53,14 +53,25 @@ CASES = [
     ("zipkin sdk exporter", "c", 2, ["--zipkin", "{zipkin}", "--zipkin-encoder", "sdk"]),
     ("honeycomb native", "c", 20, ["--honeycomb", "--honeycomb-api-host", "{base}"]),
     ("honeycomb native", "py", 2, ["--honeycomb", "--honeycomb-api-host", "{base}"]),
-    ("honeycomb libhoney", "c", 2, ["--honeycomb", "--honeycomb-api-host", "{base}", "--honeycomb-encoder", "libhoney"]),
+    (
+        "honeycomb libhoney",
+        "c",
+        2,
+        ["--honeycomb", "--honeycomb-api-host", "{base}", "--honeycomb-encoder", "libhoney"],
+    ),
     ("otlp", "c", 20, ["--otlp", "{otlp}"]),
 ]
 
 
 @pytest.mark.parametrize(("case", "core", "copies", "flags"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_input_end_to_end(
-    benchmark: Any, receiver: Any, inputs: dict[int, Path], case: str, core: str, copies: int, flags: list[str]
+    benchmark: Any,
+    receiver: Any,
+    inputs: dict[int, Path],
+    case: str,
+    core: str,
+    copies: int,
+    flags: list[str],
 ) -> None:
     base = f"http://127.0.0.1:{receiver.port}"
     argv = [f.format(zipkin=f"{base}/api/v2/spans", base=base, otlp=f"{base}/v1/traces") for f in flags]
@@ -72,7 +83,9 @@ def test_input_end_to_end(
 
     def run() -> None:
         receiver.reset()
-        result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+        result = subprocess.run(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900
+        )
         assert result.returncode == 0, result.stderr.decode()[-2000:]
         if expect_sink:
             counts = receiver.counts()

@@ -87,7 +87,9 @@ def _serve(conn: Connection) -> None:
 class RemoteReceiver:
     def __init__(self) -> None:
         self._conn, child = multiprocessing.get_context("spawn").Pipe()
-        self._process = multiprocessing.get_context("spawn").Process(target=_serve, args=(child,), daemon=True)
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_serve, args=(child,), daemon=True
+        )
         self._process.start()
         self.url = f"http://127.0.0.1:{self._conn.recv()}"
 
@@ -183,7 +185,9 @@ def test_libhoney_fields_and_json_only(benchmark: Any, spans: list[SpanRecord]) 
 
     def run() -> None:
         for s in spans:
-            json.dumps({"time": "2026-01-01T00:00:00.000000Z", "samplerate": 1, "data": event_fields(s, "vault")})
+            json.dumps(
+                {"time": "2026-01-01T00:00:00.000000Z", "samplerate": 1, "data": event_fields(s, "vault")}
+            )
 
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     report(benchmark, len(spans))

@@ -447,43 +447,6 @@ cdef inline size_t _home(uint64_t k0, uint64_t k1, size_t mask) noexcept:
     return <size_t> (mix64(k0 ^ (k1 * <uint64_t> 0xC2B2AE3D27D4EB4F)) & mask)
 
 
-@cython.wraparound(True)
-def _dump_attrs_deep(attrs):
-    """dump_attrs for values nested too deep for json's recursive encoder."""
-    enc = _core_py._ENCODER.encode
-    out = ["{"]
-    stack = [(iter(attrs.items()), True, "}")]
-    firsts = [True]
-    while stack:
-        it, is_dict, closer = stack[-1]
-        for item in it:
-            if not firsts[-1]:
-                out.append(",")
-            firsts[-1] = False
-            if is_dict:
-                key, value = item
-                out.append(enc(key))
-                out.append(":")
-            else:
-                value = item
-            if isinstance(value, dict):
-                out.append("{")
-                stack.append((iter(value.items()), True, "}"))
-                firsts.append(True)
-                break
-            if isinstance(value, list):
-                out.append("[")
-                stack.append((iter(value), False, "]"))
-                firsts.append(True)
-                break
-            out.append(enc(value))
-        else:
-            out.append(closer)
-            stack.pop()
-            firsts.pop()
-    return "".join(out).encode("utf-8")
-
-
 cdef class Core:
     """Compiled core; see ``_core_py`` for the rules it shares with the reference."""
 
@@ -1000,10 +963,7 @@ cdef class Core:
         if self.key_filter is not None:
             keep = self.key_filter.keep
             flat = {key: value for key, value in flat.items() if keep(key)}
-        try:
-            return _dump_attrs(flat)
-        except RecursionError:
-            return _dump_attrs_deep(flat)
+        return _dump_attrs(flat)
 
     # ------------------------------------------------------------ correlation
 
