@@ -18,6 +18,7 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).parent
 PYX = HERE / "src" / "vault_observe" / "_fast.pyx"
 ZIPKIN_PYX = HERE / "src" / "vault_observe" / "_zipkin_proto.pyx"
+BATCH_JSON_PYX = HERE / "src" / "vault_observe" / "_batch_json.pyx"
 REQUIRE = os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1"
 SKIP = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
 
@@ -99,6 +100,15 @@ def extensions() -> list:  # type: ignore[type-arg]
             Extension(
                 "vault_observe._zipkin_proto",
                 sources=[str(ZIPKIN_PYX.relative_to(HERE))],
+                language="c++",
+                extra_compile_args=COMPILE_ARGS,
+            )
+        )
+    if BATCH_JSON_PYX.exists():  # the Honeycomb and OTLP body encoders: a C++ compiler only
+        exts.append(
+            Extension(
+                "vault_observe._batch_json",
+                sources=[str(BATCH_JSON_PYX.relative_to(HERE))],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
             )

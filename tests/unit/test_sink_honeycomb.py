@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from vault_observe.sinks.http import RetryPolicy
 KEY = "hcaik_01hq-test-Key-that-must-never-be-logged-7f3a"
 SERVICE = "vault-test"
 FAST = RetryPolicy(initial=0.02, maximum=0.2, jitter=0.0)
+NO_EXTENSIONS = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
 
 
 def spans_of(path: Path) -> list[SpanRecord]:
@@ -540,3 +542,17 @@ def test_settings_are_checked() -> None:
     assert sink.url == "https://api.eu1.honeycomb.io/1/batch/vault"
     assert KEY not in repr(sink)
     sink.close()
+
+
+def test_native_encoder_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled body encoder when it is built, the Python one when disabled."""
+    import importlib.util
+
+    built = importlib.util.find_spec("vault_observe._batch_json") is not None
+    sink = native()
+    assert sink.implementation == ("c" if built and not NO_EXTENSIONS else "py")
+    assert (sink.load_error is None) == (sink.implementation == "c")
+    monkeypatch.setenv("VAULT_OBSERVE_NO_EXTENSIONS", "1")
+    sink = native()
+    assert sink.implementation == "py" and sink.load_error
+    assert libhoney().implementation == "libhoney"

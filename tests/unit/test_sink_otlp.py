@@ -357,3 +357,16 @@ def test_header_values_never_logged(caplog: pytest.LogCaptureFixture, sample_spa
     logged = caplog.text + "".join(r.getMessage() for r in caplog.records)
     assert "bad token ***" in logged
     assert secret not in logged
+
+
+def test_encoder_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled body encoder when it is built, the Python one when disabled."""
+    import importlib.util
+    import os
+
+    built = importlib.util.find_spec("vault_observe._batch_json") is not None
+    disabled = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
+    sink = sink_for(None)
+    assert sink.implementation == ("c" if built and not disabled else "py")
+    monkeypatch.setenv("VAULT_OBSERVE_NO_EXTENSIONS", "1")
+    assert sink_for(None).implementation == "py"

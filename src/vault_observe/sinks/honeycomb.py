@@ -11,7 +11,9 @@ field the trace field wins.
 Two encoders give the same events:
 
 * ``native`` (default) writes the batch body from bytes: each record's canonical
-  ``attrs_json`` is spliced in undecoded. ``time`` keeps nanoseconds. It posts
+  ``attrs_json`` is spliced in undecoded, by the compiled ``_batch_json`` when it
+  is built (``EventEncoder`` below is the reference it matches byte for byte, and
+  the fallback). ``time`` keeps nanoseconds. It posts
   synchronously inside ``send`` (keep-alive connections, gzip or zstd bodies of at most
   5 MB), reads the per-event status array and retries what can be retried until
   the deadline.
@@ -44,15 +46,16 @@ from ..errors import ConfigError, SinkError
 from ..model import PAIRED, PAIRING_KEY, PAIRING_NAMES, SpanRecord
 from .http import (
     Compressor,
+    JoinedBody,
     PostResult,
     RetryingPoster,
     RetryPolicy,
     SafeLog,
+    compiled_batch_json,
     describe,
     duration_ms,
     is_retryable,
     json_str,
-    pack,
     rfc3339_ns,
 )
 
@@ -178,6 +181,28 @@ class EventEncoder:
         return attrs, b"," + needle
 
 
+class BatchEncoder:
+    """The batch body ``[event,...]`` of ``EventEncoder`` with each event's end:
+    written by the compiled ``_batch_json.HoneycombEncoder`` when it is built (and
+    not disabled by VAULT_OBSERVE_NO_EXTENSIONS=1), else, or for a batch it leaves
+    to the reference, by ``EventEncoder``."""
+
+    def __init__(self, service_name: str, compiled: bool = True) -> None:
+        self._events = EventEncoder(service_name)
+        self.load_error: str | None
+        module, self.load_error = compiled_batch_json() if compiled else (None, "not asked for")
+        self._compiled = module.HoneycombEncoder(service_name) if module is not None else None
+        self.implementation = "c" if self._compiled is not None else "py"
+
+    def encode(self, spans: Sequence[SpanRecord]) -> JoinedBody:
+        if self._compiled is not None:
+            out = self._compiled.encode(spans)
+            if out is not None:
+                return JoinedBody(out[0], out[1], 1, 1)
+        encode = self._events.encode
+        return JoinedBody.join([encode(record) for record in spans], b"[", b"]")
+
+
 def _statuses(body: bytes, count: int) -> list[int] | None:
     """Per-event statuses of a batch answer; None when the answer is not the usual array."""
     try:
@@ -220,7 +245,7 @@ class _NativeSender:
         safelog: SafeLog,
     ) -> None:
         self._url = url
-        self._encoder = EventEncoder(service_name)
+        self.encoder = BatchEncoder(service_name)
         self._compressor = Compressor(compression, logger=log)
         self._poster = RetryingPoster(timeout=timeout, retry=retry, session=session)
         self._log = safelog
@@ -234,37 +259,36 @@ class _NativeSender:
         self.batches = 0
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
-        encode = self._encoder.encode
-        events = [encode(record) for record in spans]
+        batch = self.encoder.encode(spans)
         failed = 0
-        for run in pack(events, self._max_bytes, self._max_events):
-            if len(run) == 1 and len(events[run[0]]) + 2 > self._max_bytes:
+        for run in batch.runs(self._max_bytes, self._max_events):
+            if len(run) == 1 and batch.ends[run[0]] - batch.start(run[0]) + 2 > self._max_bytes:
                 failed += 1
                 self._log(
                     "too-large",
                     logging.WARNING,
                     "honeycomb: dropped an event of %d bytes: a batch body may not exceed %d bytes",
-                    len(events[run[0]]),
+                    batch.ends[run[0]] - batch.start(run[0]),
                     self._max_bytes,
                 )
                 continue
-            failed += self._post([events[i] for i in run], deadline)
-        self.sent += len(events) - failed
+            failed += self._post(batch, run, deadline)
+        self.sent += len(batch) - failed
         self.failed += failed
         return failed
 
-    def _post(self, events: list[bytes], deadline: float) -> int:
+    def _post(self, batch: JoinedBody, run: list[int], deadline: float) -> int:
         """Post one batch; re-post the events answered 429/5xx. Returns the failures."""
         failed = 0
         attempt = 0
+        body = batch.run_body(run)
         while True:
             self.batches += 1
-            body = self._compressor.compress(b"[" + b",".join(events) + b"]")
-            result = self._poster.post(self._url, body, self._headers, deadline)
+            result = self._poster.post(self._url, self._compressor.compress(body), self._headers, deadline)
             if not result.ok:
-                self._log_failure(result, len(events))
-                return failed + len(events)
-            statuses = _statuses(result.body, len(events))
+                self._log_failure(result, len(run))
+                return failed + len(run)
+            statuses = _statuses(result.body, len(run))
             if statuses is None:
                 # The request was accepted; only its per-event report is unreadable.
                 self._log(
@@ -274,13 +298,13 @@ class _NativeSender:
                     result.body[:200].decode("utf-8", "replace"),
                 )
                 return failed
-            again: list[bytes] = []
+            again: list[int] = []
             errors: list[str] | None = None
             for i, status in enumerate(statuses):
                 if 200 <= status <= 299 or status == 0:
                     continue
                 if is_retryable(status):
-                    again.append(events[i])
+                    again.append(run[i])
                     continue
                 failed += 1
                 if errors is None:
@@ -303,7 +327,8 @@ class _NativeSender:
                 )
                 return failed + len(again)
             attempt += 1
-            events = again
+            run = again
+            body = b"[" + b",".join([batch.item(i) for i in again]) + b"]"
 
     def _log_failure(self, result: PostResult, count: int) -> None:
         if result.retryable:
@@ -654,6 +679,9 @@ class HoneycombSink:
         self.url = f"{self.api_host}/1/batch/{quote(dataset, safe='')}"
         safelog = SafeLog(log, secrets=(api_key,))
         self._impl: _NativeSender | _LibhoneySender
+        # which encoder writes the bodies ("c", "py" or "libhoney") and why not "c"
+        self.implementation = "libhoney"
+        self.load_error: str | None = None
         if encoder == "native":
             self._impl = _NativeSender(
                 api_key,
@@ -667,6 +695,8 @@ class HoneycombSink:
                 session,
                 safelog,
             )
+            self.implementation = self._impl.encoder.implementation
+            self.load_error = self._impl.encoder.load_error
         else:
             if compression.lower() != "gzip":
                 log.warning("honeycomb: the libhoney encoder always sends gzip (asked for %s)", compression)

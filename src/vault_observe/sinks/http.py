@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -112,19 +113,93 @@ def pack(items: Sequence[bytes], max_bytes: int, max_items: int, overhead: int =
 
     An item too large to fit alone still gets its own run: the caller decides.
     """
+    return pack_sizes([len(item) for item in items], max_bytes, max_items, overhead)
+
+
+def pack_sizes(
+    sizes: Sequence[int], max_bytes: int, max_items: int, overhead: int = 2
+) -> Iterable[list[int]]:
+    """``pack`` given the items' sizes."""
     run: list[int] = []
     size = overhead
-    for i, item in enumerate(items):
-        extra = len(item) + (1 if run else 0)
+    for i, item_size in enumerate(sizes):
+        extra = item_size + (1 if run else 0)
         if run and (size + extra > max_bytes or len(run) >= max_items):
             yield run
             run = []
             size = overhead
-            extra = len(item)
+            extra = item_size
         run.append(i)
         size += extra
     if run:
         yield run
+
+
+class JoinedBody:
+    """A request body made of items joined by commas between ``head`` and ``tail``
+    (a JSON array, an OTLP request) with the offset just past each item, so that
+    the body can be split or an item taken out without encoding anything again."""
+
+    __slots__ = ("body", "ends", "head_len", "tail_len")
+
+    def __init__(self, body: bytes, ends: list[int], head_len: int, tail_len: int) -> None:
+        self.body = body
+        self.ends = ends  # item i is body[start(i):ends[i]]
+        self.head_len = head_len
+        self.tail_len = tail_len
+
+    @classmethod
+    def join(cls, items: Sequence[bytes], head: bytes, tail: bytes) -> JoinedBody:
+        ends = []
+        at = len(head) - 1
+        for item in items:
+            at += 1 + len(item)
+            ends.append(at)
+        return cls(head + b",".join(items) + tail, ends, len(head), len(tail))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def start(self, i: int) -> int:
+        return self.head_len if i == 0 else self.ends[i - 1] + 1
+
+    def item(self, i: int) -> bytes:
+        return self.body[self.start(i) : self.ends[i]]
+
+    def sizes(self) -> list[int]:
+        ends = self.ends
+        starts = [self.head_len, *(e + 1 for e in ends[:-1])] if ends else []
+        return [end - start for start, end in zip(starts, ends, strict=True)]
+
+    def runs(self, max_bytes: int, max_items: int) -> Iterable[list[int]]:
+        """``pack_sizes`` of the items, with the envelope as the overhead."""
+        count = len(self.ends)
+        if len(self.body) <= max_bytes and count <= max_items:
+            return [list(range(count))] if count else []
+        return pack_sizes(self.sizes(), max_bytes, max_items, self.head_len + self.tail_len)
+
+    def run_body(self, run: Sequence[int]) -> bytes:
+        """The body of the consecutive items ``run``, envelope included."""
+        first, last = run[0], run[-1]
+        if first == 0 and last == len(self.ends) - 1:
+            return self.body
+        body = self.body
+        return (
+            body[: self.head_len]
+            + body[self.start(first) : self.ends[last]]
+            + body[len(body) - self.tail_len :]
+        )
+
+
+def compiled_batch_json() -> tuple[Any, str | None]:
+    """The compiled Honeycomb/OTLP body encoders (``_batch_json``) or None, and why not."""
+    if os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1":
+        return None, "disabled by VAULT_OBSERVE_NO_EXTENSIONS=1"
+    try:
+        from .. import _batch_json
+    except ImportError as exc:
+        return None, str(exc)
+    return _batch_json, None
 
 
 # ---------------------------------------------------------------- retrying POST

@@ -9,7 +9,9 @@ integers (as decimal strings, per the mapping), doubles, booleans, arrays as
 ``arrayValue`` and objects inside arrays as ``kvlistValue``. A JSON null inside an
 array becomes an empty ``AnyValue``; an integer outside int64 (JSON allows up to
 uint64 here) a ``stringValue`` with its exact decimal text.
-Spans with an error get ``status {code: 2 (ERROR), message}``.
+Spans with an error get ``status {code: 2 (ERROR), message}``. The body is written
+by the compiled ``_batch_json`` when it is built; the functions below are the
+reference it matches byte for byte, and its fallback.
 
 Settings follow the exporter variables: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (as
 is) or ``OTEL_EXPORTER_OTLP_ENDPOINT`` (+ ``/v1/traces``), ``..._HEADERS``
@@ -30,7 +32,16 @@ import requests
 from .. import __version__
 from ..errors import ConfigError
 from ..model import SpanRecord
-from .http import Compressor, RetryingPoster, RetryPolicy, SafeLog, describe, pack, parse_headers
+from .http import (
+    Compressor,
+    JoinedBody,
+    RetryingPoster,
+    RetryPolicy,
+    SafeLog,
+    compiled_batch_json,
+    describe,
+    parse_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +103,38 @@ def encode_span(record: SpanRecord) -> dict[str, Any]:
     if record.error:
         span["status"] = {"code": STATUS_CODE_ERROR, "message": record.error}
     return span
+
+
+def request_head(service_name: str) -> bytes:
+    """The request body up to its first span."""
+    resource = orjson.dumps({"attributes": [{"key": "service.name", "value": {"stringValue": service_name}}]})
+    scope = orjson.dumps({"name": SCOPE_NAME, "version": __version__})
+    return b'{"resourceSpans":[{"resource":' + resource + b',"scopeSpans":[{"scope":' + scope + b',"spans":['
+
+
+REQUEST_TAIL = b"]}]}]}"
+
+
+class BodyEncoder:
+    """The request body of a batch with each span's end: written by the compiled
+    ``_batch_json.OtlpEncoder`` when it is built (and not disabled by
+    VAULT_OBSERVE_NO_EXTENSIONS=1), else, or for a batch it leaves to the
+    reference, by ``encode_span`` and orjson, whose bytes it matches."""
+
+    def __init__(self, service_name: str, compiled: bool = True) -> None:
+        self.head = request_head(service_name)
+        self.tail = REQUEST_TAIL
+        self.load_error: str | None
+        module, self.load_error = compiled_batch_json() if compiled else (None, "not asked for")
+        self._compiled = module.OtlpEncoder(self.head, self.tail) if module is not None else None
+        self.implementation = "c" if self._compiled is not None else "py"
+
+    def encode(self, spans: Sequence[SpanRecord]) -> JoinedBody:
+        if self._compiled is not None:
+            out = self._compiled.encode(spans)
+            if out is not None:
+                return JoinedBody(out[0], out[1], len(self.head), len(self.tail))
+        return JoinedBody.join([orjson.dumps(encode_span(record)) for record in spans], self.head, self.tail)
 
 
 def _env(environ: Mapping[str, str], name: str) -> str | None:
@@ -161,14 +204,9 @@ class OtlpSink:
         self._log = SafeLog(log, secrets=[v for v in merged.values() if len(v) >= 4])
         self._max_bytes = max_batch_bytes
         self._max_spans = max_batch_spans
-        resource = orjson.dumps(
-            {"attributes": [{"key": "service.name", "value": {"stringValue": service_name}}]}
-        )
-        scope = orjson.dumps({"name": SCOPE_NAME, "version": __version__})
-        self._head = (
-            b'{"resourceSpans":[{"resource":' + resource + b',"scopeSpans":[{"scope":' + scope + b',"spans":['
-        )
-        self._tail = b"]}]}]}"
+        self.encoder = BodyEncoder(service_name)
+        self.implementation = self.encoder.implementation
+        self.load_error = self.encoder.load_error
         self.sent = 0
         self.failed = 0
         self.batches = 0
@@ -176,36 +214,35 @@ class OtlpSink:
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         if not spans:
             return 0
-        encoded = [orjson.dumps(encode_span(record)) for record in spans]
-        overhead = len(self._head) + len(self._tail)
+        batch = self.encoder.encode(spans)
+        overhead = batch.head_len + batch.tail_len
         failed = 0
-        for run in pack(encoded, self._max_bytes, self._max_spans, overhead):
-            if len(run) == 1 and len(encoded[run[0]]) + overhead > self._max_bytes:
+        for run in batch.runs(self._max_bytes, self._max_spans):
+            if len(run) == 1 and batch.ends[run[0]] - batch.start(run[0]) + overhead > self._max_bytes:
                 failed += 1
                 self._log(
                     "too-large",
                     logging.WARNING,
                     "otlp: dropped a span of %d bytes (batch limit %d)",
-                    len(encoded[run[0]]),
+                    batch.ends[run[0]] - batch.start(run[0]),
                     self._max_bytes,
                 )
                 continue
-            failed += self._post([encoded[i] for i in run], deadline)
+            failed += self._post(batch.run_body(run), len(run), deadline)
         self.sent += len(spans) - failed
         self.failed += failed
         return failed
 
-    def _post(self, spans: list[bytes], deadline: float) -> int:
+    def _post(self, body: bytes, count: int, deadline: float) -> int:
         self.batches += 1
-        body = self._compressor.compress(self._head + b",".join(spans) + self._tail)
-        result = self._poster.post(self.endpoint, body, self._headers, deadline)
+        result = self._poster.post(self.endpoint, self._compressor.compress(body), self._headers, deadline)
         if not result.ok:
             if result.retryable:
                 self._log(
                     "gave-up",
                     logging.WARNING,
                     "otlp: %d spans not delivered to %s by the deadline: %s",
-                    len(spans),
+                    count,
                     self.endpoint,
                     describe(result),
                 )
@@ -214,11 +251,11 @@ class OtlpSink:
                     f"refused-{result.status}",
                     logging.ERROR,
                     "otlp: %d spans refused by %s: %s",
-                    len(spans),
+                    count,
                     self.endpoint,
                     describe(result),
                 )
-            return len(spans)
+            return count
         rejected, message = _partial_success(result.body)
         if rejected:
             self._log(
@@ -226,10 +263,10 @@ class OtlpSink:
                 logging.WARNING,
                 "otlp: the receiver rejected %d of %d spans: %s",
                 rejected,
-                len(spans),
+                count,
                 message,
             )
-        return min(rejected, len(spans))
+        return min(rejected, count)
 
     def flush(self, timeout: float) -> None:
         pass  # nothing is buffered: ``send`` posts before it returns
