@@ -52,6 +52,12 @@ CASES = [
     ("zipkin native", "py", 2, ["--zipkin", "{zipkin}"]),
     ("zipkin sdk exporter", "c", 2, ["--zipkin", "{zipkin}", "--zipkin-encoder", "sdk"]),
     ("honeycomb native", "c", 20, ["--honeycomb", "--honeycomb-api-host", "{base}"]),
+    (
+        "honeycomb native, uncompressed",
+        "c",
+        20,
+        ["--honeycomb", "--honeycomb-api-host", "{base}", "--honeycomb-compression", "none"],
+    ),
     ("honeycomb native", "py", 2, ["--honeycomb", "--honeycomb-api-host", "{base}"]),
     (
         "honeycomb libhoney",

@@ -52,6 +52,7 @@ class Config:
     honeycomb_dataset: str = "vault"
     honeycomb_api_host: str = DEFAULT_HONEYCOMB_HOST
     honeycomb_encoder: str = "native"
+    honeycomb_compression: str = "gzip"
     otlp: str | None = None  # "" = the URL from the OTEL_EXPORTER_OTLP_* variables
     service_name: str = "vault"
     # core
@@ -236,6 +237,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="native batch encoding (default) or the libhoney library",
     )
     sinks.add_argument(
+        "--honeycomb-compression",
+        choices=("gzip", "zstd", "none"),
+        default="gzip",
+        help="request body compression (default gzip, level 1; zstd needs the zstandard package); "
+        "gzip is what limits Honeycomb throughput on a busy 2-core host",
+    )
+    sinks.add_argument(
         "--otlp",
         nargs="?",
         const="",
@@ -389,6 +397,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         honeycomb_dataset=args.honeycomb_dataset,
         honeycomb_api_host=args.honeycomb_api_host,
         honeycomb_encoder=args.honeycomb_encoder,
+        honeycomb_compression=args.honeycomb_compression,
         otlp=args.otlp,
         service_name=args.service_name,
         ttl=args.ttl,

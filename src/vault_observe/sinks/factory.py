@@ -33,6 +33,7 @@ def build_sinks(config: Config, environ: Mapping[str, str] | None = None) -> lis
                 service_name=config.service_name,
                 timeout=config.send_timeout or DEFAULT_TIMEOUT,
                 encoder=config.honeycomb_encoder,
+                compression=config.honeycomb_compression,
             )
         )
     if config.otlp is not None:
