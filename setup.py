@@ -19,6 +19,7 @@ HERE = Path(__file__).parent
 PYX = HERE / "src" / "vault_observe" / "_fast.pyx"
 ZIPKIN_PYX = HERE / "src" / "vault_observe" / "_zipkin_proto.pyx"
 BATCH_JSON_PYX = HERE / "src" / "vault_observe" / "_batch_json.pyx"
+BYTEBUF = "src/vault_observe/_bytebuf.pxi"
 REQUIRE = os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1"
 SKIP = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
 
@@ -100,6 +101,7 @@ def extensions() -> list:  # type: ignore[type-arg]
             Extension(
                 "vault_observe._zipkin_proto",
                 sources=[str(ZIPKIN_PYX.relative_to(HERE))],
+                depends=[BYTEBUF],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
             )
@@ -109,6 +111,7 @@ def extensions() -> list:  # type: ignore[type-arg]
             Extension(
                 "vault_observe._batch_json",
                 sources=[str(BATCH_JSON_PYX.relative_to(HERE))],
+                depends=[BYTEBUF],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
             )

@@ -96,40 +96,9 @@ ESCAPE[0x0D] = 0x72
 cdef const char* HEX = b"0123456789abcdef"
 
 
-cdef struct Buf:
-    char* data
-    size_t len
-    size_t cap
+include "_bytebuf.pxi"
 
 
-cdef bint reserve(Buf* b, size_t extra) noexcept nogil:
-    """Room for ``extra`` more bytes; False when out of memory."""
-    cdef size_t need = b.len + extra
-    cdef size_t cap
-    cdef char* data
-    if need <= b.cap:
-        return True
-    cap = b.cap * 2 if b.cap else 65536
-    if cap < need:
-        cap = need
-    data = <char*>realloc(b.data, cap)
-    if data == NULL:
-        return False
-    b.data = data
-    b.cap = cap
-    return True
-
-
-# The put_* functions write without a check: the caller reserved the room.
-
-cdef inline void put_byte(Buf* b, char value) noexcept nogil:
-    b.data[b.len] = value
-    b.len += 1
-
-
-cdef inline void put(Buf* b, const void* src, size_t size) noexcept nogil:
-    memcpy(b.data + b.len, src, size)
-    b.len += size
 
 
 cdef inline void put_hex64(Buf* b, uint64_t value) noexcept nogil:
@@ -357,10 +326,6 @@ cdef Py_ssize_t scan_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) 
                 return -1
         else:
             return -1  # a raw control byte
-
-
-cdef inline bint is_number_byte(unsigned char c) noexcept nogil:
-    return (0x30 <= c <= 0x39) or c == 0x2D or c == 0x2B or c == 0x2E or c == 0x65 or c == 0x45
 
 
 cdef inline Py_ssize_t skip_literal(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:

@@ -86,40 +86,9 @@ for _b in range(256):
     STOP[_b] = _b < 0x20 or _b == 0x22 or _b == 0x5C
 
 
-cdef struct Buf:
-    char* data
-    size_t len
-    size_t cap
+include "_bytebuf.pxi"
 
 
-cdef bint reserve(Buf* b, size_t extra) noexcept nogil:
-    """Room for ``extra`` more bytes; False when out of memory."""
-    cdef size_t need = b.len + extra
-    cdef size_t cap
-    cdef char* data
-    if need <= b.cap:
-        return True
-    cap = b.cap * 2 if b.cap else 4096
-    if cap < need:
-        cap = need
-    data = <char*>realloc(b.data, cap)
-    if data == NULL:
-        return False
-    b.data = data
-    b.cap = cap
-    return True
-
-
-# The put_* functions write without a check: the caller reserved the room.
-
-cdef inline void put_byte(Buf* b, unsigned char value) noexcept nogil:
-    b.data[b.len] = <char>value
-    b.len += 1
-
-
-cdef inline void put(Buf* b, const void* src, size_t size) noexcept nogil:
-    memcpy(b.data + b.len, src, size)
-    b.len += size
 
 
 cdef inline void put_varint(Buf* b, uint64_t value) noexcept nogil:
@@ -298,10 +267,6 @@ cdef Py_ssize_t skip_container(const unsigned char* p, Py_ssize_t i, Py_ssize_t 
                 return i + 1
         i += 1
     return -1
-
-
-cdef inline bint is_number_byte(unsigned char c) noexcept nogil:
-    return (0x30 <= c <= 0x39) or c == 0x2D or c == 0x2B or c == 0x2E or c == 0x65 or c == 0x45
 
 
 cdef struct Scratch:
