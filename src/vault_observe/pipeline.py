@@ -65,7 +65,13 @@ class SinkWorker:
         self._block_when_full = block_when_full
         self._closing = False
         self._final_deadline = 0.0
-        self._thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
+        # A sink that is safe to call from several threads (``concurrency`` > 1) gets that
+        # many senders, so one batch is encoded and compressed while another is in flight.
+        self._threads = [
+            threading.Thread(target=self._run, name=f"sink-{sink.name}-{i}", daemon=True)
+            for i in range(max(1, int(getattr(sink, "concurrency", 1))))
+        ]
+        self._running = len(self._threads)
         self.counts = {
             "queued": 0,
             "delivered": 0,
@@ -88,7 +94,8 @@ class SinkWorker:
         return counts["delivered"] + counts["failed"] + counts["dropped_queue_full"]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def offer(self, spans: Sequence[SpanRecord]) -> None:
         """Queue spans; never blocks unless ``block_when_full`` (file replay)."""
@@ -122,8 +129,9 @@ class SinkWorker:
 
     def join(self) -> None:
         """Wait for ``begin_stop`` to finish; count what was left and close the sink."""
-        if self._thread.is_alive():
-            self._thread.join(max(0.0, self._final_deadline - time.monotonic()) + 1.0)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, self._final_deadline - time.monotonic()) + 1.0)
         with self._cond:
             left = len(self._queue)
             self._queue.clear()
@@ -169,6 +177,11 @@ class SinkWorker:
                     self.failing_since = None
                 elif self.failing_since is None:
                     self.failing_since = time.monotonic()
+        with self._cond:
+            self._running -= 1
+            last = self._running == 0
+        if not last:
+            return  # the last sender to finish flushes the sink
         try:
             self.sink.flush(max(0.0, self._final_deadline - time.monotonic()))
         except Exception:

@@ -236,3 +236,30 @@ def test_sink_worker_batches_and_flushes_partial_batches() -> None:
     worker.begin_stop(time.monotonic() + 1)
     worker.join()
     assert sink.batches == 3  # 10 + 10 + a partial 5 after flush_interval
+
+
+def test_sink_worker_with_two_senders_delivers_each_span_once_and_flushes_once() -> None:
+    class TwoSenders(CollectingSink):
+        concurrency = 2
+
+        def __init__(self) -> None:
+            super().__init__(delay=0.01)
+            self.flushes = 0
+
+        def flush(self, timeout: float) -> None:
+            self.flushes += 1
+
+    sink = TwoSenders()
+    worker = SinkWorker(sink, queue_size=1000, batch_size=10, flush_interval=0.01, retry_window=1.0)
+    worker.start()
+    from vault_observe._core_py import Core
+
+    core = Core()
+    core.feed(b"".join(RESP % f"{i:08x}-0000-0000-0000-000000000003".encode() for i in range(200)))
+    worker.offer(core.drain())
+    wait_for(lambda: len(sink.spans) == 200)
+    worker.begin_stop(time.monotonic() + 1)
+    worker.join()
+    assert len({s.request_id for s in sink.spans}) == 200
+    assert worker.counts["delivered"] == 200
+    assert sink.flushes == 1

@@ -254,6 +254,7 @@ class _NativeSender:
         self._headers = {"X-Honeycomb-Team": api_key, "Content-Type": "application/json"}
         if self._compressor.header:
             self._headers["Content-Encoding"] = self._compressor.header
+        self._count_lock = threading.Lock()
         self.sent = 0
         self.failed = 0
         self.batches = 0
@@ -273,8 +274,9 @@ class _NativeSender:
                 )
                 continue
             failed += self._post(batch, run, deadline)
-        self.sent += len(batch) - failed
-        self.failed += failed
+        with self._count_lock:  # two senders may finish at once
+            self.sent += len(batch) - failed
+            self.failed += failed
         return failed
 
     def _post(self, batch: JoinedBody, run: list[int], deadline: float) -> int:
@@ -283,7 +285,8 @@ class _NativeSender:
         attempt = 0
         body = batch.run_body(run)
         while True:
-            self.batches += 1
+            with self._count_lock:
+                self.batches += 1
             result = self._poster.post(self._url, self._compressor.compress(body), self._headers, deadline)
             if not result.ok:
                 self._log_failure(result, len(run))
@@ -641,6 +644,7 @@ class HoneycombSink:
     """Spans as Honeycomb events; see the module docstring."""
 
     name = "honeycomb"
+    concurrency = 1  # senders the daemon may run at once (set per encoder)
 
     def __init__(
         self,
@@ -696,6 +700,8 @@ class HoneycombSink:
                 safelog,
             )
             self.implementation = self._impl.encoder.implementation
+            # Two senders: one compresses and encodes while the other's POST is in flight.
+            self.concurrency = 2
             self.load_error = self._impl.encoder.load_error
         else:
             if compression.lower() != "gzip":

@@ -305,6 +305,7 @@ class RetryingPoster:
         self.requests = 0
         self.retries = 0
         self.bytes = 0
+        self._count_lock = threading.Lock()  # a sink may post from two threads
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], deadline: float) -> PostResult:
         """POST until a final answer, the deadline or ``close``. Never raises."""
@@ -317,8 +318,9 @@ class RetryingPoster:
                 return PostResult(0, b"", "deadline passed before sending", True)
             retry_after: float | None = None
             try:
-                self.requests += 1
-                self.bytes += len(body)
+                with self._count_lock:
+                    self.requests += 1
+                    self.bytes += len(body)
                 resp = self.session.post(
                     url, data=body, headers=headers, timeout=min(self.timeout, remaining)
                 )
@@ -350,7 +352,8 @@ class RetryingPoster:
         delay = self.retry.delay(attempt) if retry_after is None else retry_after
         if self._closed.is_set() or time.monotonic() + delay >= deadline:
             return False
-        self.retries += 1
+        with self._count_lock:
+            self.retries += 1
         return not self._closed.wait(delay)
 
     def close(self) -> None:
