@@ -44,8 +44,8 @@ from .. import __version__
 from .._core_py import dump_attrs
 from ..errors import ConfigError, SinkError
 from ..model import PAIRED, PAIRING_KEY, PAIRING_NAMES, SpanRecord
+from .compression import Compressor
 from .http import (
-    Compressor,
     JoinedBody,
     PostResult,
     RetryingPoster,

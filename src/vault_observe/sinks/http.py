@@ -16,7 +16,6 @@ import os
 import random
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,48 +62,6 @@ def json_str(text: str) -> bytes:
         return orjson.dumps(text)
     except TypeError:
         return json.dumps(text).encode("ascii")
-
-
-# ---------------------------------------------------------------- compression
-
-
-class Compressor:
-    """Compress request bodies: ``gzip`` (default), ``zstd`` (when ``zstandard`` is
-    importable; otherwise gzip with a warning) or ``none``."""
-
-    def __init__(
-        self, encoding: str = "gzip", level: int | None = None, logger: logging.Logger | None = None
-    ) -> None:
-        encoding = (encoding or "none").lower()
-        if encoding not in ("gzip", "zstd", "none"):
-            raise ConfigError(f"unknown compression {encoding!r} (use gzip, zstd or none)")
-        self._zstd: Any = None
-        if encoding == "zstd":
-            try:
-                import zstandard
-            except ImportError:
-                (logger or logging.getLogger(__name__)).warning(
-                    "zstd compression asked for but the zstandard module is not installed: using gzip"
-                )
-                encoding = "gzip"
-            else:
-                self._zstd = zstandard.ZstdCompressor(level=3 if level is None else level)
-        self.encoding = encoding
-        # Level 1: the sinks share two cores with the reader; size gains above it are small.
-        self.level = 1 if level is None else level
-
-    @property
-    def header(self) -> str | None:
-        """The ``Content-Encoding`` value, None when bodies go uncompressed."""
-        return None if self.encoding == "none" else self.encoding
-
-    def compress(self, body: bytes) -> bytes:
-        if self.encoding == "gzip":
-            return zlib.compress(body, self.level, wbits=31)  # 31: gzip framing
-        if self.encoding == "zstd":
-            data: bytes = self._zstd.compress(body)
-            return data
-        return body
 
 
 def pack(items: Sequence[bytes], max_bytes: int, max_items: int, overhead: int = 2) -> Iterable[list[int]]:

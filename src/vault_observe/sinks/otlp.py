@@ -32,8 +32,8 @@ import requests
 from .. import __version__
 from ..errors import ConfigError
 from ..model import SpanRecord
+from .compression import Compressor
 from .http import (
-    Compressor,
     JoinedBody,
     RetryingPoster,
     RetryPolicy,

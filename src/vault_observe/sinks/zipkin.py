@@ -28,7 +28,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -39,6 +38,7 @@ from .. import __version__
 from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
 from . import zipkin_proto_py
+from .compression import gzip_compress
 from .zipkin_proto_py import build_tags, loads_attrs, scope_tags
 
 if TYPE_CHECKING:
@@ -145,8 +145,7 @@ class HttpPoster:
         """What goes on the wire for ``payload``."""
         if not self._gzip:
             return payload
-        packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: gzip framing
-        return packer.compress(payload) + packer.flush()
+        return gzip_compress(payload)
 
     def post(self, body: bytes, timeout: float) -> int:
         """The response status; raises OSError/HTTPException when there is none."""
@@ -241,8 +240,7 @@ class SdkPath:
             def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
                 data = kwargs.get("data")
                 if gzip and isinstance(data, bytes):
-                    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
-                    kwargs["data"] = data = packer.compress(data) + packer.flush()
+                    kwargs["data"] = data = gzip_compress(data)
                     kwargs["headers"] = {**(kwargs.get("headers") or {}), "Content-Encoding": "gzip"}
                 self.last_status = None
                 self.last_size = len(data) if isinstance(data, bytes) else 0
