@@ -459,8 +459,10 @@ class Core:
         samples, self._bad_samples = self._bad_samples, {}
         return samples
 
-    def feed(self, data: bytes, now_ns: int | None = None) -> int:
+    def feed(self, data: bytes | bytearray | memoryview, now_ns: int | None = None) -> int:
         """Process whole lines; return how many spans are ready."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
         counts = self._counts
         prefix = self.prefix
         for line in data.split(b"\n"):

@@ -400,7 +400,7 @@ class Daemon:
         if self.config.capture:
             self._capture = open(self.config.capture, "ab")  # noqa: SIM115 - closed in _finish
 
-    def _feed(self, chunk: bytes, now_ns: int | None) -> None:
+    def _feed(self, chunk: bytes | memoryview, now_ns: int | None) -> None:
         if self._capture is not None:
             self._capture.write(chunk)
         self.core.feed(chunk, now_ns)

@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import cast
 
-from ..framing import FramingCounters, LineFramer
-
-READ_BYTES = 1 << 20
+from ..framing import FramingCounters, StreamFramer
 
 
-def read_file(path: str, *, max_line_bytes: int, counters: FramingCounters) -> Iterator[bytes]:
-    """Yield chunks of whole lines; a last line without ``\\n`` is a truncated entry."""
-    framer = LineFramer(max_line_bytes, counters)
-    stream: BinaryIO
+def read_file(path: str, *, max_line_bytes: int, counters: FramingCounters) -> Iterator[memoryview]:
+    """Yield chunks of whole lines, each valid until the next one is asked for;
+    a last line without ``\\n`` is a truncated entry."""
     if path == "-":
-        stream = sys.stdin.buffer
-        yield from _chunks(stream, framer)
+        yield from _chunks(StreamFramer(cast(io.BufferedReader, sys.stdin.buffer), max_line_bytes, counters))
         return
-    with open(path, "rb") as stream:
-        yield from _chunks(stream, framer)
+    with open(path, "rb", buffering=0) as stream:
+        yield from _chunks(StreamFramer(stream, max_line_bytes, counters))
 
 
-def _chunks(stream: BinaryIO, framer: LineFramer) -> Iterator[bytes]:
+def _chunks(framer: StreamFramer) -> Iterator[memoryview]:
     while True:
-        data = stream.read(READ_BYTES)
-        if not data:
+        lines = framer.read()
+        if lines is None:
             break
-        lines = framer.feed(data)
         if lines:
             yield lines
     framer.close()

@@ -15,6 +15,7 @@ Rotation, polled (no inotify needed):
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -22,14 +23,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-from ..framing import FramingCounters, LineFramer
+from ..framing import FramingCounters, StreamFramer
 
 log = logging.getLogger("vault_observe.sources")
-
-READ_BYTES = 1 << 20
-
 
 @dataclass(frozen=True)
 class Position:
@@ -43,7 +40,7 @@ class Position:
 
 @dataclass(frozen=True)
 class Chunk:
-    lines: bytes  # whole lines
+    lines: memoryview  # whole lines, valid until the next chunk is asked for
     position: Position  # the position just after them
 
 
@@ -94,17 +91,17 @@ class FileFollower:
         self.rotations = 0
         self.truncations = 0
         self._start = start
-        self._file: BinaryIO | None = None
+        self._file: io.FileIO | None = None
         self._dev = 0
         self._inode = 0
         self._offset = 0  # after the last whole line handed out
-        self._framer = LineFramer(max_line_bytes, counters)
+        self._framer: StreamFramer | None = None
 
     # -- opening
 
     def _open(self, path: str, offset: int) -> bool:
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - kept open while following
+            fh = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open while following
         except FileNotFoundError:
             return False
         st = os.fstat(fh.fileno())
@@ -114,11 +111,12 @@ class FileFollower:
         fh.seek(offset)
         self._close()
         self._file, self._dev, self._inode, self._offset = fh, st.st_dev, st.st_ino, offset
-        self._framer = LineFramer(self.max_line_bytes, self.counters)
+        self._framer = StreamFramer(fh, self.max_line_bytes, self.counters)
         return True
 
     def _close(self) -> None:
         if self._file is not None:
+            assert self._framer is not None
             self._framer.close()
             self._file.close()
             self._file = None
@@ -156,12 +154,11 @@ class FileFollower:
         return Position(self.path, self._dev, self._inode, self._offset)
 
     def _read_available(self) -> Iterator[Chunk]:
-        assert self._file is not None
+        assert self._file is not None and self._framer is not None
         while True:
-            data = self._file.read(READ_BYTES)
-            if not data:
+            lines = self._framer.read()
+            if lines is None:
                 return
-            lines = self._framer.feed(data)
             # The offset moves past whole lines only; a partial tail is re-read after a restart.
             self._offset = self._file.tell() - self._framer.buffered
             if lines:
