@@ -4,6 +4,7 @@ else zlib), zstd (when ``zstandard`` is installed) or none."""
 from __future__ import annotations
 
 import logging
+import threading
 import zlib
 from types import ModuleType
 from typing import Any
@@ -39,7 +40,8 @@ class Compressor:
         encoding = (encoding or "none").lower()
         if encoding not in ("gzip", "zstd", "none"):
             raise ConfigError(f"unknown compression {encoding!r} (use gzip, zstd or none)")
-        self._zstd: Any = None
+        self._zstd: Any = None  # the zstandard module
+        self._local = threading.local()
         if encoding == "zstd":
             try:
                 import zstandard
@@ -49,10 +51,11 @@ class Compressor:
                 )
                 encoding = "gzip"
             else:
-                self._zstd = zstandard.ZstdCompressor(level=3 if level is None else level)
+                self._zstd = zstandard
         self.encoding = encoding
         # Level 1: the sinks share two cores with the reader; size gains above it are small.
         self.level = 1 if level is None else level
+        self._zstd_level = 3 if level is None else level
 
     @property
     def header(self) -> str | None:
@@ -63,6 +66,10 @@ class Compressor:
         if self.encoding == "gzip":
             return gzip_compress(body, self.level)
         if self.encoding == "zstd":
-            data: bytes = self._zstd.compress(body)
+            # A ZstdCompressor must not be used by two threads at once: one per thread.
+            packer = getattr(self._local, "zstd", None)
+            if packer is None:
+                packer = self._local.zstd = self._zstd.ZstdCompressor(level=self._zstd_level)
+            data: bytes = packer.compress(body)
             return data
         return body
