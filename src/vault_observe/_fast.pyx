@@ -40,6 +40,7 @@ cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
     object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
+    void PyObject_GC_UnTrack(void *op)
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
     void *PyUnicode_DATA(object o)
 
@@ -217,6 +218,10 @@ cdef object _new_span(object trace_id, object span_id, object parent_span_id, ob
     _set_slot(span, _OFF[8], request_id)
     _set_slot(span, _OFF[9], attrs_json)
     _set_slot(span, _OFF[10], sample_rate)
+    # Every slot holds an int, str, bytes or None, so a record can never be part of
+    # a reference cycle: keep it out of the collector's lists. A full queue holds
+    # hundreds of thousands of records that each collection would walk otherwise.
+    PyObject_GC_UnTrack(<void *> span)
     return span
 
 # ---------------------------------------------------------------- ids

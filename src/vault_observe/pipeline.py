@@ -9,6 +9,7 @@ file replay, which has no Vault to hold up, waits for room instead.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -102,11 +103,16 @@ class SinkWorker:
         with self._cond:
             queue = self._queue
             if self._block_when_full:
-                for span in spans:
-                    while len(queue) >= self._queue_size and not self._closing:
+                done = 0
+                while done < len(spans):
+                    room = self._queue_size - len(queue)
+                    if room <= 0 and not self._closing:
                         self._cond.notify_all()  # wake the worker before waiting for room
                         self._cond.wait()
-                    queue.append(span)
+                        continue
+                    take = len(spans) - done if self._closing else min(room, len(spans) - done)
+                    queue.extend(spans[done : done + take])
+                    done += take
                 self.counts["queued"] += len(spans)
             else:
                 room = self._queue_size - len(queue)
@@ -247,6 +253,9 @@ class Daemon:
         # Hand the GIL over sooner: the sink threads wake right after compressing or
         # sending (C code that released it) instead of waiting out the default 5 ms.
         switch_interval = sys.getswitchinterval()
+        # What start-up made (modules, config, sinks) lives as long as the process:
+        # leave it out of every later full collection.
+        gc.freeze()
         sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             if self.config.follow:
