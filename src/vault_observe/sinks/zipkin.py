@@ -122,7 +122,8 @@ def _join(content_type: str, parts: list[bytes]) -> bytes:
 
 
 class HttpPoster:
-    """POSTs bodies to one URL over a kept-alive ``http.client`` connection."""
+    """POSTs bodies to one URL over kept-alive ``http.client`` connections, one per
+    calling thread (so several senders may post at once)."""
 
     def __init__(
         self, url: str, content_type: str, *, gzip: bool = False, headers: Mapping[str, str] | None = None
@@ -139,7 +140,9 @@ class HttpPoster:
         if gzip:
             self.headers["Content-Encoding"] = "gzip"
         self.headers.update(headers or {})
-        self._conn: http.client.HTTPConnection | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close()
 
     def body(self, payload: bytes) -> bytes:
         """What goes on the wire for ``payload``."""
@@ -150,10 +153,12 @@ class HttpPoster:
     def post(self, body: bytes, timeout: float) -> int:
         """The response status; raises OSError/HTTPException when there is none."""
         for fresh_retry in (False, True):
-            conn = self._conn
+            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
             reused = conn is not None and conn.sock is not None
             if conn is None:
-                conn = self._conn = self._connection(timeout)
+                conn = self._local.conn = self._connection(timeout)
+                with self._lock:
+                    self._open.add(conn)
             conn.timeout = timeout
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
@@ -162,12 +167,12 @@ class HttpPoster:
                 response = conn.getresponse()
                 response.read()
             except (ConnectionResetError, BrokenPipeError, http.client.BadStatusLine):
-                self.close()
+                self._drop(conn)
                 if reused and not fresh_retry:
                     continue  # the server dropped an idle kept-alive connection: once more at once
                 raise
             except BaseException:
-                self.close()
+                self._drop(conn)
                 raise
             return response.status
         raise AssertionError("unreachable")
@@ -177,9 +182,17 @@ class HttpPoster:
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
+    def _drop(self, conn: http.client.HTTPConnection) -> None:
+        """Close this thread's connection; the next post opens a new one."""
+        self._local.conn = None
+        with self._lock:
+            self._open.discard(conn)
+        conn.close()
+
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        with self._lock:
+            conns, self._open = self._open, set()
+        for conn in conns:
             conn.close()
 
 
@@ -322,6 +335,7 @@ class ZipkinSink:
     """
 
     name = "zipkin"
+    concurrency = 1  # senders the daemon may run at once (2 for the body encoders)
 
     def __init__(
         self,
@@ -354,6 +368,8 @@ class ZipkinSink:
         self._log = rate_log or RateLimitedLog(log, 60.0)
         self._closing = threading.Event()
         self._counts = {"sent": 0, "failed": 0, "retries": 0, "batches": 0, "bytes": 0}
+        self._lock = threading.Lock()  # senders may run in several threads at once
+        self._local = threading.local()  # what the current send has counted failed
         self._sdk: SdkPath | None = None
         self._body: _BodyEncoder | None = None
         self._poster: HttpPoster | None = None
@@ -367,6 +383,8 @@ class ZipkinSink:
                 factory, self.load_error = proto_encoder_class()
             self._body = factory(service_name, SCOPE_NAME, __version__)
             self._poster = HttpPoster(endpoint, self._body.content_type, gzip=gzip, headers=headers)
+            # Two senders: one encodes the next batch while the other's POST is in flight.
+            self.concurrency = 2
             self.implementation = str(getattr(self._body, "implementation", "py"))
 
     # -- the Sink protocol
@@ -374,7 +392,7 @@ class ZipkinSink:
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         if not spans:
             return 0
-        failed_before = self._counts["failed"]
+        self._local.failed = 0
         try:
             if self._sdk is not None:
                 delivered = self._send_sdk(spans, deadline)
@@ -383,7 +401,7 @@ class ZipkinSink:
         except Exception:  # a bug must not take the worker down: count and log it
             log.exception("zipkin: unexpected error; %d spans dropped", len(spans))
             delivered = 0
-            self._counts["failed"] = failed_before + len(spans)
+            self._count(failed=len(spans) - self._local.failed)
         return len(spans) - delivered
 
     def flush(self, timeout: float) -> None:
@@ -397,7 +415,8 @@ class ZipkinSink:
             self._sdk.close()
 
     def stats(self) -> dict[str, int]:
-        return dict(self._counts)
+        with self._lock:
+            return dict(self._counts)
 
     # -- internals
 
@@ -444,15 +463,21 @@ class ZipkinSink:
                 readables = good
         return 0
 
+    def _count(self, **amounts: int) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                self._counts[name] += amount
+        if "failed" in amounts:
+            self._local.failed = getattr(self._local, "failed", 0) + amounts["failed"]
+
     def _unencodable(self, span: str, exc: BaseException) -> None:
-        self._counts["failed"] += 1
+        self._count(failed=1)
         self._log("encode", logging.ERROR, "zipkin: cannot encode span %s: %s", span, exc)
 
     def _deliver(
         self, post: Callable[[float], int], size: int | Callable[[], int], count: int, deadline: float
     ) -> int:
         """POST until accepted, refused, or out of time; how many spans went through."""
-        counts = self._counts
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -464,12 +489,10 @@ class ZipkinSink:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 if status in SUCCESS_STATUSES:
-                    counts["sent"] += count
-                    counts["batches"] += 1
-                    counts["bytes"] += size if isinstance(size, int) else size()
+                    self._count(sent=count, batches=1, bytes=size if isinstance(size, int) else size())
                     return count
                 if status not in RETRY_STATUSES and status < 500:
-                    counts["failed"] += count
+                    self._count(failed=count)
                     self._log(
                         f"status-{status}",
                         logging.ERROR,
@@ -486,10 +509,10 @@ class ZipkinSink:
             if self._closing.wait(delay):
                 return self._give_up(count, attempt + 1, "closing")
             attempt += 1
-            counts["retries"] += 1
+            self._count(retries=1)
 
     def _give_up(self, count: int, attempts: int, reason: str) -> int:
-        self._counts["failed"] += count
+        self._count(failed=count)
         self._log(
             "give-up",
             logging.WARNING,
