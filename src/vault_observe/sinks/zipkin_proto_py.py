@@ -46,7 +46,8 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [_varint(i) for i in range(1 << 14)]  # every one- and two-byte varint
+# every one- and two-byte varint (built directly: this runs at import)
+_SMALL = [bytes((i,)) for i in range(0x80)] + [bytes(((i & 0x7F) | 0x80, i >> 7)) for i in range(0x80, 1 << 14)]
 
 
 def varint(value: int) -> bytes:
