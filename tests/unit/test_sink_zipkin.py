@@ -506,10 +506,10 @@ def test_keep_alive_connection_is_reused(sample_spans: list[SpanRecord], receive
     sink = zk.ZipkinSink(receiver.url, service_name=SERVICE)
     for i in range(5):
         assert sink.send(sample_spans[i * 10 : i * 10 + 10], time.monotonic() + 10) == 0
-    assert sink._poster is not None and sink._poster._local.conn is not None
-    local = sink._poster._local.conn.sock.getsockname()
+    assert sink._poster is not None and sink._poster.transport._local.conn is not None
+    local = sink._poster.transport._local.conn.sock.getsockname()
     assert sink.send(sample_spans[50:60], time.monotonic() + 10) == 0
-    assert sink._poster._local.conn.sock.getsockname() == local
+    assert sink._poster.transport._local.conn.sock.getsockname() == local
     assert sink.stats()["retries"] == 0
 
 
@@ -526,7 +526,7 @@ def test_two_senders_post_at_once_on_their_own_connections(
     def sender(k: int) -> None:
         for i in range(k, 60, 2):
             failed.append(sink.send(sample_spans[i : i + 1], time.monotonic() + 10))
-        sockets[k] = poster._local.conn.sock.getsockname()
+        sockets[k] = poster.transport._local.conn.sock.getsockname()
 
     threads = [threading.Thread(target=sender, args=(k,)) for k in range(2)]
     for thread in threads:
@@ -538,7 +538,7 @@ def test_two_senders_post_at_once_on_their_own_connections(
     assert sink.stats()["sent"] == 60 and sink.stats()["batches"] == 60
     assert sorted(s["name"] for s in receiver.spans) == sorted(s.name for s in sample_spans[:60])
     sink.close()
-    assert not poster._open
+    assert not poster.transport._open
 
 
 # ---------------------------------------------------------------- setup

@@ -38,7 +38,6 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-import requests
 
 from .. import __version__
 from .._core_py import dump_attrs
@@ -241,13 +240,12 @@ class _NativeSender:
         max_batch_bytes: int,
         max_batch_events: int,
         retry: RetryPolicy | None,
-        session: requests.Session | None,
         safelog: SafeLog,
     ) -> None:
         self._url = url
         self.encoder = BatchEncoder(service_name)
         self._compressor = Compressor(compression, logger=log)
-        self._poster = RetryingPoster(timeout=timeout, retry=retry, session=session)
+        self._poster = RetryingPoster(timeout=timeout, retry=retry)
         self._log = safelog
         self._max_bytes = max_batch_bytes
         self._max_events = max_batch_events
@@ -617,6 +615,8 @@ class _LibhoneySender:
 
 def _transient(error: object) -> bool:
     """libhoney's status-0 errors worth another try: no answer, or urllib3 gave up on 5xx/429."""
+    import requests  # libhoney's transport; loaded only with the libhoney encoder
+
     if isinstance(
         error,
         (
@@ -659,7 +659,6 @@ class HoneycombSink:
         max_batch_bytes: int = MAX_BATCH_BYTES,
         max_batch_events: int = MAX_BATCH_EVENTS,
         retry: RetryPolicy | None = None,
-        session: requests.Session | None = None,
         libhoney_batch_size: int = 100,
         libhoney_send_frequency: float = 0.25,
         libhoney_max_pending: int = 10_000,
@@ -696,7 +695,6 @@ class HoneycombSink:
                 max_batch_bytes,
                 max_batch_events,
                 retry,
-                session,
                 safelog,
             )
             self.implementation = self._impl.encoder.implementation

@@ -18,17 +18,14 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from email.message import Message
 from typing import Any
 
 import orjson
-import requests
 
-from .. import __version__
 from ..errors import ConfigError
 from ..ratelog import RateLimitedLog
-
-USER_AGENT = f"vault-observe/{__version__}"
-
+from .transport import TRANSIENT_ERRORS, Transport
 
 # ---------------------------------------------------------------- formatting
 
@@ -205,20 +202,11 @@ class PostResult:
     body: bytes
     error: str  # "" when ok
     retryable: bool  # the last failure was transient (the deadline or a close ended the retries)
-    headers: Mapping[str, str] | None = None
+    headers: Message | None = None  # the answer's headers (case-insensitive)
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status <= 299
-
-
-# Exceptions after which the same request may well succeed.
-_TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
 
 
 class SafeLog:
@@ -239,25 +227,19 @@ class SafeLog:
 
 
 class RetryingPoster:
-    """POST bodies over keep-alive connections, retrying transient failures until a deadline.
+    """POST bodies over keep-alive connections (``transport.Transport``, one per URL),
+    retrying transient failures until a deadline.
 
     Counters (``requests``, ``retries``, ``bytes``) are kept for the sink's stats.
     ``close`` cuts short any backoff in progress.
     """
 
-    def __init__(
-        self,
-        *,
-        timeout: float = 10.0,
-        retry: RetryPolicy | None = None,
-        session: requests.Session | None = None,
-    ) -> None:
+    def __init__(self, *, timeout: float = 10.0, retry: RetryPolicy | None = None) -> None:
         if timeout <= 0:
             raise ConfigError(f"timeout must be positive, not {timeout}")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.session = session if session is not None else requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
+        self._transports: dict[str, Transport] = {}
         self._closed = threading.Event()
         self.requests = 0
         self.retries = 0
@@ -275,22 +257,20 @@ class RetryingPoster:
                 return PostResult(0, b"", "deadline passed before sending", True)
             retry_after: float | None = None
             try:
+                transport = self._transport(url)
                 with self._count_lock:
                     self.requests += 1
                     self.bytes += len(body)
-                resp = self.session.post(
-                    url, data=body, headers=headers, timeout=min(self.timeout, remaining)
-                )
-            except _TRANSIENT as exc:
+                resp = transport.post(body, min(self.timeout, remaining), headers)
+            except TRANSIENT_ERRORS as exc:
                 result = PostResult(0, b"", f"{type(exc).__name__}: {exc}", True)
             except Exception as exc:  # bad URL, bad header...: another try would fail the same way
                 return PostResult(0, b"", f"{type(exc).__name__}: {exc}", False)
             else:
-                status = int(resp.status_code)
-                content = bytes(resp.content or b"")
+                status = resp.status
                 result = PostResult(
                     status,
-                    content,
+                    resp.body,
                     "" if 200 <= status <= 299 else f"HTTP {status}",
                     is_retryable(status),
                     resp.headers,
@@ -313,9 +293,19 @@ class RetryingPoster:
             self.retries += 1
         return not self._closed.wait(delay)
 
+    def _transport(self, url: str) -> Transport:
+        transport = self._transports.get(url)
+        if transport is None:
+            with self._count_lock:
+                transport = self._transports.setdefault(url, Transport(url))
+        return transport
+
     def close(self) -> None:
         self._closed.set()
-        self.session.close()
+        with self._count_lock:
+            transports = list(self._transports.values())
+        for transport in transports:
+            transport.close()
 
 
 def describe(result: PostResult, limit: int = 200) -> str:

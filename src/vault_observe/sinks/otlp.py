@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-import requests
 
 from .. import __version__
 from ..errors import ConfigError
@@ -173,7 +172,6 @@ class OtlpSink:
         max_batch_bytes: int = MAX_BATCH_BYTES,
         max_batch_spans: int = MAX_BATCH_SPANS,
         retry: RetryPolicy | None = None,
-        session: requests.Session | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
@@ -199,7 +197,7 @@ class OtlpSink:
         self._headers = {**merged, "content-type": "application/json"}
         if self._compressor.header:
             self._headers["content-encoding"] = self._compressor.header
-        self._poster = RetryingPoster(timeout=timeout, retry=retry, session=session)
+        self._poster = RetryingPoster(timeout=timeout, retry=retry)
         # Header values often carry credentials: mask them all in the log.
         self._log = SafeLog(log, secrets=[v for v in merged.values() if len(v) >= 4])
         self._max_bytes = max_batch_bytes

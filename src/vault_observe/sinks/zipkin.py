@@ -39,6 +39,7 @@ from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
 from . import zipkin_proto_py
 from .compression import gzip_compress
+from .transport import Transport
 from .zipkin_proto_py import build_tags, loads_attrs, scope_tags
 
 if TYPE_CHECKING:
@@ -122,27 +123,16 @@ def _join(content_type: str, parts: list[bytes]) -> bytes:
 
 
 class HttpPoster:
-    """POSTs bodies to one URL over kept-alive ``http.client`` connections, one per
-    calling thread (so several senders may post at once)."""
+    """POSTs bodies to one URL (see ``transport.Transport``), gzipped when asked."""
 
     def __init__(
         self, url: str, content_type: str, *, gzip: bool = False, headers: Mapping[str, str] | None = None
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._gzip = gzip
-        self.headers = {"Content-Type": content_type, "User-Agent": f"vault-observe/{__version__}"}
+        fixed = {"Content-Type": content_type}
         if gzip:
-            self.headers["Content-Encoding"] = "gzip"
-        self.headers.update(headers or {})
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close()
+            fixed["Content-Encoding"] = "gzip"
+        self._gzip = gzip
+        self.transport = Transport(url, {**fixed, **(headers or {})})
 
     def body(self, payload: bytes) -> bytes:
         """What goes on the wire for ``payload``."""
@@ -152,48 +142,10 @@ class HttpPoster:
 
     def post(self, body: bytes, timeout: float) -> int:
         """The response status; raises OSError/HTTPException when there is none."""
-        for fresh_retry in (False, True):
-            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-            reused = conn is not None and conn.sock is not None
-            if conn is None:
-                conn = self._local.conn = self._connection(timeout)
-                with self._lock:
-                    self._open.add(conn)
-            conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-            try:
-                conn.request("POST", self._path, body=body, headers=self.headers)
-                response = conn.getresponse()
-                response.read()
-            except (ConnectionResetError, BrokenPipeError, http.client.BadStatusLine):
-                self._drop(conn)
-                if reused and not fresh_retry:
-                    continue  # the server dropped an idle kept-alive connection: once more at once
-                raise
-            except BaseException:
-                self._drop(conn)
-                raise
-            return response.status
-        raise AssertionError("unreachable")
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-
-    def _drop(self, conn: http.client.HTTPConnection) -> None:
-        """Close this thread's connection; the next post opens a new one."""
-        self._local.conn = None
-        with self._lock:
-            self._open.discard(conn)
-        conn.close()
+        return self.transport.post(body, timeout).status
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._open = self._open, set()
-        for conn in conns:
-            conn.close()
+        self.transport.close()
 
 
 class _Unencodable(Exception):
