@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import http.client
+import os
 import threading
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
@@ -128,6 +128,10 @@ class Transport:
 def _proxy_for(url: str) -> tuple[str, int, str] | None:
     """(host, port, Proxy-Authorization value or "") of the proxy the environment
     names for ``url``, or None."""
+    if not any(name.lower().endswith("_proxy") for name in os.environ):
+        return None  # the common case, without importing urllib.request
+    import urllib.request
+
     parts = urlsplit(url)
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme) or proxies.get("all")

@@ -24,6 +24,7 @@ or an array equals what ``str()``/``json.dumps`` give for the decoded value.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -46,12 +47,14 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-# every one- and two-byte varint (built directly: this runs at import)
-_SMALL = [bytes((i,)) for i in range(0x80)] + [bytes(((i & 0x7F) | 0x80, i >> 7)) for i in range(0x80, 1 << 14)]
+@functools.cache
+def _small_varints() -> list[bytes]:
+    """Every one- and two-byte varint, made on first use (not at import)."""
+    return [bytes((i,)) for i in range(0x80)] + [bytes(((i & 0x7F) | 0x80, i >> 7)) for i in range(0x80, 1 << 14)]
 
 
 def varint(value: int) -> bytes:
-    return _SMALL[value] if value < 16384 else _varint(value)
+    return _small_varints()[value] if value < 16384 else _varint(value)
 
 
 def _len_field(tag: int, payload: bytes) -> bytes:
