@@ -59,6 +59,7 @@ class SinkWorker:
         self.name = sink.name
         self._queue: deque[SpanRecord] = deque()
         self._cond = threading.Condition()
+        self._blocked = False  # a replay waits in offer for room
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -102,13 +103,17 @@ class SinkWorker:
         """Queue spans; never blocks unless ``block_when_full`` (file replay)."""
         with self._cond:
             queue = self._queue
+            before = len(queue)
             if self._block_when_full:
                 done = 0
                 while done < len(spans):
                     room = self._queue_size - len(queue)
                     if room <= 0 and not self._closing:
                         self._cond.notify_all()  # wake the worker before waiting for room
+                        self._blocked = True
                         self._cond.wait()
+                        self._blocked = False
+                        before = 0  # the workers may all be waiting again
                         continue
                     take = len(spans) - done if self._closing else min(room, len(spans) - done)
                     queue.extend(spans[done : done + take])
@@ -124,7 +129,12 @@ class SinkWorker:
                     queue.extend(spans[:taken])
                     self.counts["dropped_queue_full"] += len(spans) - taken
                 self.counts["queued"] += taken
-            self._cond.notify_all()
+            # Wake the senders only when there is news for them: the first spans (a
+            # partial batch starts its flush_interval) or another full batch. Each
+            # wake-up takes the GIL from the reader.
+            size = self._batch_size
+            if (before == 0 and queue) or len(queue) // size > before // size:
+                self._cond.notify_all()
 
     def begin_stop(self, deadline: float) -> None:
         """Deliver what is queued until ``deadline`` (monotonic), then flush the sink."""
@@ -160,7 +170,8 @@ class SinkWorker:
                 )
             n = min(self._batch_size, len(self._queue))
             batch = [self._queue.popleft() for _ in range(n)]
-            self._cond.notify_all()  # room for a blocked replay
+            if self._blocked:
+                self._cond.notify_all()  # room for the replay waiting in offer
             return batch
 
     def _run(self) -> None:
