@@ -80,8 +80,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             write(f"c/py: {RESULTS['c']['lines_per_s'] / RESULTS['py']['lines_per_s']:.1f}x")
     if RESULTS_E2E:
         terminalreporter.section("vault-observe --input FILE end to end (best round, process start included)")
-        naive = next((r for k, r in RESULTS_E2E.items() if k.startswith("naive")), None)
-        for case, r in RESULTS_E2E.items():
-            rate = r["lines"] / r["best_s"]
-            ratio = f"  {rate / (naive['lines'] / naive['best_s']):6.1f}x naive" if naive else ""
-            write(f"{case:<62} {rate:>10,.0f} lines/s{ratio}")
+        rates = {case: r["lines"] / r["best_s"] for case, r in RESULTS_E2E.items()}
+        naive = next((rate for case, rate in rates.items() if case.startswith("naive")), None)
+        libhoney = next((rate for case, rate in rates.items() if "libhoney" in case), None)
+        for case, rate in rates.items():
+            ratio = f"  {rate / naive:6.1f}x the naive pipeline" if naive else ""
+            if libhoney and case.startswith("honeycomb"):
+                ratio += f"  {rate / libhoney:6.1f}x libhoney"
+            write(f"{case:<64} {rate:>10,.0f} lines/s{ratio}")

@@ -337,6 +337,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a failed batch is retried before its spans are dropped (default 30)",
     )
     work.add_argument(
+        "--shutdown-timeout",
+        type=_positive_float,
+        default=15.0,
+        help="at exit (a signal, or the end of --input), seconds left to deliver what is queued; "
+        "what is still queued then is dropped and counted (default 15)",
+    )
+    work.add_argument(
         "--summary-interval",
         type=_positive_float,
         default=60.0,
@@ -413,6 +420,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
         flush_interval=args.flush_interval,
         send_timeout=args.send_timeout,
         retry_window=args.retry_window,
+        shutdown_timeout=args.shutdown_timeout,
         summary_interval=args.summary_interval,
         metrics_address=args.metrics_address,
         health_failure_seconds=args.health_failure_seconds,

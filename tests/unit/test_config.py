@@ -117,9 +117,11 @@ def test_config_file_covers_flags(tmp_path) -> None:  # type: ignore[no-untyped-
         tmp_path,
         'listen = ["tcp://127.0.0.1:9090", "udp://127.0.0.1:9091"]\n'
         'ttl = 5\nstdout = true\nzipkin = true\nsocket-mode = "0660"\nmax_pending = 10\n'
-        'honeycomb-dataset = "from-file"\n',
+        'honeycomb-dataset = "from-file"\nshutdown-timeout = 2.5\n',
     )
     config, _ = load_config(["--config", path], env={})
+    assert config.shutdown_timeout == 2.5
+    assert load_config(["--config", path, "--shutdown-timeout", "90"], env={})[0].shutdown_timeout == 90
     assert [str(item) for item in config.listeners] == ["tcp://127.0.0.1:9090", "udp://127.0.0.1:9091"]
     assert config.ttl == 5 and config.stdout and config.zipkin == DEFAULT_ZIPKIN_URL
     assert config.socket_mode == 0o660 and config.max_pending == 10
