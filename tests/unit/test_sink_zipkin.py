@@ -569,16 +569,31 @@ def test_bad_settings(kwargs: dict[str, Any], message: str) -> None:
             zk.ZipkinSink("ftp://example.org/", encoder=encoder)
 
 
-def test_make_zipkin_sink_from_config(receiver: ZipkinReceiver, sample_spans: list[SpanRecord]) -> None:
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_make_zipkin_sink_from_config(
+    receiver: ZipkinReceiver, sample_spans: list[SpanRecord], compression: str
+) -> None:
     config = SimpleNamespace(
-        zipkin=receiver.url, zipkin_encoder="json", service_name="vault", send_timeout=5.0
+        zipkin=receiver.url,
+        zipkin_encoder="json",
+        zipkin_compression=compression,
+        service_name="vault",
+        send_timeout=5.0,
     )
     sink = zk.make_zipkin_sink(config)
     assert (sink.name, sink.encoder, sink.service_name, sink.timeout) == ("zipkin", "json", "vault", 5.0)
     assert sink.send(sample_spans[:2], time.monotonic() + 5) == 0
     assert receiver.spans[0]["localEndpoint"] == {"serviceName": "vault"}
+    assert receiver.requests[0]["headers"].get("Content-Encoding") == (None if compression == "none" else "gzip")
     sink.flush(1.0)
     sink.close()
+
+
+def test_zipkin_compression_flag() -> None:
+    from vault_observe.config import load_config
+
+    assert load_config(["--zipkin"], env={})[0].zipkin_compression == "none"
+    assert load_config(["--zipkin", "--zipkin-compression", "gzip"], env={})[0].zipkin_compression == "gzip"
 
 
 def test_sdk_exporter_error_log_is_rate_limited(

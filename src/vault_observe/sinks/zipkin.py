@@ -482,6 +482,7 @@ class ZipkinSettings(Protocol):
 
     zipkin: str | None
     zipkin_encoder: str
+    zipkin_compression: str
     service_name: str
     send_timeout: float | None
 
@@ -492,4 +493,5 @@ def make_zipkin_sink(config: ZipkinSettings) -> ZipkinSink:
         encoder=config.zipkin_encoder,
         service_name=config.service_name,
         timeout=config.send_timeout or 10.0,
+        gzip=config.zipkin_compression == "gzip",
     )
