@@ -419,7 +419,11 @@ class Core:
         exclude: Sequence[str] = (),
         sample_rate: int = 1,
         trace_context: bool = True,
+        release_gil: bool = False,
     ) -> None:
+        # The compiled core may parse big chunks without the GIL, for the threads
+        # that wait for it; this one cannot, and keeps the setting for the same API.
+        self.release_gil = bool(release_gil)
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         if sample_rate < 1:

@@ -27,6 +27,8 @@ class Core:
     def sample_rate(self) -> int: ...
     @property
     def trace_context(self) -> bool: ...
+    @property
+    def release_gil(self) -> bool: ...
     def __init__(
         self,
         *,
@@ -39,6 +41,7 @@ class Core:
         exclude: Sequence[str] = (),
         sample_rate: int = 1,
         trace_context: bool = True,
+        release_gil: bool = False,
     ) -> None: ...
     @property
     def pending(self) -> int: ...

@@ -50,15 +50,15 @@ cdef extern from "simdjson.h" namespace "simdjson":
         SUCCESS "simdjson::SUCCESS"
     cdef cppclass simdjson_result[T]:
         simdjson_result()
-        error_code error()
-        T &value_unsafe()
+        error_code error() nogil
+        T &value_unsafe() nogil
 
 cdef extern from "simdjson.h" namespace "simdjson::dom":
     cdef cppclass element "simdjson::dom::element":
         element()
     cdef cppclass dom_parser "simdjson::dom::parser":
         dom_parser() except +
-        simdjson_result[element] parse(const char *buf, size_t length, bint realloc_if_needed)
+        simdjson_result[element] parse(const char *buf, size_t length, bint realloc_if_needed) nogil
         error_code allocate(size_t capacity)
         size_t capacity()
 
@@ -88,14 +88,16 @@ cdef extern from "_fast_json.h" namespace "vo":
         bint is_probe
         bint has_parent
         uint64_t parent_hi, parent_lo, parent_span
-    int read_envelope(element root, Envelope &env, bint trace_context)
+    int read_envelope(element root, Envelope &env, bint trace_context) nogil
     cdef cppclass KeyCache "vo::KeyCache":
         KeyCache(object keep) except +
     cdef cppclass Flattener "vo::Flattener":
         Buf out
         KeyCache *filter
+        bint gil_free
         Flattener() except +
         int flatten(element root, bint flatten_arrays) except +
+    int flatten_gil_free(Flattener &f, element root, bint flatten_arrays) nogil
     cdef cppclass NameTable "vo::NameTable":
         NameTable(size_t limit) except +
         uint32_t lookup(const char *s, size_t length) except +
@@ -141,6 +143,7 @@ cdef enum:
     EVICTED = 3
 
 cdef enum:
+    KIND_UNKNOWN = 0
     KIND_REQUEST = 1
     KIND_RESPONSE = 2
 
@@ -227,14 +230,14 @@ cdef object _new_span(object trace_id, object span_id, object parent_span_id, ob
 # ---------------------------------------------------------------- ids
 
 
-cdef inline uint64_t _fnv1a64(const unsigned char *p, size_t n, uint64_t h) noexcept:
+cdef inline uint64_t _fnv1a64(const unsigned char *p, size_t n, uint64_t h) noexcept nogil:
     cdef size_t i
     for i in range(n):
         h = (h ^ p[i]) * FNV_PRIME
     return h
 
 
-cdef inline uint64_t _splitmix64(uint64_t x) noexcept:
+cdef inline uint64_t _splitmix64(uint64_t x) noexcept nogil:
     cdef uint64_t z = x + GOLDEN
     z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9
     z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EB
@@ -250,7 +253,7 @@ for _i in range(6):
     _HEXVAL[65 + _i] = 10 + _i
 
 
-cdef inline bint _uuid(const unsigned char *s, size_t n, uint64_t *hi, uint64_t *lo, bint *lower) noexcept:
+cdef inline bint _uuid(const unsigned char *s, size_t n, uint64_t *hi, uint64_t *lo, bint *lower) noexcept nogil:
     """The 16 bytes of a 36-character UUID of any case (see _core_py.uuid_bytes)."""
     if n != 36:
         return False
@@ -279,7 +282,7 @@ cdef inline bint _uuid(const unsigned char *s, size_t n, uint64_t *hi, uint64_t 
     return True
 
 
-cdef inline bint _trace_for(const char *p, size_t n, uint64_t *hi, uint64_t *lo) noexcept:
+cdef inline bint _trace_for(const char *p, size_t n, uint64_t *hi, uint64_t *lo) noexcept nogil:
     """_core_py.trace_id_for as two big-endian halves; True when the text is canonical."""
     cdef bint lower
     if _uuid(<const unsigned char *> p, n, hi, lo, &lower):
@@ -331,14 +334,14 @@ cdef inline object _text(const char *p, size_t n):
 # ---------------------------------------------------------------- time
 
 
-cdef inline int _d2(const unsigned char *s) noexcept:
+cdef inline int _d2(const unsigned char *s) noexcept nogil:
     cdef unsigned int a = s[0] - 48, b = s[1] - 48
     if a > 9 or b > 9:
         return -1
     return <int> (a * 10 + b)
 
 
-cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept:
+cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept nogil:
     # y >= -1 here, so C's truncating division floors like Python's //
     y -= (m <= 2)
     cdef int64_t era = (y if y >= 0 else y - 399) // 400
@@ -348,7 +351,7 @@ cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept:
     return era * 146097 + doe - 719468
 
 
-cdef bint _parse_time(const char *text, size_t n, i128 *out) noexcept:
+cdef bint _parse_time(const char *text, size_t n, i128 *out) noexcept nogil:
     """_core_py.parse_rfc3339_ns: YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM)."""
     cdef const unsigned char *s = <const unsigned char *> text
     if n < 20:
@@ -440,6 +443,42 @@ ctypedef struct Parent:
     uint64_t span
 
 
+# What the first pass over a chunk keeps of one line (see Core._prepare). The
+# envelope's strings and the flattened attributes are offsets into the arena.
+ctypedef struct Prepared:
+    bint ready          # the second pass can take it from here; else the whole line again
+    bint flattened
+    int kind
+    i128 time_ns
+    Envelope env
+    size_t attrs
+    size_t attrs_n
+    size_t id
+    size_t error
+    size_t operation
+    size_t target
+
+# Chunks at least this big are taken in two passes.
+cdef size_t TWO_PASS_BYTES = 64 << 10
+
+
+cdef inline int _kind_of(Envelope &env) noexcept nogil:
+    if env.type_len == 7 and memcmp(env.type, b"request", 7) == 0:
+        return KIND_REQUEST
+    if env.type_len == 8 and memcmp(env.type, b"response", 8) == 0:
+        return KIND_RESPONSE
+    return KIND_UNKNOWN
+
+
+cdef inline bint _keeps_attrs(Envelope &env) noexcept nogil:
+    """A request keeps its attributes when it has an error or a non-canonical id
+    (its response may never come, or pair by that id)."""
+    cdef uint64_t hi, lo
+    if env.is_probe or not env.has_id or env.id_len == 0:
+        return False
+    return (env.has_error and env.error_len > 0) or not _trace_for(env.id, env.id_len, &hi, &lo)
+
+
 cdef inline int64_t _sat(i128 v) noexcept:
     if v > INT64_MAX:
         return INT64_MAX
@@ -465,6 +504,7 @@ cdef class Core:
     cdef readonly object key_filter
     cdef readonly object sample_rate
     cdef readonly bint trace_context
+    cdef readonly bint release_gil
 
     cdef KeyCache *_filter
     cdef bint _sampling   # sample_rate > 1
@@ -480,6 +520,15 @@ cdef class Core:
     cdef NameTable *_names
     cdef char *_pad
     cdef size_t _pad_cap
+    cdef Prepared *_prep      # the first pass's records, one per non-empty line
+    cdef size_t _prep_n
+    cdef size_t _prep_cap
+    cdef char *_arena         # their strings and attributes
+    cdef size_t _arena_n
+    cdef size_t _arena_cap
+    cdef bint _feeding        # the GIL is let go inside feed: no second feed meanwhile
+    cdef const char *_attrs_p  # the flattened attributes of the line at hand
+    cdef size_t _attrs_n
     cdef char *_namebuf
     cdef size_t _namebuf_cap
     cdef uint64_t _counts[N_COUNTERS]
@@ -538,6 +587,7 @@ cdef class Core:
         flatten_arrays=False,
         sample_rate=1,
         trace_context=True,
+        release_gil=False,
         **filters,
     ):
         # ``include`` is a word of Cython's own, so the filters come as **filters
@@ -563,6 +613,7 @@ cdef class Core:
         self._rate_c = self._sampling and type(sample_rate) is int and sample_rate <= 0xFFFFFFFFFFFFFFFF
         self._rate = sample_rate if self._rate_c else 1
         self.trace_context = bool(trace_context)
+        self.release_gil = bool(release_gil)
         self.ttl_ns = int(ttl_s * 1_000_000_000)
         if py_to_i128(self.ttl_ns, &self._ttl, 100, &sign) != 0:
             raise OverflowError("ttl_s is too large")
@@ -584,6 +635,8 @@ cdef class Core:
         free(self._slots)
         free(self._heap)
         free(self._pad)
+        free(self._prep)
+        free(self._arena)
         free(self._namebuf)
         del self._parser
         del self._fl
@@ -665,6 +718,16 @@ cdef class Core:
         cdef size_t length
         cdef const char *pre = PyBytes_AS_STRING(self.prefix)
         cdef size_t pre_n = <size_t> PyBytes_GET_SIZE(self.prefix)
+        cdef bint two_pass = self.release_gil and n >= TWO_PASS_BYTES and self._filter == NULL
+        cdef size_t k = 0
+        cdef Prepared *rec
+        if self._feeding:
+            raise RuntimeError("feed() called while another feed() of this core runs")
+        if two_pass:
+            self._feeding = True
+            with nogil:
+                two_pass = self._prepare(data, n, pre, pre_n)
+            self._feeding = False
         while p < end:
             nl = <const char *> memchr(p, 10, <size_t> (end - p))
             if nl == NULL:
@@ -672,16 +735,24 @@ cdef class Core:
             length = <size_t> (nl - p)
             if length:
                 self._counts[C_LINES] += 1
+                rec = &self._prep[k] if two_pass else NULL
+                k += 1
                 if <int64_t> length > self._max_line:
                     self._counts[C_OVERSIZE] += 1
                     self._bad_line("oversize", f"line of {length} bytes is over the limit", p, length)
                 else:
                     if pre_n and length >= pre_n and memcmp(p, pre, pre_n) == 0:
-                        self._line(p + pre_n, length - pre_n, end, has_now, now)
+                        self._line_of(rec, p + pre_n, length - pre_n, end, has_now, now)
                     else:
-                        self._line(p, length, end, has_now, now)
+                        self._line_of(rec, p, length, end, has_now, now)
             p = nl + 1
         return 0
+
+    cdef inline int _line_of(self, Prepared *rec, const char *p, size_t n, const char *buf_end,
+                             bint has_now, i128 now) except -1:
+        if rec != NULL and rec.ready:
+            return self._prepared_entry(rec, p, n, has_now, now)
+        return self._line(p, n, buf_end, has_now, now)
 
     cdef int _line(self, const char *p, size_t n, const char *buf_end, bint has_now, i128 now) except -1:
         self._line_inner(p, n, buf_end, has_now, now)
@@ -697,9 +768,6 @@ cdef class Core:
         cdef Envelope env
         cdef int r, kind
         cdef i128 time_ns
-        cdef bint canon, keep
-        cdef uint64_t hi, lo
-        cdef Parent par
         if n >= 3 and memcmp(p, b"\xef\xbb\xbf", 3) == 0:
             return self._line_slow(p, n, has_now, now)  # simdjson skips a BOM, orjson does not
         if <size_t> (buf_end - p) < n + SIMDJSON_PADDING:
@@ -720,30 +788,34 @@ cdef class Core:
             self._counts[C_INVALID] += 1
             self._bad_line("invalid", "'time' is not RFC 3339", p, n)
             return 0
-        if env.type_len == 7 and memcmp(env.type, b"request", 7) == 0:
-            kind = KIND_REQUEST
-        elif env.type_len == 8 and memcmp(env.type, b"response", 8) == 0:
-            kind = KIND_RESPONSE
-        else:
+        kind = _kind_of(env)
+        if kind == KIND_UNKNOWN:
             self._counts[C_UNKNOWN_TYPE] += 1
             self._bad_line("unknown_type", f"unknown type {_text(env.type, env.type_len)[:40]!r}", p, n)
             return 0
+        return self._entry(env, kind, time_ns, &root, p, n, has_now, now)
+
+    cdef int _entry(self, Envelope &env, int kind, i128 time_ns, element *root, const char *p,
+                    size_t n, bint has_now, i128 now) except -1:
+        """A request or response whose envelope is read. With ``root`` NULL, the first
+        pass flattened it already (``_attrs_p``)."""
+        cdef int r
+        cdef bint keep
+        cdef Parent par
         if env.has_parent:
             par.hi = env.parent_hi
             par.lo = env.parent_lo
             par.span = env.parent_span
         if kind == KIND_REQUEST:
-            if env.is_probe or not env.has_id or env.id_len == 0:
-                keep = False
-            else:
-                canon = _trace_for(env.id, env.id_len, &hi, &lo)
-                keep = (env.has_error and env.error_len > 0) or not canon
-            if keep:
-                r = self._fl.flatten(root, self.flatten_arrays)
+            keep = _keeps_attrs(env)
+            if keep and root != NULL:
+                r = self._fl.flatten(root[0], self.flatten_arrays)
                 if r == FALLBACK:
                     return self._line_slow(p, n, has_now, now)
                 if r != OK:
                     return _flatten_failed()
+                self._attrs_p = self._fl.out.p
+                self._attrs_n = self._fl.out.n
             self._counts[C_REQUESTS] += 1
             if time_ns > self._watermark:
                 self._watermark = time_ns
@@ -757,11 +829,14 @@ cdef class Core:
             self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl, keep,
                                &par if env.has_parent else NULL)
             return 0
-        r = self._fl.flatten(root, self.flatten_arrays)
-        if r == FALLBACK:
-            return self._line_slow(p, n, has_now, now)
-        if r != OK:
-            return _flatten_failed()
+        if root != NULL:
+            r = self._fl.flatten(root[0], self.flatten_arrays)
+            if r == FALLBACK:
+                return self._line_slow(p, n, has_now, now)
+            if r != OK:
+                return _flatten_failed()
+            self._attrs_p = self._fl.out.p
+            self._attrs_n = self._fl.out.n
         self._counts[C_RESPONSES] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns
@@ -778,6 +853,138 @@ cdef class Core:
             &par if env.has_parent else NULL,
         )
         return 0
+
+    # ------------------------------------------------------------ two passes
+    # With release_gil, a big chunk is taken in two passes. The first, without the GIL, parses and
+    # flattens every line it can and keeps what the second needs (the envelope's
+    # strings, the flattened attributes) in an arena; sender threads run their
+    # Python meanwhile instead of stopping the reader. The second, with the GIL,
+    # goes through the lines in order and does the rest exactly as the one-pass
+    # path does; a line the first pass left (a float, a BOM, bad JSON, a big line,
+    # a filter...) takes the one-pass path whole.
+
+    cdef bint _prepare(self, const char *data, size_t n, const char *pre, size_t pre_n) noexcept nogil:
+        """First pass over ``data``: one record per non-empty line; False when out of memory."""
+        cdef const char *p = data
+        cdef const char *end = data + n
+        cdef const char *nl
+        cdef size_t length
+        cdef Prepared *rec
+        cdef Prepared *grown
+        self._prep_n = 0
+        self._arena_n = 0
+        while p < end:
+            nl = <const char *> memchr(p, 10, <size_t> (end - p))
+            if nl == NULL:
+                nl = end
+            length = <size_t> (nl - p)
+            if length:
+                if self._prep_n == self._prep_cap:
+                    grown = <Prepared *> realloc(self._prep, (self._prep_cap * 2 + 256) * sizeof(Prepared))
+                    if grown == NULL:
+                        return False
+                    self._prep = grown
+                    self._prep_cap = self._prep_cap * 2 + 256
+                rec = &self._prep[self._prep_n]
+                self._prep_n += 1
+                rec.ready = False
+                if <int64_t> length <= self._max_line:
+                    if pre_n and length >= pre_n and memcmp(p, pre, pre_n) == 0:
+                        rec.ready = self._prepare_line(p + pre_n, length - pre_n, end, rec)
+                    else:
+                        rec.ready = self._prepare_line(p, length, end, rec)
+            p = nl + 1
+        return True
+
+    cdef bint _prepare_line(self, const char *p, size_t n, const char *buf_end,
+                            Prepared *rec) noexcept nogil:
+        cdef const char *src = p
+        cdef simdjson_result[element] res
+        cdef element root
+        cdef Envelope env
+        cdef i128 time_ns
+        cdef int kind
+        if n > BIG_LINE or (n >= 3 and memcmp(p, b"\xef\xbb\xbf", 3) == 0):
+            return False
+        if <size_t> (buf_end - p) < n + SIMDJSON_PADDING:
+            src = self._padded_gil_free(p, n)
+            if src == NULL:
+                return False
+        res = self._parser.parse(src, n, False)
+        if res.error() != SUCCESS:
+            return False
+        root = res.value_unsafe()
+        if read_envelope(root, env, self.trace_context) != OK:
+            return False
+        if not _parse_time(env.time, env.time_len, &time_ns):
+            return False
+        kind = _kind_of(env)
+        if kind == KIND_UNKNOWN:
+            return False
+        rec.flattened = kind == KIND_RESPONSE or _keeps_attrs(env)
+        if rec.flattened:
+            if flatten_gil_free(self._fl[0], root, self.flatten_arrays) != OK:
+                return False
+            if not self._keep(self._fl.out.p, self._fl.out.n, &rec.attrs):
+                return False
+            rec.attrs_n = self._fl.out.n
+        rec.kind = kind
+        rec.time_ns = time_ns
+        rec.env = env  # its strings point into the parsed document: moved to the arena
+        rec.env.type = rec.env.time = NULL
+        return (self._keep(env.id, env.id_len if env.has_id else 0, &rec.id)
+                and self._keep(env.error, env.error_len if env.has_error else 0, &rec.error)
+                and self._keep(env.operation, env.operation_len if env.operation != NULL else 0,
+                               &rec.operation)
+                and self._keep(env.target, env.target_len if env.target != NULL else 0, &rec.target))
+
+    cdef bint _keep(self, const char *s, size_t n, size_t *offset) noexcept nogil:
+        """Copy ``s`` to the arena; its offset there in ``offset``. False when out of memory."""
+        cdef size_t cap
+        cdef char *grown
+        if self._arena_n + n > self._arena_cap:
+            cap = self._arena_cap * 2 + n + 65536
+            grown = <char *> realloc(self._arena, cap)
+            if grown == NULL:
+                return False
+            self._arena = grown
+            self._arena_cap = cap
+        if n:
+            memcpy(self._arena + self._arena_n, s, n)
+        offset[0] = self._arena_n
+        self._arena_n += n
+        return True
+
+    cdef const char *_padded_gil_free(self, const char *p, size_t n) noexcept nogil:
+        cdef size_t need = n + SIMDJSON_PADDING
+        cdef char *q
+        if need > self._pad_cap:
+            q = <char *> realloc(self._pad, need)
+            if q == NULL:
+                return NULL
+            self._pad = q
+            self._pad_cap = need
+        memcpy(self._pad, p, n)
+        memset(self._pad + n, 32, SIMDJSON_PADDING)
+        return self._pad
+
+    cdef int _prepared_entry(self, Prepared *rec, const char *p, size_t n, bint has_now,
+                             i128 now) except -1:
+        """Second pass for a line the first one prepared."""
+        cdef Envelope env = rec.env
+        cdef const char *arena = self._arena
+        if env.has_id:
+            env.id = arena + rec.id
+        if env.has_error:
+            env.error = arena + rec.error
+        if env.operation != NULL:
+            env.operation = arena + rec.operation
+        if env.target != NULL:
+            env.target = arena + rec.target
+        if rec.flattened:
+            self._attrs_p = arena + rec.attrs
+            self._attrs_n = rec.attrs_n
+        return self._entry(env, rec.kind, rec.time_ns, NULL, p, n, has_now, now)
 
     cdef int _bad_line(self, str counter, str reason, const char *p, size_t n) except -1:
         # Only the head of the line: with log_raw=true, lines hold secrets.
@@ -852,7 +1059,7 @@ cdef class Core:
         cdef object attrs = None
         cdef object error = None
         if keep:
-            attrs = PyBytes_FromStringAndSize(self._fl.out.p, <Py_ssize_t> self._fl.out.n)
+            attrs = PyBytes_FromStringAndSize(self._attrs_p, <Py_ssize_t> self._attrs_n)
         if env.has_error and env.error_len:
             error = _text(env.error, env.error_len)
         name = self._name_fast(env, KIND_REQUEST)
@@ -1001,8 +1208,8 @@ cdef class Core:
         cdef const char *p
         cdef size_t n
         if attrs is None:
-            p = self._fl.out.p
-            n = self._fl.out.n
+            p = self._attrs_p
+            n = self._attrs_n
         else:
             p = PyBytes_AS_STRING(attrs)
             n = <size_t> PyBytes_GET_SIZE(attrs)

@@ -741,6 +741,10 @@ class Flattener {
     Buf out;  // canonical attrs JSON of the last flatten()
     Buf prefix;
     KeyCache *filter = nullptr;  // include/exclude on flattened names; not owned
+    // Set while flattening without the GIL: a float (written by CPython's repr,
+    // which allocates with the GIL held) then gives ERROR, and the caller redoes
+    // the line with the GIL.
+    bool gil_free = false;
     KeyCheck check;
     std::vector<Frame> stack;
     std::vector<EncFrame> enc;
@@ -929,6 +933,7 @@ class Flattener {
                 put_u64(out, value.get_uint64().value_unsafe());
                 return OK;
             case element_type::DOUBLE:
+                if (gil_free) return ERROR;
                 return put_double(out, value.get_double().value_unsafe()) == 0 ? OK : ERROR;
             case element_type::BOOL:
                 if (value.get_bool().value_unsafe()) {
@@ -1152,6 +1157,21 @@ static inline int py_to_i128(PyObject *o, i128 *out, int limit_bits, int *sign) 
     if (lo == static_cast<unsigned long long>(-1) && PyErr_Occurred()) return -1;
     *out = static_cast<i128>(static_cast<unsigned __int128>(static_cast<uint64_t>(hi)) << 64 | lo);
     return 0;
+}
+
+// Flatten without the GIL: a float, a filter or no memory give ERROR (no Python
+// exception), and the caller redoes the line with the GIL.
+static inline int flatten_gil_free(Flattener &f, element root, bool flatten_arrays) noexcept {
+    if (f.filter) return ERROR;
+    f.gil_free = true;
+    int r;
+    try {
+        r = f.flatten(root, flatten_arrays);
+    } catch (...) {
+        r = ERROR;
+    }
+    f.gil_free = false;
+    return r;
 }
 
 }  // namespace vo

@@ -210,6 +210,10 @@ class Daemon:
 
     def __init__(self, config: Config, sinks: Sequence[Sink] | None = None) -> None:
         self.config = config
+        if sinks is None:
+            from .sinks.factory import build_sinks
+
+            sinks = build_sinks(config)
         self.core = core_module.Core(
             ttl_s=config.ttl,
             max_pending=config.max_pending,
@@ -220,11 +224,9 @@ class Daemon:
             exclude=config.exclude,
             sample_rate=config.sample_rate,
             trace_context=config.trace_context,
+            # sender threads then run while the reader parses
+            release_gil=bool(sinks),
         )
-        if sinks is None:
-            from .sinks.factory import build_sinks
-
-            sinks = build_sinks(config)
         self.metrics_server: MetricsServer | None = None
         if config.metrics_address is not None:
             from .metrics_http import MetricsServer

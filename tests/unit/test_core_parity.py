@@ -48,15 +48,24 @@ def state(core: Any) -> tuple[Any, ...]:
     return (core.counters(), core.pending, core.watermark_ns, bad)
 
 
-def run_both(fast_cls: Any, ops: list[tuple[Any, ...]], **options: Any) -> tuple[Any, Any]:
+# Blank lines count for nothing, but enough of them make a feed big enough for the
+# compiled core's two-pass path (parse and flatten without the GIL, then the rest).
+TWO_PASS_PAD = b"\n" * (64 << 10)
+
+
+def run_both(
+    fast_cls: Any, ops: list[tuple[Any, ...]], two_pass: bool = False, **options: Any
+) -> tuple[Any, Any]:
     """Apply the same feed/expire/flush steps to both cores, comparing after each."""
+    if two_pass:
+        options = {**options, "release_gil": True}
     ref = ReferenceCore(**options)
     fast = fast_cls(**options)
     for op in ops:
         results = []
         for core in (ref, fast):
             if op[0] == "feed":
-                ready = core.feed(op[1], op[2])
+                ready = core.feed(TWO_PASS_PAD + op[1] if two_pass else op[1], op[2])
             elif op[0] == "expire":
                 ready = core.expire(op[1])
             else:
@@ -324,9 +333,9 @@ options_strategy = st.fixed_dictionaries(
 
 
 @settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(options=options_strategy, ops=ops_strategy, prefix_some=st.booleans())
+@given(options=options_strategy, ops=ops_strategy, prefix_some=st.booleans(), two_pass=st.booleans())
 def test_generated_streams_give_identical_spans(
-    fast_cls: Any, options: dict[str, Any], ops: list[tuple[Any, ...]], prefix_some: bool
+    fast_cls: Any, options: dict[str, Any], ops: list[tuple[Any, ...]], prefix_some: bool, two_pass: bool
 ) -> None:
     steps: list[tuple[Any, ...]] = []
     for op in ops:
@@ -336,16 +345,22 @@ def test_generated_streams_give_identical_spans(
         else:
             steps.append(op)
     steps.append(("flush",))
-    run_both(fast_cls, steps, **options)
+    run_both(fast_cls, steps, two_pass=two_pass, **options)
 
 
 @settings(max_examples=examples(150), deadline=None)
-@given(value=values, key=keys, flatten_arrays=st.booleans(), filters=st.sampled_from(FILTERS))
+@given(
+    value=values,
+    key=keys,
+    flatten_arrays=st.booleans(),
+    filters=st.sampled_from(FILTERS),
+    two_pass=st.booleans(),
+)
 def test_generated_values_flatten_identically(
-    fast_cls: Any, value: str, key: str, flatten_arrays: bool, filters: dict[str, Any]
+    fast_cls: Any, value: str, key: str, flatten_arrays: bool, filters: dict[str, Any], two_pass: bool
 ) -> None:
     line = f'{{"time":"{t(0)}","type":"response",{enc_str(key, 0)}:{value}}}'.encode()
-    run_both(fast_cls, [("feed", line, None)], flatten_arrays=flatten_arrays, **filters)
+    run_both(fast_cls, [("feed", line, None)], two_pass=two_pass, flatten_arrays=flatten_arrays, **filters)
 
 
 @settings(max_examples=examples(150), deadline=None)
@@ -353,8 +368,11 @@ def test_generated_values_flatten_identically(
     header=header_values(),
     rid=st.sampled_from([ID1, ID2, "dev-gen-root", ""]),
     sample_rate=st.sampled_from([1, 2, 3]),
+    two_pass=st.booleans(),
 )
-def test_generated_traceparents(fast_cls: Any, header: str, rid: str, sample_rate: int) -> None:
+def test_generated_traceparents(
+    fast_cls: Any, header: str, rid: str, sample_rate: int, two_pass: bool
+) -> None:
     request = f'"request":{{"id":{json.dumps(rid)},"headers":{header}}}'
     lines = [
         f'{{"time":"{t(0)}","type":"request",{request}}}',
@@ -362,7 +380,7 @@ def test_generated_traceparents(fast_cls: Any, header: str, rid: str, sample_rat
         f'{{"time":"{t(2)}","type":"request",{request}}}',
     ]
     steps: list[tuple[Any, ...]] = [("feed", line.encode(), None) for line in lines]
-    run_both(fast_cls, [*steps, ("flush",)], sample_rate=sample_rate)
+    run_both(fast_cls, [*steps, ("flush",)], two_pass=two_pass, sample_rate=sample_rate)
 
 
 @settings(max_examples=examples(60), deadline=None)
@@ -463,9 +481,11 @@ def corpus_steps(data: bytes, chunk_lines: int, clock: bool) -> list[tuple[Any, 
         {"trace_context": False, "sample_rate": 5},
     ],
 )
-def test_sample_gives_identical_spans(fast_cls: Any, options: dict[str, Any]) -> None:
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_sample_gives_identical_spans(fast_cls: Any, options: dict[str, Any], two_pass: bool) -> None:
     data = SAMPLE.read_bytes()
-    ref, _fast = run_both(fast_cls, corpus_steps(data, 97, clock="ttl_s" in options), **options)
+    steps = corpus_steps(data, 97, clock="ttl_s" in options)
+    ref, _fast = run_both(fast_cls, steps, two_pass=two_pass, **options)
     assert ref.counters()["lines"] == 1430
 
 
@@ -481,7 +501,7 @@ def test_shared_corpus_gives_identical_spans(
     fast_cls: Any, shared_corpus: Path, options: dict[str, Any]
 ) -> None:
     data = shared_corpus.read_bytes()
-    ref, _fast = run_both(fast_cls, corpus_steps(data, 500, clock=bool(options)), **options)
+    ref, _fast = run_both(fast_cls, corpus_steps(data, 500, clock=bool(options)), two_pass=True, **options)
     assert ref.counters()["lines"] == 5730
 
 
@@ -510,11 +530,12 @@ def hostile_lines() -> list[bytes]:
 
 
 @pytest.mark.parametrize("max_line_bytes", [1 << 24, 1 << 20])
-def test_hostile_input_gives_identical_counters(fast_cls: Any, max_line_bytes: int) -> None:
+@pytest.mark.parametrize("per_line", [False, True])
+def test_hostile_input_gives_identical_counters(fast_cls: Any, max_line_bytes: int, per_line: bool) -> None:
     lines = hostile_lines()
-    ref, fast = run_both(
-        fast_cls, [("feed", b"\n".join(lines) + b"\n", None), ("flush",)], max_line_bytes=max_line_bytes
-    )
+    feeds = [[line] for line in lines] if per_line else [lines]  # one feed takes the two-pass path
+    steps: list[tuple[Any, ...]] = [("feed", b"\n".join(chunk) + b"\n", None) for chunk in feeds]
+    ref, fast = run_both(fast_cls, [*steps, ("flush",)], two_pass=True, max_line_bytes=max_line_bytes)
     counters = fast.counters()
     assert counters["lines"] == len(lines)
     assert counters["malformed"] + counters["oversize"] >= 9
