@@ -263,3 +263,8 @@ def test_sink_worker_with_two_senders_delivers_each_span_once_and_flushes_once()
     assert len({s.request_id for s in sink.spans}) == 200
     assert worker.counts["delivered"] == 200
     assert sink.flushes == 1
+
+
+def test_the_core_lets_go_of_the_gil_only_when_sender_threads_need_it(tmp_path: Path) -> None:
+    assert Daemon(unix_config(tmp_path), sinks=[CollectingSink()]).core.release_gil
+    assert not Daemon(unix_config(tmp_path), sinks=[]).core.release_gil
