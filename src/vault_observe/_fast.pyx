@@ -956,6 +956,8 @@ cdef class Core:
         return True
 
     cdef const char *_padded_gil_free(self, const char *p, size_t n) noexcept nogil:
+        """The line copied into a buffer with simdjson's padding after it; NULL when out
+        of memory."""
         cdef size_t need = n + SIMDJSON_PADDING
         cdef char *q
         if need > self._pad_cap:
@@ -993,17 +995,10 @@ cdef class Core:
         return 0
 
     cdef const char *_padded(self, const char *p, size_t n) except NULL:
-        cdef size_t need = n + SIMDJSON_PADDING
-        cdef char *q
-        if need > self._pad_cap:
-            q = <char *> realloc(self._pad, need)
-            if q == NULL:
-                raise MemoryError()
-            self._pad = q
-            self._pad_cap = need
-        memcpy(self._pad, p, n)
-        memset(self._pad + n, 32, SIMDJSON_PADDING)
-        return self._pad
+        cdef const char *padded = self._padded_gil_free(p, n)
+        if padded == NULL:
+            raise MemoryError()
+        return padded
 
     cdef void _shrink(self) noexcept:
         cdef error_code ignored = self._parser.allocate(1 << 16)
