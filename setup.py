@@ -19,6 +19,8 @@ HERE = Path(__file__).parent
 PYX = HERE / "src" / "vault_observe" / "_fast.pyx"
 ZIPKIN_PYX = HERE / "src" / "vault_observe" / "_zipkin_proto.pyx"
 BATCH_JSON_PYX = HERE / "src" / "vault_observe" / "_batch_json.pyx"
+SPANS_PYX = HERE / "src" / "vault_observe" / "_spans.pyx"
+SPANS_PXD = "src/vault_observe/_spans.pxd"
 BYTEBUF = "src/vault_observe/_bytebuf.pxi"
 REQUIRE = os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1"
 SKIP = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
@@ -95,13 +97,23 @@ def extensions() -> list:  # type: ignore[type-arg]
     from Cython.Build import cythonize
     from setuptools import Extension
 
-    exts = []
+    # The packed spans the core hands the encoders: a C++ compiler only; the encoders
+    # and the core cimport it.
+    exts = [
+        Extension(
+            "vault_observe._spans",
+            sources=[str(SPANS_PYX.relative_to(HERE))],
+            depends=[SPANS_PXD],
+            language="c++",
+            extra_compile_args=COMPILE_ARGS,
+        )
+    ]
     if ZIPKIN_PYX.exists():  # the native Zipkin encoder needs nothing but a C++ compiler
         exts.append(
             Extension(
                 "vault_observe._zipkin_proto",
                 sources=[str(ZIPKIN_PYX.relative_to(HERE))],
-                depends=[BYTEBUF],
+                depends=[BYTEBUF, SPANS_PXD],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
             )
@@ -111,7 +123,7 @@ def extensions() -> list:  # type: ignore[type-arg]
             Extension(
                 "vault_observe._batch_json",
                 sources=[str(BATCH_JSON_PYX.relative_to(HERE))],
-                depends=[BYTEBUF],
+                depends=[BYTEBUF, SPANS_PXD],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
             )
@@ -128,15 +140,14 @@ def extensions() -> list:  # type: ignore[type-arg]
                 "vault_observe._fast",
                 sources=[str(PYX.relative_to(HERE)), str(sj / "simdjson.cpp")],
                 include_dirs=[str(sj)],
-                depends=[str((PYX.parent / "_fast_json.h").relative_to(HERE))],
+                depends=[str((PYX.parent / "_fast_json.h").relative_to(HERE)), SPANS_PXD],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
             )
         )
-    if not exts:
-        return []
     return cythonize(
         exts,
+        include_path=[str(HERE / "src")],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )

@@ -5,8 +5,9 @@
 ``HoneycombEncoder`` gives the bytes of ``sinks.honeycomb.EventEncoder`` for a
 whole batch (``[event,event,...]``) and ``OtlpEncoder`` the bytes of the
 ``sinks.otlp`` request body; the Python encoders stay the reference. Each span's
-fields are read with the GIL held; the bytes are written without it, so the
-reader thread keeps going meanwhile.
+fields are read with the GIL held (from the compiled core's packed spans, straight
+from their C records); the bytes are written without it, so the reader thread
+keeps going meanwhile.
 
 Both read ``attrs_json`` as the canonical compact JSON of ``_core_py.dump_attrs``:
 its string escapes are the ones orjson writes, so strings are copied still
@@ -22,6 +23,10 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy
 from libcpp.vector cimport vector
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+
+from vault_observe._spans cimport PackedSpan, PackedSpans, SpanStore
+
+from .model import SpanBatch
 
 
 cdef extern from "Python.h":
@@ -452,6 +457,109 @@ cdef inline bint contains(const unsigned char* p, Py_ssize_t n, const char* need
     return False
 
 
+cdef size_t _honey_records(object spans, vector[HoneyIn]& items, list keep,
+                           size_t service_len) except? 0:
+    """HoneyIn of each SpanRecord of ``spans``; the bytes they need, roughly."""
+    cdef HoneyIn item
+    cdef bytes trace_id, attrs, duration
+    cdef str text
+    cdef Py_ssize_t size
+    cdef size_t total = 0
+    cdef object start, end, delta
+    for span in spans:
+        attrs = span.attrs_json
+        trace_id = span.trace_id
+        keep.append(attrs)
+        keep.append(trace_id)
+        item.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
+        item.attrs_len = PyBytes_GET_SIZE(attrs)
+        item.trace_id = <const unsigned char*>PyBytes_AS_STRING(trace_id)
+        item.trace_id_len = PyBytes_GET_SIZE(trace_id)
+        item.parent_id = span.parent_span_id
+        item.span_id = span.span_id
+        text = span.request_id
+        keep.append(text)
+        if text and not item.parent_id:
+            item.request_id = PyUnicode_AsUTF8AndSize(text, &size)
+            item.request_id_len = size
+        else:
+            item.request_id = NULL
+            item.request_id_len = 0
+        text = span.name
+        keep.append(text)
+        item.name = PyUnicode_AsUTF8AndSize(text, &size)
+        item.name_len = size
+        text = span.error
+        keep.append(text)
+        item.error = PyUnicode_AsUTF8AndSize(text, &size)
+        item.error_len = size
+        start = span.start_ns
+        end = span.end_ns
+        item.start_ns = start
+        delta = end - start
+        item.duration = NULL
+        item.duration_len = 0
+        item.delta_ns = 0
+        if -EXACT_DURATION_NS < delta < EXACT_DURATION_NS:
+            item.delta_ns = delta
+        else:
+            duration = repr(round(delta / 1000) / 1000).encode("ascii")
+            keep.append(duration)
+            item.duration = PyBytes_AS_STRING(duration)
+            item.duration_len = PyBytes_GET_SIZE(duration)
+        item.sample_rate = span.sample_rate
+        items.push_back(item)
+        total += (<size_t>item.attrs_len + 6 * <size_t>(item.name_len + item.error_len
+                  + item.request_id_len) + 2 * <size_t>item.trace_id_len
+                  + service_len + 256)
+    return total
+
+
+cdef bint _honey_packed(PackedSpans chunk, vector[HoneyIn]& items, size_t* total,
+                        size_t service_len) except -1:
+    """HoneyIn of each packed span of ``chunk``; False (nothing added) when one has a
+    duration that the records' path writes from Python's float repr."""
+    cdef HoneyIn item
+    cdef SpanStore store = chunk.store
+    cdef const PackedSpan* sp
+    cdef const char* arena = store.arena
+    cdef size_t i
+    cdef size_t added = 0
+    cdef int64_t delta
+    for i in range(chunk.lo, chunk.hi):
+        delta = store.spans[i].end_ns - store.spans[i].start_ns
+        if not -EXACT_DURATION_NS < delta < EXACT_DURATION_NS:
+            return False
+    for i in range(chunk.lo, chunk.hi):
+        sp = &store.spans[i]
+        item.attrs = <const unsigned char*> (arena + sp.attrs_off)
+        item.attrs_len = <Py_ssize_t> sp.attrs_len
+        item.trace_id = &sp.trace_id[0]
+        item.trace_id_len = 16
+        item.parent_id = sp.parent_id
+        item.span_id = sp.span_id
+        if sp.rid_len and not sp.parent_id:
+            item.request_id = arena + sp.rid_off
+            item.request_id_len = <Py_ssize_t> sp.rid_len
+        else:
+            item.request_id = NULL
+            item.request_id_len = 0
+        item.name = arena + sp.name_off
+        item.name_len = <Py_ssize_t> sp.name_len
+        item.error = arena + sp.error_off
+        item.error_len = <Py_ssize_t> sp.error_len
+        item.start_ns = sp.start_ns
+        item.delta_ns = sp.end_ns - sp.start_ns
+        item.duration = NULL
+        item.duration_len = 0
+        item.sample_rate = sp.sample_rate
+        items.push_back(item)
+        added += (sp.attrs_len + 6 * (sp.name_len + sp.error_len + <size_t> item.request_id_len)
+                  + 32 + service_len + 256)
+    total[0] += added
+    return True
+
+
 cdef class HoneycombEncoder:
     """The Honeycomb batch body of ``EventEncoder``, written for a whole batch."""
 
@@ -480,60 +588,16 @@ cdef class HoneycombEncoder:
         past each event (event ``i`` starts one byte after ``ends[i - 1]``, the first
         at 1); None when the Python encoder must write this batch."""
         cdef vector[HoneyIn] items
-        cdef HoneyIn item
         cdef list keep = []  # owners of the buffers the GIL-free part reads
-        cdef bytes trace_id, attrs, duration
-        cdef str text
-        cdef Py_ssize_t size
         cdef size_t total = 2
-        cdef object start, end, delta
+        cdef size_t service_len_ = PyBytes_GET_SIZE(self._service)
         try:
-            for span in spans:
-                attrs = span.attrs_json
-                trace_id = span.trace_id
-                keep.append(attrs)
-                keep.append(trace_id)
-                item.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
-                item.attrs_len = PyBytes_GET_SIZE(attrs)
-                item.trace_id = <const unsigned char*>PyBytes_AS_STRING(trace_id)
-                item.trace_id_len = PyBytes_GET_SIZE(trace_id)
-                item.parent_id = span.parent_span_id
-                item.span_id = span.span_id
-                text = span.request_id
-                keep.append(text)
-                if text and not item.parent_id:
-                    item.request_id = PyUnicode_AsUTF8AndSize(text, &size)
-                    item.request_id_len = size
-                else:
-                    item.request_id = NULL
-                    item.request_id_len = 0
-                text = span.name
-                keep.append(text)
-                item.name = PyUnicode_AsUTF8AndSize(text, &size)
-                item.name_len = size
-                text = span.error
-                keep.append(text)
-                item.error = PyUnicode_AsUTF8AndSize(text, &size)
-                item.error_len = size
-                start = span.start_ns
-                end = span.end_ns
-                item.start_ns = start
-                delta = end - start
-                item.duration = NULL
-                item.duration_len = 0
-                item.delta_ns = 0
-                if -EXACT_DURATION_NS < delta < EXACT_DURATION_NS:
-                    item.delta_ns = delta
-                else:
-                    duration = repr(round(delta / 1000) / 1000).encode("ascii")
-                    keep.append(duration)
-                    item.duration = PyBytes_AS_STRING(duration)
-                    item.duration_len = PyBytes_GET_SIZE(duration)
-                item.sample_rate = span.sample_rate
-                items.push_back(item)
-                total += (<size_t>item.attrs_len + 6 * <size_t>(item.name_len + item.error_len
-                          + item.request_id_len) + 2 * <size_t>item.trace_id_len
-                          + <size_t>PyBytes_GET_SIZE(self._service) + 256)
+            for chunk in (spans.chunks if type(spans) is SpanBatch else (spans,)):
+                if type(chunk) is PackedSpans and (<PackedSpans> chunk).plain:
+                    keep.append(chunk)
+                    if _honey_packed(<PackedSpans> chunk, items, &total, service_len_):
+                        continue
+                total += _honey_records(chunk, items, keep, service_len_)
         except (UnicodeError, OverflowError, TypeError):
             return None  # a lone surrogate, a number beyond 64 bits, ...
         cdef Buf out
@@ -933,6 +997,67 @@ cdef int otlp_span(OtlpIn* s, Buf* b) noexcept nogil:
     return OK
 
 
+cdef size_t _otlp_records(object spans, vector[OtlpIn]& items, list keep) except? 0:
+    """OtlpIn of each SpanRecord of ``spans``; the bytes they need, roughly."""
+    cdef OtlpIn item
+    cdef bytes trace_id, attrs
+    cdef str text
+    cdef Py_ssize_t size
+    cdef size_t total = 0
+    for span in spans:
+        attrs = span.attrs_json
+        trace_id = span.trace_id
+        keep.append(attrs)
+        keep.append(trace_id)
+        item.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
+        item.attrs_len = PyBytes_GET_SIZE(attrs)
+        item.trace_id = <const unsigned char*>PyBytes_AS_STRING(trace_id)
+        item.trace_id_len = PyBytes_GET_SIZE(trace_id)
+        item.span_id = span.span_id
+        item.parent_id = span.parent_span_id
+        text = span.name
+        keep.append(text)
+        item.name = PyUnicode_AsUTF8AndSize(text, &size)
+        item.name_len = size
+        text = span.error
+        keep.append(text)
+        item.error = PyUnicode_AsUTF8AndSize(text, &size)
+        item.error_len = size
+        item.start_ns = span.start_ns
+        item.end_ns = span.end_ns
+        items.push_back(item)
+        # attributes grow about threefold (each gets its key/value wrapper)
+        total += 3 * <size_t>item.attrs_len + 6 * <size_t>(item.name_len + item.error_len) + 256
+    return total
+
+
+cdef size_t _otlp_packed(PackedSpans chunk, vector[OtlpIn]& items) except? 0:
+    """OtlpIn of each packed span of ``chunk``; the bytes they need, roughly."""
+    cdef OtlpIn item
+    cdef SpanStore store = chunk.store
+    cdef const PackedSpan* sp
+    cdef const char* arena = store.arena
+    cdef size_t i
+    cdef size_t total = 0
+    for i in range(chunk.lo, chunk.hi):
+        sp = &store.spans[i]
+        item.attrs = <const unsigned char*> (arena + sp.attrs_off)
+        item.attrs_len = <Py_ssize_t> sp.attrs_len
+        item.trace_id = &sp.trace_id[0]
+        item.trace_id_len = 16
+        item.span_id = sp.span_id
+        item.parent_id = sp.parent_id
+        item.name = arena + sp.name_off
+        item.name_len = <Py_ssize_t> sp.name_len
+        item.error = arena + sp.error_off
+        item.error_len = <Py_ssize_t> sp.error_len
+        item.start_ns = sp.start_ns
+        item.end_ns = sp.end_ns
+        items.push_back(item)
+        total += 3 * sp.attrs_len + 6 * (sp.name_len + sp.error_len) + 256
+    return total
+
+
 cdef class OtlpEncoder:
     """The OTLP/HTTP JSON request body of ``sinks.otlp``: ``head``, the spans
     joined by commas, ``tail``."""
@@ -951,37 +1076,15 @@ cdef class OtlpEncoder:
         span (span ``i`` starts one byte after ``ends[i - 1]``, the first at
         ``len(head)``); None when the Python encoder must write this batch."""
         cdef vector[OtlpIn] items
-        cdef OtlpIn item
         cdef list keep = []
-        cdef bytes trace_id, attrs
-        cdef str text
-        cdef Py_ssize_t size
         cdef size_t total = PyBytes_GET_SIZE(self.head) + PyBytes_GET_SIZE(self.tail)
         try:
-            for span in spans:
-                attrs = span.attrs_json
-                trace_id = span.trace_id
-                keep.append(attrs)
-                keep.append(trace_id)
-                item.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
-                item.attrs_len = PyBytes_GET_SIZE(attrs)
-                item.trace_id = <const unsigned char*>PyBytes_AS_STRING(trace_id)
-                item.trace_id_len = PyBytes_GET_SIZE(trace_id)
-                item.span_id = span.span_id
-                item.parent_id = span.parent_span_id
-                text = span.name
-                keep.append(text)
-                item.name = PyUnicode_AsUTF8AndSize(text, &size)
-                item.name_len = size
-                text = span.error
-                keep.append(text)
-                item.error = PyUnicode_AsUTF8AndSize(text, &size)
-                item.error_len = size
-                item.start_ns = span.start_ns
-                item.end_ns = span.end_ns
-                items.push_back(item)
-                # attributes grow about threefold (each gets its key/value wrapper)
-                total += 3 * <size_t>item.attrs_len + 6 * <size_t>(item.name_len + item.error_len) + 256
+            for chunk in (spans.chunks if type(spans) is SpanBatch else (spans,)):
+                if type(chunk) is PackedSpans and (<PackedSpans> chunk).plain:
+                    keep.append(chunk)
+                    total += _otlp_packed(<PackedSpans> chunk, items)
+                else:
+                    total += _otlp_records(chunk, items, keep)
         except (UnicodeError, OverflowError, TypeError):
             return None
         cdef Buf out

@@ -502,6 +502,11 @@ class Core:
         ready, self._ready = self._ready, []
         return ready
 
+    def drain_spans(self) -> Sequence[SpanRecord]:
+        """The ready spans as one sequence, what the daemon queues for the sinks (the
+        compiled core packs them; here it is the list of ``drain``)."""
+        return self.drain()
+
     # -- internals
 
     def _line(self, line: bytes, now_ns: int | None) -> None:

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from ._core_py import KeyFilter
+from ._spans import PackedSpans
 from .model import SpanRecord
 
 COUNTER_NAMES: tuple[str, ...]
@@ -56,3 +57,5 @@ class Core:
     def expire(self, now_ns: int) -> int: ...
     def flush(self) -> int: ...
     def drain(self) -> list[SpanRecord]: ...
+    def drain_spans(self) -> PackedSpans:
+        """The ready spans as one packed sequence (what the daemon queues for the sinks)."""

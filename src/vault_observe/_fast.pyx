@@ -23,25 +23,21 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 import math
-import types
 
 import orjson
 
 from . import _core_py
-from .model import PAIRING_KEY, PAIRING_NAMES, SpanRecord
+from .model import PAIRING_KEY, PAIRING_NAMES
+
+from vault_observe._spans cimport PackedSpan, PackedSpans, SpanStore, new_span, packed_view
 
 # ---------------------------------------------------------------- declarations
 
 cdef extern from "Python.h":
-    ctypedef struct PyMemberDef:
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef *d_member
     object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
     const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
-    object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
-    void PyObject_GC_UnTrack(void *op)
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
     void *PyUnicode_DATA(object o)
 
 cdef extern from "simdjson.h" namespace "simdjson":
@@ -159,6 +155,10 @@ cdef size_t BIG_LINE = 4 << 20
 cdef uint32_t F_CANON = 1     # id is a lower-case UUID: its text is rebuilt from the key
 cdef uint32_t F_IN_HEAP = 2   # in the out-of-order heap, not in the sorted list
 cdef uint32_t F_WIDE = 4      # start or deadline does not fit 64 bits: exact values in the extra
+# Times a PackedSpan holds (the encoders' arithmetic on them cannot overflow); a
+# span beyond them is kept as its SpanRecord.
+cdef i128 PACK_TIME_LIMIT = (<i128> 1) << 62  # about the year 2116
+cdef i128 PACK_DURATION_LIMIT = 1_000_000_000_000_000_000
 
 cdef object _PROBE_PATH = _core_py.PROBE_PATH
 cdef object _span_name = _core_py.span_name
@@ -172,60 +172,9 @@ cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _ZERO = 0
 cdef object _ONE = 1
 cdef object _EMPTY = ""
-cdef tuple _PAIRING_OBJS = (0, 1, 2, 3)
 cdef list _MARKERS = [
     ('"' + PAIRING_KEY + '":"' + name + '"}').encode() for name in PAIRING_NAMES
 ]
-
-# ---------------------------------------------------------------- SpanRecord
-
-# SpanRecord has __slots__ only; the core fills them directly, which is several
-# times faster than calling its __init__. Falls back to the call if that changes.
-cdef Py_ssize_t _OFF[11]
-cdef bint _DIRECT = True
-_FIELDS = (
-    "trace_id", "span_id", "parent_span_id", "name", "start_ns",
-    "end_ns", "error", "pairing", "request_id", "attrs_json", "sample_rate",
-)
-for _i, _f in enumerate(_FIELDS):
-    _d = SpanRecord.__dict__.get(_f)
-    if type(_d) is not types.MemberDescriptorType:
-        _DIRECT = False
-        break
-    _OFF[_i] = (<PyMemberDescrObject *> <PyObject *> _d).d_member.offset
-if SpanRecord.__new__ is not object.__new__ or "__dict__" in SpanRecord.__dict__:
-    _DIRECT = False
-
-
-cdef inline void _set_slot(object obj, Py_ssize_t off, object value) noexcept:
-    Py_INCREF(value)
-    (<PyObject **> ((<char *> <PyObject *> obj) + off))[0] = <PyObject *> value
-
-
-cdef object _new_span(object trace_id, object span_id, object parent_span_id, object name,
-                      object start_ns, object end_ns, object error, int pairing, object request_id,
-                      object attrs_json, object sample_rate):
-    cdef object pairing_obj = _PAIRING_OBJS[pairing]
-    if not _DIRECT:
-        return SpanRecord(trace_id, span_id, parent_span_id, name, start_ns, end_ns, error,
-                          pairing_obj, request_id, attrs_json, sample_rate)
-    cdef object span = PyType_GenericAlloc(<PyTypeObject *> SpanRecord, 0)
-    _set_slot(span, _OFF[0], trace_id)
-    _set_slot(span, _OFF[1], span_id)
-    _set_slot(span, _OFF[2], parent_span_id)
-    _set_slot(span, _OFF[3], name)
-    _set_slot(span, _OFF[4], start_ns)
-    _set_slot(span, _OFF[5], end_ns)
-    _set_slot(span, _OFF[6], error)
-    _set_slot(span, _OFF[7], pairing_obj)
-    _set_slot(span, _OFF[8], request_id)
-    _set_slot(span, _OFF[9], attrs_json)
-    _set_slot(span, _OFF[10], sample_rate)
-    # Every slot holds an int, str, bytes or None, so a record can never be part of
-    # a reference cycle: keep it out of the collector's lists. A full queue holds
-    # hundreds of thousands of records that each collection would walk otherwise.
-    PyObject_GC_UnTrack(<void *> span)
-    return span
 
 # ---------------------------------------------------------------- ids
 
@@ -532,7 +481,7 @@ cdef class Core:
     cdef char *_namebuf
     cdef size_t _namebuf_cap
     cdef uint64_t _counts[N_COUNTERS]
-    cdef list _ready
+    cdef SpanStore _spans     # the ready spans, until drained
     cdef i128 _watermark
     cdef uint64_t _seq
     cdef uint32_t _name_idx
@@ -558,7 +507,7 @@ cdef class Core:
         self._parser = new dom_parser()
         self._fl = new Flattener()
         self._names = new NameTable(<size_t> NAME_LIMIT)
-        self._ready = []
+        self._spans = SpanStore.__new__(SpanStore)
         self._bad = {}
         self.trace_context = True
         self._head = NONE
@@ -677,7 +626,7 @@ cdef class Core:
             self._feed(<const char *> view.buf, <size_t> view.len, has_now, now)
         finally:
             PyBuffer_Release(&view)
-        return len(self._ready)
+        return self._spans.n
 
     def expire(self, now_ns) -> int:
         cdef i128 now = 0
@@ -693,7 +642,7 @@ cdef class Core:
             if idx == NONE or self._deadline_of(idx) > now:
                 break
             self._pop(idx, UNANSWERED)
-        return len(self._ready)
+        return self._spans.n
 
     def flush(self) -> int:
         cdef uint32_t idx
@@ -702,12 +651,23 @@ cdef class Core:
             if idx == NONE:
                 break
             self._pop(idx, UNANSWERED)
-        return len(self._ready)
+        return self._spans.n
 
     def drain(self) -> list:
-        ready = self._ready
-        self._ready = []
-        return ready
+        return self._take().records()
+
+    def drain_spans(self) -> PackedSpans:
+        """The ready spans as one packed sequence (what the daemon queues for the sinks)."""
+        return self._take()
+
+    cdef PackedSpans _take(self):
+        cdef SpanStore store = self._spans
+        cdef SpanStore fresh = SpanStore.__new__(SpanStore)
+        if store.used:
+            # room for about as much as the last drain took
+            fresh.reserve(store.used + store.used // 4)
+        self._spans = fresh
+        return packed_view(store, 0, store.n)
 
     # ------------------------------------------------------------ lines
 
@@ -1324,14 +1284,88 @@ cdef class Core:
                 return 0
             rate = self.sample_rate
         self._counts[C_SPANS] += 1
+        if self._pack(hi, lo, thi, tlo, request_id, name, start, end, error, pairing, attrs, raw,
+                      par, rate):
+            return 0
         if raw:
             attrs = self._attrs_with(attrs, pairing)
         start_obj = i128_to_py(start)
         end_obj = start_obj if end == start else i128_to_py(end)
-        self._ready.append(_new_span(_trace_bytes(thi, tlo), _span_id(hi, lo),
-                                     _ZERO if par == NULL else <object> par.span, name, start_obj,
-                                     end_obj, error, pairing, request_id, attrs, rate))
+        self._spans.add_record(new_span(_trace_bytes(thi, tlo), _span_id(hi, lo),
+                                        _ZERO if par == NULL else <object> par.span, name,
+                                        start_obj, end_obj, error, pairing, request_id, attrs,
+                                        rate))
         return 0
+
+    cdef bint _pack(self, uint64_t hi, uint64_t lo, uint64_t thi, uint64_t tlo,
+                    object request_id, object name, i128 start, i128 end, object error,
+                    int pairing, object attrs, bint raw, const Parent *par,
+                    object rate) except -1:
+        """Append the span to the store as a PackedSpan; False (nothing added) when a
+        PackedSpan cannot hold one of its values."""
+        cdef int64_t rate_c = 1
+        cdef int overflow = 0
+        cdef Py_ssize_t name_n, error_n, rid_n
+        cdef const char *name_p
+        cdef const char *error_p
+        cdef const char *rid_p
+        cdef const char *attrs_p
+        cdef size_t attrs_n
+        cdef SpanStore store = self._spans
+        cdef PackedSpan *sp
+        cdef size_t name_off, name_len, error_off, error_len, rid_off, rid_len
+        cdef size_t attrs_off, attrs_len
+        cdef int i
+        if (start < -PACK_TIME_LIMIT or start > PACK_TIME_LIMIT or end < -PACK_TIME_LIMIT
+                or end > PACK_TIME_LIMIT or end - start >= PACK_DURATION_LIMIT):
+            return False
+        if rate is not _ONE:
+            if type(rate) is not int:
+                return False
+            rate_c = PyLong_AsLongLongAndOverflow(rate, &overflow)
+            if overflow:
+                return False
+        if type(name) is not str or type(error) is not str or type(request_id) is not str:
+            return False
+        try:
+            name_p = PyUnicode_AsUTF8AndSize(name, &name_n)
+            error_p = PyUnicode_AsUTF8AndSize(error, &error_n)
+            rid_p = PyUnicode_AsUTF8AndSize(request_id, &rid_n)
+        except UnicodeError:
+            return False  # a lone surrogate: the record keeps the str as it is
+        if raw and attrs is None:
+            attrs_p = self._attrs_p
+            attrs_n = self._attrs_n
+        else:
+            attrs_p = PyBytes_AS_STRING(attrs)
+            attrs_n = <size_t> PyBytes_GET_SIZE(attrs)
+        if raw and pairing != PAIRED:
+            _put_with_marker(store, attrs_p, attrs_n, pairing, &attrs_off, &attrs_len)
+        else:
+            store.put(attrs_p, attrs_n, &attrs_off, &attrs_len)
+        store.put(name_p, <size_t> name_n, &name_off, &name_len)
+        store.put(error_p, <size_t> error_n, &error_off, &error_len)
+        store.put(rid_p, <size_t> rid_n, &rid_off, &rid_len)
+        sp = store.add()
+        for i in range(8):
+            sp.trace_id[i] = <unsigned char> (thi >> (56 - 8 * i))
+            sp.trace_id[8 + i] = <unsigned char> (tlo >> (56 - 8 * i))
+        sp.span_id = _span_id(hi, lo)
+        sp.parent_id = 0 if par == NULL else par.span
+        sp.start_ns = <int64_t> start
+        sp.end_ns = <int64_t> end
+        sp.sample_rate = rate_c
+        sp.attrs_off = attrs_off
+        sp.attrs_len = attrs_len
+        sp.name_off = name_off
+        sp.name_len = name_len
+        sp.error_off = error_off
+        sp.error_len = error_len
+        sp.rid_off = rid_off
+        sp.rid_len = rid_len
+        sp.record = -1
+        sp.pairing = pairing
+        return True
 
     cdef bint _sampled_in(self, uint64_t hi, uint64_t lo) except -1:
         """_core_py.sample_hash(trace id) % sample_rate == 0."""
@@ -1631,6 +1665,28 @@ cdef int _flatten_failed() except -1:
     if PyErr_Occurred() == NULL:
         raise MemoryError()
     return -1
+
+
+cdef int _put_with_marker(SpanStore store, const char *p, size_t n, int pairing,
+                          size_t *off, size_t *length) except -1:
+    """_with_marker, written into the store's arena."""
+    cdef bytes marker = _MARKERS[pairing]
+    cdef size_t mn = <size_t> PyBytes_GET_SIZE(marker)
+    cdef char *d = store.reserve(n + 1 + mn)
+    cdef size_t total
+    if n == 2 and p[0] == 123 and p[1] == 125:
+        d[0] = 123
+        memcpy(d + 1, PyBytes_AS_STRING(marker), mn)
+        total = 1 + mn
+    else:
+        memcpy(d, p, n - 1)
+        d[n - 1] = 44
+        memcpy(d + n, PyBytes_AS_STRING(marker), mn)
+        total = n + mn
+    off[0] = store.used
+    length[0] = total
+    store.used += total
+    return 0
 
 
 cdef bytes _with_marker(const char *p, size_t n, int pairing):

@@ -6,15 +6,20 @@ Gives the same bytes as ``vault_observe.sinks.zipkin_proto_py`` (whose docstring
 states the encoding rules), but reads the tags straight out of ``attrs_json`` with
 a small scanner instead of decoding it: the object is flat and canonical, so a
 string value is its unescaped text and a number or an array is its JSON slice as
-it stands. The spans' fields are read with the GIL held; the encoding itself runs
-without it, so the reader thread keeps going meanwhile.
+it stands. The spans' fields are read with the GIL held (from the compiled core's
+packed spans, straight from their C records); the encoding itself runs without it,
+so the reader thread keeps going meanwhile.
 """
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memmove
 from libcpp.vector cimport vector
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+
+from vault_observe._spans cimport PackedSpan, PackedSpans, SpanStore
+
+from .model import SpanBatch
 
 
 cdef extern from "Python.h":
@@ -274,6 +279,85 @@ cdef struct Scratch:
     Buf value  # an unescaped string value
 
 
+cdef size_t _gather_records(object spans, vector[SpanIn]& items, list keep) except? 0:
+    """SpanIn of each SpanRecord of ``spans``; the bytes they need, roughly."""
+    cdef SpanIn item
+    cdef bytes trace_id, attrs
+    cdef str name, error
+    cdef Py_ssize_t size
+    cdef size_t total = 0
+    for span in spans:
+        trace_id = span.trace_id
+        if trace_id is None or PyBytes_GET_SIZE(trace_id) != 16:
+            raise ValueError("trace_id must be 16 bytes")
+        name = span.name
+        error = span.error
+        attrs = span.attrs_json
+        if attrs is None:
+            raise ValueError("attrs_json must be bytes")
+        keep.append((trace_id, name, error, attrs))
+        item.trace_id = PyBytes_AS_STRING(trace_id)
+        item.span_id = span.span_id
+        item.parent_id = span.parent_span_id
+        item.name = PyUnicode_AsUTF8AndSize(name, &size)
+        item.name_len = size
+        item.error = PyUnicode_AsUTF8AndSize(error, &size)
+        item.error_len = size
+        item.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
+        item.attrs_len = PyBytes_GET_SIZE(attrs)
+        # microseconds rounded half up, as the exporter does (Python ints: no overflow)
+        start = span.start_ns
+        timestamp = (start + 500) // 1000
+        duration = (span.end_ns - start + 500) // 1000
+        if timestamp < 0 or duration < 0:
+            raise ValueError("span time out of range")
+        item.timestamp = timestamp
+        item.duration = duration
+        items.push_back(item)
+        total += <size_t>(item.attrs_len + item.name_len + item.error_len) + 320
+    return total
+
+
+cdef inline int64_t _floor_div(int64_t a, int64_t b) noexcept nogil:
+    """Python's a // b for b > 0."""
+    cdef int64_t q = a / b
+    if a % b != 0 and a < 0:
+        q -= 1
+    return q
+
+
+cdef size_t _gather_packed(PackedSpans chunk, vector[SpanIn]& items) except? 0:
+    """SpanIn of each packed span of ``chunk`` (their times fit 64 bits with room)."""
+    cdef SpanIn item
+    cdef SpanStore store = chunk.store
+    cdef const PackedSpan* sp
+    cdef const char* arena = store.arena
+    cdef size_t i
+    cdef size_t total = 0
+    cdef int64_t timestamp, duration
+    for i in range(chunk.lo, chunk.hi):
+        sp = &store.spans[i]
+        item.trace_id = <const char*> sp.trace_id
+        item.span_id = sp.span_id
+        item.parent_id = sp.parent_id
+        item.name = arena + sp.name_off
+        item.name_len = <Py_ssize_t> sp.name_len
+        item.error = arena + sp.error_off
+        item.error_len = <Py_ssize_t> sp.error_len
+        item.attrs = <const unsigned char*> (arena + sp.attrs_off)
+        item.attrs_len = <Py_ssize_t> sp.attrs_len
+        # microseconds rounded half up, as the exporter does
+        timestamp = _floor_div(sp.start_ns + 500, 1000)
+        duration = _floor_div(sp.end_ns - sp.start_ns + 500, 1000)
+        if timestamp < 0 or duration < 0:
+            raise ValueError("span time out of range")
+        item.timestamp = <uint64_t> timestamp
+        item.duration = <uint64_t> duration
+        items.push_back(item)
+        total += sp.attrs_len + sp.name_len + sp.error_len + 320
+    return total
+
+
 cdef class ProtoEncoder:
     """Encode SpanRecords as a Zipkin ``ListOfSpans`` (protobuf, v2)."""
 
@@ -346,41 +430,17 @@ cdef class ProtoEncoder:
 
     cdef object _encode(self, spans, bint wrap):
         cdef vector[SpanIn] items
-        cdef SpanIn item
         cdef list keep = []  # owners of the buffers the GIL-free part reads
-        cdef bytes trace_id, attrs
-        cdef str name, error
-        cdef Py_ssize_t size
         cdef size_t total = 0
-        for span in spans:
-            trace_id = span.trace_id
-            if trace_id is None or PyBytes_GET_SIZE(trace_id) != 16:
-                raise ValueError("trace_id must be 16 bytes")
-            name = span.name
-            error = span.error
-            attrs = span.attrs_json
-            if attrs is None:
-                raise ValueError("attrs_json must be bytes")
-            keep.append((trace_id, name, error, attrs))
-            item.trace_id = PyBytes_AS_STRING(trace_id)
-            item.span_id = span.span_id
-            item.parent_id = span.parent_span_id
-            item.name = PyUnicode_AsUTF8AndSize(name, &size)
-            item.name_len = size
-            item.error = PyUnicode_AsUTF8AndSize(error, &size)
-            item.error_len = size
-            item.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
-            item.attrs_len = PyBytes_GET_SIZE(attrs)
-            # microseconds rounded half up, as the exporter does (Python ints: no overflow)
-            start = span.start_ns
-            timestamp = (start + 500) // 1000
-            duration = (span.end_ns - start + 500) // 1000
-            if timestamp < 0 or duration < 0:
-                raise ValueError("span time out of range")
-            item.timestamp = timestamp
-            item.duration = duration
-            items.push_back(item)
-            total += <size_t>(item.attrs_len + item.name_len + item.error_len) + 320
+        for chunk in (spans.chunks if type(spans) is SpanBatch else (spans,)):
+            if type(chunk) is PackedSpans and (<PackedSpans> chunk).plain:
+                keep.append(chunk)
+                total += _gather_packed(<PackedSpans> chunk, items)
+            else:
+                total += _gather_records(chunk, items, keep)
+        return self._write(items, wrap, total)
+
+    cdef object _write(self, vector[SpanIn]& items, bint wrap, size_t total):
         cdef Buf out
         cdef Scratch scratch
         cdef Py_ssize_t failed = -1

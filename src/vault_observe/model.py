@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator, Sequence
+from itertools import chain
+from typing import Any, overload
 
 # How a span's request and response were paired.
 PAIRED = 0  # a response whose request was seen: real duration
@@ -114,3 +116,34 @@ class SpanRecord:
             f"pairing={PAIRING_NAMES[self.pairing]}, start_ns={self.start_ns}, "
             f"end_ns={self.end_ns}, error={self.error!r})"
         )
+
+
+class SpanBatch(Sequence[SpanRecord]):
+    """The spans of one send: the core's chunks, in order.
+
+    A chunk is a list of SpanRecord (reference core) or the compiled core's
+    ``PackedSpans``, which the compiled encoders read without making records.
+    Everything else iterates it as SpanRecords.
+    """
+
+    __slots__ = ("_len", "chunks")
+
+    def __init__(self, chunks: Sequence[Sequence[SpanRecord]]) -> None:
+        self.chunks = chunks
+        self._len = sum(len(chunk) for chunk in chunks)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[SpanRecord]:
+        return chain.from_iterable(self.chunks)
+
+    @overload
+    def __getitem__(self, index: int) -> SpanRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[SpanRecord]: ...
+    def __getitem__(self, index: int | slice) -> SpanRecord | list[SpanRecord]:
+        return list(self)[index]
+
+    def __repr__(self) -> str:
+        return f"SpanBatch({self._len} spans in {len(self.chunks)} chunks)"

@@ -24,7 +24,7 @@ from . import core as core_module
 from .config import Config
 from .framing import FramingCounters
 from .metrics import Summary
-from .model import SpanRecord
+from .model import SpanBatch, SpanRecord
 from .ratelog import RateLimitedLog
 from .sinks.base import Sink
 from .sources.file import read_file
@@ -43,7 +43,12 @@ BAD_LINE_COUNTERS = ("malformed", "invalid", "oversize", "unknown_type", "no_id"
 
 
 class SinkWorker:
-    """A bounded span queue in front of one sink, drained by its own thread."""
+    """A bounded span queue in front of one sink, drained by its own thread.
+
+    The queue holds the core's chunks of spans as they were drained (a list, or the
+    compiled core's packed spans) and counts their spans; a batch is a run of them,
+    split where it must be, so no span is copied on the reader's side.
+    """
 
     def __init__(
         self,
@@ -57,7 +62,8 @@ class SinkWorker:
     ) -> None:
         self.sink = sink
         self.name = sink.name
-        self._queue: deque[SpanRecord] = deque()
+        self._queue: deque[Sequence[SpanRecord]] = deque()
+        self._depth = 0  # spans in the queue
         self._cond = threading.Condition()
         self._blocked = False  # a replay waits in offer for room
         self._queue_size = queue_size
@@ -87,7 +93,7 @@ class SinkWorker:
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return self._depth
 
     @property
     def handled(self) -> int:
@@ -101,13 +107,16 @@ class SinkWorker:
 
     def offer(self, spans: Sequence[SpanRecord]) -> None:
         """Queue spans; never blocks unless ``block_when_full`` (file replay)."""
+        total = len(spans)
+        if not total:
+            return
         with self._cond:
             queue = self._queue
-            before = len(queue)
+            before = self._depth
             if self._block_when_full:
                 done = 0
-                while done < len(spans):
-                    room = self._queue_size - len(queue)
+                while done < total:
+                    room = self._queue_size - self._depth
                     if room <= 0 and not self._closing:
                         self._cond.notify_all()  # wake the worker before waiting for room
                         self._blocked = True
@@ -115,25 +124,24 @@ class SinkWorker:
                         self._blocked = False
                         before = 0  # the workers may all be waiting again
                         continue
-                    take = len(spans) - done if self._closing else min(room, len(spans) - done)
-                    queue.extend(spans[done : done + take])
+                    take = total - done if self._closing else min(room, total - done)
+                    queue.append(spans if take == total else spans[done : done + take])
+                    self._depth += take
                     done += take
-                self.counts["queued"] += len(spans)
+                self.counts["queued"] += total
             else:
-                room = self._queue_size - len(queue)
-                if room >= len(spans):
-                    queue.extend(spans)
-                    taken = len(spans)
-                else:
-                    taken = max(room, 0)
-                    queue.extend(spans[:taken])
-                    self.counts["dropped_queue_full"] += len(spans) - taken
+                taken = min(max(self._queue_size - self._depth, 0), total)
+                if taken:
+                    queue.append(spans if taken == total else spans[:taken])
+                    self._depth += taken
+                if taken < total:
+                    self.counts["dropped_queue_full"] += total - taken
                 self.counts["queued"] += taken
             # Wake the senders only when there is news for them: the first spans (a
             # partial batch starts its flush_interval) or another full batch. Each
             # wake-up takes the GIL from the reader.
             size = self._batch_size
-            if (before == 0 and queue) or len(queue) // size > before // size:
+            if (before == 0 and self._depth) or self._depth // size > before // size:
                 self._cond.notify_all()
 
     def begin_stop(self, deadline: float) -> None:
@@ -149,30 +157,41 @@ class SinkWorker:
             if thread.is_alive():
                 thread.join(max(0.0, self._final_deadline - time.monotonic()) + 1.0)
         with self._cond:
-            left = len(self._queue)
+            left = self._depth
             self._queue.clear()
+            self._depth = 0
             self.counts["dropped_shutdown"] += left
         if left:
             log.warning("%s: %d spans not delivered before the shutdown timeout", self.name, left)
         with contextlib.suppress(Exception):
             self.sink.close()
 
-    def _next_batch(self) -> list[SpanRecord] | None:
+    def _next_batch(self) -> SpanBatch | None:
         with self._cond:
-            while not self._queue and not self._closing:
+            while not self._depth and not self._closing:
                 self._cond.wait()
-            if not self._queue:
+            if not self._depth:
                 return None
-            if len(self._queue) < self._batch_size and not self._closing:
+            if self._depth < self._batch_size and not self._closing:
                 # Let a partial batch fill for at most flush_interval.
                 self._cond.wait_for(
-                    lambda: len(self._queue) >= self._batch_size or self._closing, self._flush_interval
+                    lambda: self._depth >= self._batch_size or self._closing, self._flush_interval
                 )
-            n = min(self._batch_size, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
+            queue = self._queue
+            want = min(self._batch_size, self._depth)
+            chunks: list[Sequence[SpanRecord]] = []
+            taken = 0
+            while taken < want:
+                chunk = queue.popleft()
+                if len(chunk) > want - taken:
+                    queue.appendleft(chunk[want - taken :])
+                    chunk = chunk[: want - taken]
+                chunks.append(chunk)
+                taken += len(chunk)
+            self._depth -= taken
             if self._blocked:
                 self._cond.notify_all()  # room for the replay waiting in offer
-            return batch
+            return SpanBatch(chunks)
 
     def _run(self) -> None:
         while True:
@@ -428,7 +447,7 @@ class Daemon:
         self.core.feed(chunk, now_ns)
 
     def _dispatch(self) -> None:
-        spans = self.core.drain()
+        spans = self.core.drain_spans()
         if spans:
             for worker in self.workers:
                 worker.offer(spans)

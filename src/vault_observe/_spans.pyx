@@ -1,0 +1,234 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# distutils: language = c++
+"""Packed spans: what the compiled core hands the sinks instead of SpanRecords.
+
+A ``SpanStore`` holds the spans of one ``drain`` as fixed C records plus one arena
+of their UTF-8 strings and attribute bytes: no Python object per span, so the
+reader allocates nothing per span and a sender frees a whole chunk at once. The
+compiled encoders read the records directly (``cimport`` of this module). Anything
+else sees ``PackedSpans`` as a sequence of ``SpanRecord``, made on demand, equal
+to what the reference core gives. A span with a value outside what a record holds
+(a time beyond 2**62 ns, a lone surrogate in a string, a sample rate beyond 64
+bits) is kept as its ``SpanRecord``; a view with such a span is not ``plain``.
+"""
+
+from collections.abc import Sequence
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.object cimport PyTypeObject
+from cpython.ref cimport Py_INCREF, PyObject
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy
+
+import types
+
+from .model import SpanRecord
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+    object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
+    void PyObject_GC_UnTrack(void *op)
+    object PyLong_FromLongLong(long long v)
+    object PyLong_FromUnsignedLongLong(unsigned long long v)
+
+cdef object _ZERO = 0
+cdef object _ONE = 1
+cdef object _EMPTY = ""
+cdef tuple _PAIRING_OBJS = (0, 1, 2, 3)
+
+# ---------------------------------------------------------------- SpanRecord
+
+# SpanRecord has __slots__ only; its slots are filled directly, which is several
+# times faster than calling its __init__. Falls back to the call if that changes.
+cdef Py_ssize_t _OFF[11]
+cdef bint _DIRECT = True
+_FIELDS = (
+    "trace_id", "span_id", "parent_span_id", "name", "start_ns",
+    "end_ns", "error", "pairing", "request_id", "attrs_json", "sample_rate",
+)
+for _i, _f in enumerate(_FIELDS):
+    _d = SpanRecord.__dict__.get(_f)
+    if type(_d) is not types.MemberDescriptorType:
+        _DIRECT = False
+        break
+    _OFF[_i] = (<PyMemberDescrObject *> <PyObject *> _d).d_member.offset
+if SpanRecord.__new__ is not object.__new__ or "__dict__" in SpanRecord.__dict__:
+    _DIRECT = False
+
+
+cdef inline void _set_slot(object obj, Py_ssize_t off, object value) noexcept:
+    Py_INCREF(value)
+    (<PyObject **> ((<char *> <PyObject *> obj) + off))[0] = <PyObject *> value
+
+
+cdef object new_span(object trace_id, object span_id, object parent_span_id, object name,
+                     object start_ns, object end_ns, object error, int pairing, object request_id,
+                     object attrs_json, object sample_rate):
+    cdef object pairing_obj = _PAIRING_OBJS[pairing]
+    if not _DIRECT:
+        return SpanRecord(trace_id, span_id, parent_span_id, name, start_ns, end_ns, error,
+                          pairing_obj, request_id, attrs_json, sample_rate)
+    cdef object span = PyType_GenericAlloc(<PyTypeObject *> SpanRecord, 0)
+    _set_slot(span, _OFF[0], trace_id)
+    _set_slot(span, _OFF[1], span_id)
+    _set_slot(span, _OFF[2], parent_span_id)
+    _set_slot(span, _OFF[3], name)
+    _set_slot(span, _OFF[4], start_ns)
+    _set_slot(span, _OFF[5], end_ns)
+    _set_slot(span, _OFF[6], error)
+    _set_slot(span, _OFF[7], pairing_obj)
+    _set_slot(span, _OFF[8], request_id)
+    _set_slot(span, _OFF[9], attrs_json)
+    _set_slot(span, _OFF[10], sample_rate)
+    # Every slot holds an int, str, bytes or None, so a record can never be part of
+    # a reference cycle: keep it out of the collector's lists. A full queue holds
+    # hundreds of thousands of records that each collection would walk otherwise.
+    PyObject_GC_UnTrack(<void *> span)
+    return span
+
+
+cdef inline object _text(const char *arena, size_t off, size_t n):
+    if n == 0:
+        return _EMPTY
+    return PyUnicode_DecodeUTF8(arena + off, <Py_ssize_t> n, NULL)
+
+
+cdef object _record(SpanStore store, size_t i):
+    """The SpanRecord of span ``i``."""
+    cdef PackedSpan *sp = &store.spans[i]
+    if sp.record >= 0:
+        return store.records[sp.record]
+    cdef const char *arena = store.arena
+    start = PyLong_FromLongLong(sp.start_ns)
+    end = start if sp.end_ns == sp.start_ns else PyLong_FromLongLong(sp.end_ns)
+    return new_span(
+        PyBytes_FromStringAndSize(<const char *> sp.trace_id, 16),
+        PyLong_FromUnsignedLongLong(sp.span_id),
+        _ZERO if sp.parent_id == 0 else PyLong_FromUnsignedLongLong(sp.parent_id),
+        _text(arena, sp.name_off, sp.name_len),
+        start,
+        end,
+        _text(arena, sp.error_off, sp.error_len),
+        sp.pairing,
+        _text(arena, sp.rid_off, sp.rid_len),
+        PyBytes_FromStringAndSize(arena + sp.attrs_off, <Py_ssize_t> sp.attrs_len),
+        _ONE if sp.sample_rate == 1 else PyLong_FromLongLong(sp.sample_rate),
+    )
+
+# ---------------------------------------------------------------- the store
+
+
+cdef class SpanStore:
+    """The spans of one drain, as the core writes them (append only)."""
+
+    def __cinit__(self):
+        self.records = []
+
+    def __dealloc__(self):
+        free(self.spans)
+        free(self.arena)
+
+    cdef PackedSpan *add(self) except NULL:
+        """Room for one more span, which the caller fills (valid until the next add)."""
+        cdef size_t cap
+        cdef PackedSpan *spans
+        if self.n == self.cap:
+            cap = self.cap * 2 if self.cap else 256
+            spans = <PackedSpan *> realloc(self.spans, cap * sizeof(PackedSpan))
+            if spans == NULL:
+                raise MemoryError()
+            self.spans = spans
+            self.cap = cap
+        self.n += 1
+        return &self.spans[self.n - 1]
+
+    cdef char *reserve(self, size_t extra) except NULL:
+        """Room for ``extra`` more arena bytes at ``arena + used`` (the caller moves ``used``)."""
+        cdef size_t room
+        cdef char *arena
+        if self.used + extra > self.room or self.arena == NULL:
+            room = self.room * 2 if self.room else 256 * 1024
+            if room < self.used + extra:
+                room = self.used + extra
+            arena = <char *> realloc(self.arena, room)
+            if arena == NULL:
+                raise MemoryError()
+            self.arena = arena
+            self.room = room
+        return self.arena + self.used
+
+    cdef int put(self, const char *p, size_t n, size_t *off, size_t *length) except -1:
+        """Copy ``n`` bytes into the arena; their offset and length into ``off`` and ``length``."""
+        cdef char *d = self.reserve(n)
+        memcpy(d, p, n)
+        off[0] = self.used
+        length[0] = n
+        self.used += n
+        return 0
+
+    cdef int add_record(self, object record) except -1:
+        """A span kept whole, as its SpanRecord."""
+        cdef PackedSpan *sp = self.add()
+        sp.record = len(self.records)
+        self.records.append(record)
+        return 0
+
+
+cdef PackedSpans packed_view(SpanStore store, size_t lo, size_t hi):
+    cdef PackedSpans view = PackedSpans.__new__(PackedSpans)
+    cdef size_t i
+    view.store = store
+    view.lo = lo
+    view.hi = hi
+    view.plain = True
+    if store.records:
+        for i in range(lo, hi):
+            if store.spans[i].record >= 0:
+                view.plain = False
+                break
+    return view
+
+
+cdef class PackedSpans:
+    """A read-only run of a store's spans; a sequence of SpanRecord to Python."""
+
+    def __len__(self):
+        return self.hi - self.lo
+
+    def __getitem__(self, index):
+        cdef Py_ssize_t n = <Py_ssize_t> (self.hi - self.lo)
+        cdef Py_ssize_t start, stop, step
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step != 1:
+                return self.records()[index]
+            if stop < start:
+                stop = start
+            return packed_view(self.store, self.lo + <size_t> start, self.lo + <size_t> stop)
+        i = index.__index__()
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("PackedSpans index out of range")
+        return _record(self.store, self.lo + <size_t> i)
+
+    def __iter__(self):
+        cdef size_t i
+        for i in range(self.lo, self.hi):
+            yield _record(self.store, i)
+
+    def records(self):
+        """The spans as a list of SpanRecord."""
+        cdef size_t i
+        return [_record(self.store, i) for i in range(self.lo, self.hi)]
+
+    def __repr__(self):
+        return f"<PackedSpans of {self.hi - self.lo} spans>"
+
+
+Sequence.register(PackedSpans)
