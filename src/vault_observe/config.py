@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -459,6 +458,8 @@ def file_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 def argv_from_file(path: str, parser: argparse.ArgumentParser) -> list[str]:
     """Turn a TOML config file into flags, refusing unknown keys and wrong types."""
+    import tomllib
+
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)

@@ -27,12 +27,11 @@ from .metrics import Summary
 from .model import SpanBatch, SpanRecord
 from .ratelog import RateLimitedLog
 from .sinks.base import Sink
-from .sources.file import read_file
-from .sources.follow import Checkpoint, FileFollower, Position
-from .sources.sockets import SocketSource
 
 if TYPE_CHECKING:
     from .metrics_http import MetricsServer
+    from .sources.follow import FileFollower, Position
+    from .sources.sockets import SocketSource
 
 log = logging.getLogger("vault_observe")
 
@@ -334,6 +333,8 @@ class Daemon:
         self.request_stop()
 
     def serve(self) -> None:
+        from .sources.sockets import SocketSource
+
         config = self.config
         source = SocketSource(
             config.listeners,
@@ -371,6 +372,8 @@ class Daemon:
 
     def replay(self) -> None:
         """Read the whole input file, then flush everything."""
+        from .sources.file import read_file
+
         config = self.config
         assert config.input is not None
         core = self.core
@@ -387,6 +390,8 @@ class Daemon:
 
     def follow(self) -> None:
         """Tail the input file across rotation; checkpoint what the sinks are done with."""
+        from .sources.follow import Checkpoint, FileFollower
+
         config = self.config
         assert config.input is not None
         checkpoint = Checkpoint(config.checkpoint) if config.checkpoint else None

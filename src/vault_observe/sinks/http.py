@@ -9,7 +9,6 @@ rate-limited log that masks every secret (API keys, header values).
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -18,14 +17,16 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from email.message import Message
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..errors import ConfigError
 from ..ratelog import RateLimitedLog
 from .transport import TRANSIENT_ERRORS, Transport
+
+if TYPE_CHECKING:
+    from email.message import Message
 
 # ---------------------------------------------------------------- formatting
 
@@ -174,6 +175,8 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
+        import email.utils
+
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None

@@ -22,7 +22,6 @@ permanent. Failures are counted, never raised.
 from __future__ import annotations
 
 import functools
-import http.client
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
 from . import zipkin_proto_py
 from .compression import gzip_compress
-from .transport import Transport
+from .transport import TRANSIENT_ERRORS, Transport
 from .zipkin_proto_py import build_tags, loads_attrs, scope_tags
 
 if TYPE_CHECKING:
@@ -141,7 +140,7 @@ class HttpPoster:
         return gzip_compress(payload)
 
     def post(self, body: bytes, timeout: float) -> int:
-        """The response status; raises OSError/HTTPException when there is none."""
+        """The response status; raises one of TRANSIENT_ERRORS when there is none."""
         return self.transport.post(body, timeout).status
 
     def close(self) -> None:
@@ -437,7 +436,7 @@ class ZipkinSink:
                 return self._give_up(count, attempt, "out of time" if remaining <= 0 else "closing")
             try:
                 status = post(min(self.timeout, remaining))
-            except (OSError, http.client.HTTPException) as exc:
+            except TRANSIENT_ERRORS as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 if status in SUCCESS_STATUSES:
