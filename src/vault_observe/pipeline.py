@@ -131,7 +131,11 @@ class SinkWorker:
             else:
                 taken = min(max(self._queue_size - self._depth, 0), total)
                 if taken:
-                    queue.append(spans if taken == total else spans[:taken])
+                    if taken < total:
+                        # A part of a packed chunk would hold the whole chunk's memory
+                        # while it waits: keep just the records of that part.
+                        spans = list(spans[:taken])
+                    queue.append(spans)
                     self._depth += taken
                 if taken < total:
                     self.counts["dropped_queue_full"] += total - taken

@@ -172,6 +172,10 @@ def test_worker_cuts_chunks_into_batches_and_drops_past_its_bound(sample_log: Pa
     worker.offer(packed[230:400])  # room for 20 of them
     assert worker.depth == 250
     assert worker.counts["dropped_queue_full"] == 150
+    # the 20 taken of the last chunk wait as records, not as a view holding all 170
+    last = worker._queue[-1]
+    assert type(last) is list
+    assert len(last) == 20
     worker.start()
     worker.begin_stop(deadline=__import__("time").monotonic() + 10)
     worker.join()

@@ -11,22 +11,30 @@ from typing import Any
 
 from ..errors import ConfigError
 
-_deflate_module: ModuleType
-try:
-    # ISA-L's deflate: standard gzip output about six times faster than zlib at
-    # level 1, with the GIL released. zlib when the wheel is not there.
-    from isal import isal_zlib as _deflate_module
+_deflate_module: ModuleType | None = None
+GZIP_IMPLEMENTATION = ""  # "isal" or "zlib", known after the first gzip_compress
 
-    GZIP_IMPLEMENTATION = "isal"
-except ImportError:  # pragma: no cover - platforms without an isal wheel
-    _deflate_module = zlib
-    GZIP_IMPLEMENTATION = "zlib"
+
+def _deflate() -> ModuleType:
+    """ISA-L's deflate: standard gzip output about six times faster than zlib at level
+    1, with the GIL released; zlib where the wheel is not there. Imported by the first
+    compression (on a sender thread), not at start-up."""
+    global _deflate_module, GZIP_IMPLEMENTATION
+    if _deflate_module is None:
+        try:
+            from isal import isal_zlib
+
+            _deflate_module, GZIP_IMPLEMENTATION = isal_zlib, "isal"
+        except ImportError:  # pragma: no cover - platforms without an isal wheel
+            _deflate_module, GZIP_IMPLEMENTATION = zlib, "zlib"
+    return _deflate_module
 
 
 def gzip_compress(body: bytes, level: int = 1) -> bytes:
     """``body`` as one gzip member (wbits 31: gzip framing)."""
-    level = min(level, 3) if GZIP_IMPLEMENTATION == "isal" else level  # ISA-L has levels 0-3
-    data: bytes = _deflate_module.compress(body, level, wbits=31)
+    module = _deflate()
+    level = min(level, 3) if module is not zlib else level  # ISA-L has levels 0-3
+    data: bytes = module.compress(body, level, wbits=31)
     return data
 
 
