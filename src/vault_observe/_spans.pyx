@@ -152,7 +152,7 @@ cdef class SpanStore:
         cdef size_t room
         cdef char *arena
         if self.used + extra > self.room or self.arena == NULL:
-            room = self.room * 2 if self.room else 256 * 1024
+            room = self.room * 2 if self.room else 16384
             if room < self.used + extra:
                 room = self.used + extra
             arena = <char *> realloc(self.arena, room)
