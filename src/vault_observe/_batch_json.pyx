@@ -573,8 +573,7 @@ cdef class HoneycombEncoder:
         cdef Py_ssize_t size
         cdef const char* text = PyUnicode_AsUTF8AndSize(service_name, &size)
         cdef Buf b
-        b.data = NULL
-        b.len = b.cap = 0
+        init_buf(&b)
         try:
             if not put_string(&b, text, size):
                 raise MemoryError()
@@ -606,9 +605,10 @@ cdef class HoneycombEncoder:
         cdef vector[Py_ssize_t] ends
         cdef const char* service = PyBytes_AS_STRING(self._service)
         cdef size_t service_len = PyBytes_GET_SIZE(self._service)
-        out.data = NULL
-        out.len = out.cap = 0
+        cdef PyObject* raw = NULL
+        init_buf(&out)
         try:
+            raw = start_bytes(&out, total)
             with nogil:
                 ends.reserve(items.size())
                 if not reserve(&out, total):
@@ -634,17 +634,16 @@ cdef class HoneycombEncoder:
                 raise MemoryError()
             if code != OK:
                 return None
-            return PyBytes_FromStringAndSize(out.data, out.len), [x for x in ends]
+            return end_bytes(&out, &raw), [x for x in ends]
         finally:
-            free(out.data)
+            drop_bytes(&out, raw)
 
 
 cdef int honey_event(HoneyIn* s, Buf* b, const char* service, size_t service_len) noexcept nogil:
     cdef bint add = False
     cdef int code
     cdef Buf err
-    err.data = NULL
-    err.len = err.cap = 0
+    init_buf(&err)
     if s.error_len:
         # ``error`` is added unless the attributes hold it already (Vault's do)
         add = True
@@ -1095,9 +1094,10 @@ cdef class OtlpEncoder:
         cdef size_t head_len = PyBytes_GET_SIZE(self.head)
         cdef const char* tail = PyBytes_AS_STRING(self.tail)
         cdef size_t tail_len = PyBytes_GET_SIZE(self.tail)
-        out.data = NULL
-        out.len = out.cap = 0
+        cdef PyObject* raw = NULL
+        init_buf(&out)
         try:
+            raw = start_bytes(&out, total)
             with nogil:
                 ends.reserve(items.size())
                 if not reserve(&out, total):
@@ -1123,6 +1123,6 @@ cdef class OtlpEncoder:
                 raise MemoryError()
             if code != OK:
                 return None
-            return PyBytes_FromStringAndSize(out.data, out.len), [x for x in ends]
+            return end_bytes(&out, &raw), [x for x in ends]
         finally:
-            free(out.data)
+            drop_bytes(&out, raw)

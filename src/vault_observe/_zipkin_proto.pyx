@@ -383,8 +383,7 @@ cdef class ProtoEncoder:
         self.scope_version = scope_version
         cdef bytes name = service_name.encode()
         cdef Buf b
-        b.data = NULL
-        b.len = b.cap = 0
+        init_buf(&b)
         if not reserve(&b, 16 + len(name)):
             raise MemoryError()
         put_byte(&b, 0x42)
@@ -446,13 +445,13 @@ cdef class ProtoEncoder:
         cdef Py_ssize_t failed = -1
         cdef int code = OK
         cdef size_t k, guess, body, body_len, used
-        out.data = scratch.key.data = scratch.value.data = NULL
-        out.len = scratch.key.len = scratch.value.len = 0
-        out.cap = scratch.key.cap = scratch.value.cap = 0
+        cdef PyObject* raw = NULL
+        init_buf(&out)
+        init_buf(&scratch.key)
+        init_buf(&scratch.value)
         try:
+            raw = start_bytes(&out, total)
             with nogil:
-                if not reserve(&out, total):
-                    code = NO_MEMORY
                 for k in range(items.size()):
                     if code != OK:
                         break
@@ -487,9 +486,9 @@ cdef class ProtoEncoder:
             if code != OK:
                 what = "a bad escape" if code == BAD_ESCAPE else "malformed JSON"
                 raise ValueError(f"span {failed}: attrs_json holds {what}")
-            return PyBytes_FromStringAndSize(out.data, out.len)
+            return end_bytes(&out, &raw)
         finally:
-            free(out.data)
+            drop_bytes(&out, raw)
             free(scratch.key.data)
             free(scratch.value.data)
 

@@ -169,6 +169,16 @@ def test_empty_batch() -> None:
     assert otlp_compiled([]) == (otlp_reference([]), [])
 
 
+def test_bodies_bigger_than_their_estimate() -> None:
+    """Thousands of one-byte attributes make bodies several times their attributes'
+    size: past the room first set aside for them."""
+    tiny = record({f"k{i}": i % 10 for i in range(5000)})
+    spans = [tiny, record({"a": "b"}), tiny]
+    assert_same_honeycomb(spans)
+    assert_same_otlp(spans)
+    assert len(otlp_reference(spans)) > 3 * sum(len(span.attrs_json) + 256 for span in spans)
+
+
 # ---------------------------------------------------------------- odd records
 
 ODD_ATTRS: list[dict[str, Any]] = [

@@ -385,6 +385,15 @@ def test_compiled_equals_python_and_sdk_on_generated_attributes(
     assert CompiledEncoder(SERVICE, "vault-observe", __version__).encode([span]) == want
 
 
+@pytest.mark.skipif(CompiledEncoder is None, reason="_zipkin_proto is not built")
+def test_compiled_body_bigger_than_its_estimate(sdk_serialize: Callable[[list[Any]], bytes]) -> None:
+    """Thousands of one-byte attributes give a message bigger than their JSON."""
+    spans = [record({f"k{i}": i % 10 for i in range(5000)}), record({"a": "b"})]
+    want = sdk_serialize([sdk_readable(span) for span in spans])
+    assert len(want) > sum(len(span.attrs_json) for span in spans) + 320 * len(spans)
+    assert CompiledEncoder(SERVICE, "vault-observe", __version__).encode(spans) == want
+
+
 @pytest.mark.parametrize("encoder_cls", native_encoders())
 @pytest.mark.parametrize(
     "attrs_json",
