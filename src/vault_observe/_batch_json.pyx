@@ -605,10 +605,8 @@ cdef class HoneycombEncoder:
         cdef vector[Py_ssize_t] ends
         cdef const char* service = PyBytes_AS_STRING(self._service)
         cdef size_t service_len = PyBytes_GET_SIZE(self._service)
-        cdef PyObject* raw = NULL
-        init_buf(&out)
+        take_scratch(&out)
         try:
-            raw = start_bytes(&out, total)
             with nogil:
                 ends.reserve(items.size())
                 if not reserve(&out, total):
@@ -634,9 +632,9 @@ cdef class HoneycombEncoder:
                 raise MemoryError()
             if code != OK:
                 return None
-            return end_bytes(&out, &raw), [x for x in ends]
+            return to_bytes(&out), [x for x in ends]
         finally:
-            drop_bytes(&out, raw)
+            keep_scratch(&out)
 
 
 cdef int honey_event(HoneyIn* s, Buf* b, const char* service, size_t service_len) noexcept nogil:
@@ -1094,10 +1092,8 @@ cdef class OtlpEncoder:
         cdef size_t head_len = PyBytes_GET_SIZE(self.head)
         cdef const char* tail = PyBytes_AS_STRING(self.tail)
         cdef size_t tail_len = PyBytes_GET_SIZE(self.tail)
-        cdef PyObject* raw = NULL
-        init_buf(&out)
+        take_scratch(&out)
         try:
-            raw = start_bytes(&out, total)
             with nogil:
                 ends.reserve(items.size())
                 if not reserve(&out, total):
@@ -1123,6 +1119,6 @@ cdef class OtlpEncoder:
                 raise MemoryError()
             if code != OK:
                 return None
-            return end_bytes(&out, &raw), [x for x in ends]
+            return to_bytes(&out), [x for x in ends]
         finally:
-            drop_bytes(&out, raw)
+            keep_scratch(&out)

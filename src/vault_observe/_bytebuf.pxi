@@ -1,33 +1,46 @@
 # A growable byte buffer for the compiled encoders, usable without the GIL.
 # Included by _zipkin_proto.pyx and _batch_json.pyx (they cimport realloc and memcpy).
 #
-# A request body is written straight into the bytes object that is sent
-# (start_bytes ... end_bytes): no copy of it with the GIL held, and no free of a
-# few megabytes with it either. Should the body outgrow the object, the buffer
-# moves to malloc'd memory and end_bytes copies it out once.
+# A request body is written into a buffer that each sender thread keeps from one
+# body to the next (take_scratch ... keep_scratch), then copied into the bytes
+# object that is sent without holding the GIL (to_bytes). A fresh buffer of a few
+# megabytes for every body would cost page faults each time, and freeing it with
+# the GIL held would hold up the reader.
 
-from cpython.ref cimport PyObject
-from libc.stdlib cimport malloc
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    namespace vo_scratch {
+    struct Scratch {
+        char *data = nullptr;
+        size_t cap = 0;
+        ~Scratch() { free(data); }
+    };
+    static inline Scratch &mine() noexcept {
+        static thread_local Scratch s;
+        return s;
+    }
+    }
+    """
+    cdef cppclass ThreadScratch "vo_scratch::Scratch":
+        char* data
+        size_t cap
+    ThreadScratch& thread_scratch "vo_scratch::mine"() noexcept nogil
 
 
-cdef extern from "Python.h":
-    PyObject* _bytes_new "PyBytes_FromStringAndSize"(const char* v, Py_ssize_t n)
-    char* _bytes_data "PyBytes_AS_STRING"(PyObject* o)
-    int _bytes_resize "_PyBytes_Resize"(PyObject** o, Py_ssize_t n)
-    void _bytes_decref "Py_DECREF"(PyObject* o)
+# A sender keeps at most this much between bodies; a bigger one is freed after use.
+cdef size_t SCRATCH_KEEP = 64 << 20
 
 
 cdef struct Buf:
     char* data
     size_t len
     size_t cap
-    bint borrowed  # data is a bytes object's (start_bytes): grown by moving out of it
 
 
 cdef inline void init_buf(Buf* b) noexcept nogil:
     b.data = NULL
     b.len = b.cap = 0
-    b.borrowed = False
 
 
 cdef bint reserve(Buf* b, size_t extra) noexcept nogil:
@@ -40,64 +53,45 @@ cdef bint reserve(Buf* b, size_t extra) noexcept nogil:
     cap = b.cap * 2 if b.cap else 65536
     if cap < need:
         cap = need
-    if b.borrowed:
-        data = <char*>malloc(cap)
-        if data == NULL:
-            return False
-        memcpy(data, b.data, b.len)
-        b.borrowed = False
-    else:
-        data = <char*>realloc(b.data, cap)
-        if data == NULL:
-            return False
+    data = <char*>realloc(b.data, cap)
+    if data == NULL:
+        return False
     b.data = data
     b.cap = cap
     return True
 
 
-cdef PyObject* start_bytes(Buf* b, size_t cap) except NULL:
-    """A new bytes object of ``cap`` bytes that ``b`` writes into (a new reference for
-    ``end_bytes`` or ``drop_bytes``)."""
-    cdef PyObject* raw = _bytes_new(NULL, <Py_ssize_t>cap)
-    if raw == NULL:
-        raise MemoryError()
-    b.data = _bytes_data(raw)
+cdef inline void take_scratch(Buf* b) noexcept nogil:
+    """Write ``b`` into this thread's buffer (empty), until keep_scratch."""
+    cdef ThreadScratch* s = &thread_scratch()
+    b.data = s.data
+    b.cap = s.cap
     b.len = 0
-    b.cap = cap
-    b.borrowed = True
-    return raw
+    s.data = NULL
+    s.cap = 0
 
 
-cdef object end_bytes(Buf* b, PyObject** raw):
-    """What ``b`` holds, as bytes: the object of start_bytes cut to size, or a copy of
-    the buffer it moved to. Takes ``raw`` over (sets it to NULL)."""
-    cdef object result
-    cdef size_t n = b.len
-    if b.borrowed:
-        init_buf(b)  # the bytes object owns the data
-        # in place: the only reference is ours (on failure the object is freed)
-        if _bytes_resize(raw, <Py_ssize_t>n) != 0:
-            raw[0] = NULL
-            raise MemoryError()
-        result = <object>raw[0]
-        _bytes_decref(raw[0])
-        raw[0] = NULL
-        return result
-    result = PyBytes_FromStringAndSize(b.data, <Py_ssize_t>n)
-    free(b.data)
-    init_buf(b)
-    _bytes_decref(raw[0])
-    raw[0] = NULL
-    return result
-
-
-cdef void drop_bytes(Buf* b, PyObject* raw) noexcept:
-    """Free what start_bytes and the writing left (``raw`` may be NULL)."""
-    if raw != NULL:
-        _bytes_decref(raw)
-    if not b.borrowed:
+cdef inline void keep_scratch(Buf* b) noexcept nogil:
+    """Give ``b``'s memory back to this thread's buffer (freed when it is too big)."""
+    cdef ThreadScratch* s = &thread_scratch()
+    if b.cap > SCRATCH_KEEP or s.data != NULL:
         free(b.data)
+    else:
+        s.data = b.data
+        s.cap = b.cap
     init_buf(b)
+
+
+cdef object to_bytes(const Buf* b):
+    """The buffer's bytes as a bytes object; a big one is copied without the GIL."""
+    cdef object result = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>b.len)
+    cdef char* dst = PyBytes_AS_STRING(result)
+    if b.len < 65536:
+        memcpy(dst, b.data, b.len)
+    else:
+        with nogil:
+            memcpy(dst, b.data, b.len)
+    return result
 
 
 # The put_* functions write without a check: the caller reserved the room.

@@ -23,3 +23,7 @@ class PackedSpans(Sequence[SpanRecord]):
     def __iter__(self) -> Iterator[SpanRecord]: ...
     def records(self) -> list[SpanRecord]:
         """The spans as a list of SpanRecord."""
+
+def tune_allocator() -> bool:
+    """glibc only: serve blocks up to 32 MiB from the heap and keep up to 64 MiB of
+    freed heap for reuse (mallopt); False elsewhere."""

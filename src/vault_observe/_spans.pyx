@@ -232,3 +232,32 @@ cdef class PackedSpans:
 
 
 Sequence.register(PackedSpans)
+
+# ---------------------------------------------------------------- the allocator
+
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static int vo_tune_malloc(int mmap_threshold, int trim_threshold) {
+        return mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
+            && mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1;
+    }
+    #else
+    static int vo_tune_malloc(int mmap_threshold, int trim_threshold) {
+        (void)mmap_threshold;
+        (void)trim_threshold;
+        return 0;
+    }
+    #endif
+    """
+    int vo_tune_malloc(int mmap_threshold, int trim_threshold) nogil
+
+
+def tune_allocator() -> bool:
+    """glibc only: serve blocks up to 32 MiB from the heap and keep up to 64 MiB of
+    freed heap for reuse. Span stores and request bodies are blocks of a few MiB
+    made and freed all the time; left to glibc's own threshold, which only grows
+    with the largest block freed so far, many get a fresh mapping and pay a page
+    fault per 4 KiB touched. False where this C library has no such setting."""
+    return bool(vo_tune_malloc(32 << 20, 64 << 20))

@@ -445,13 +445,13 @@ cdef class ProtoEncoder:
         cdef Py_ssize_t failed = -1
         cdef int code = OK
         cdef size_t k, guess, body, body_len, used
-        cdef PyObject* raw = NULL
-        init_buf(&out)
+        take_scratch(&out)
         init_buf(&scratch.key)
         init_buf(&scratch.value)
         try:
-            raw = start_bytes(&out, total)
             with nogil:
+                if not reserve(&out, total):
+                    code = NO_MEMORY
                 for k in range(items.size()):
                     if code != OK:
                         break
@@ -486,9 +486,9 @@ cdef class ProtoEncoder:
             if code != OK:
                 what = "a bad escape" if code == BAD_ESCAPE else "malformed JSON"
                 raise ValueError(f"span {failed}: attrs_json holds {what}")
-            return end_bytes(&out, &raw)
+            return to_bytes(&out)
         finally:
-            drop_bytes(&out, raw)
+            keep_scratch(&out)
             free(scratch.key.data)
             free(scratch.value.data)
 

@@ -291,6 +291,12 @@ class Daemon:
         # What start-up made (modules, config, sinks) lives as long as the process:
         # leave it out of every later full collection.
         gc.freeze()
+        if core_module.IMPLEMENTATION == "c":
+            # This process is the daemon's own (not an embedding application's):
+            # keep its multi-MiB buffers on the heap, reused instead of mapped anew.
+            from ._spans import tune_allocator
+
+            tune_allocator()
         sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             if self.config.follow:

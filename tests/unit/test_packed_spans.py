@@ -183,3 +183,10 @@ def test_worker_cuts_chunks_into_batches_and_drops_past_its_bound(sample_log: Pa
     assert [span for batch in sink.batches for span in batch] == records[:250]
     assert worker.counts["delivered"] == 250
     assert worker.depth == 0
+
+
+def test_tune_allocator_takes_on_glibc() -> None:
+    spans = pytest.importorskip("vault_observe._spans")
+    import platform
+
+    assert spans.tune_allocator() is (platform.libc_ver()[0] == "glibc")
