@@ -70,7 +70,7 @@ def replicated_corpus(corpus: bytes) -> bytes:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     write = terminalreporter.write_line
     if RESULTS:
-        terminalreporter.section("core throughput (feed + flush + drain)")
+        terminalreporter.section("core throughput (feed + flush + drain_spans)")
         for impl, r in sorted(RESULTS.items()):
             write(
                 f"{impl:>14}: {r['lines_per_s']:>12,.0f} lines/s {r['mb_per_s']:>9.1f} MB/s "

@@ -54,7 +54,7 @@ def test_core_throughput(benchmark: Any, impl: str, replicated_corpus: bytes) ->
         core = cls()
         core.feed(data)
         core.flush()
-        return len(core.drain())
+        return len(core.drain_spans())
 
     rounds = 3 if impl == "py" else 15
     spans = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if impl == "c" else 0)
@@ -97,7 +97,7 @@ def test_core_throughput_with_options(benchmark: Any, name: str, replicated_corp
         core = cls(**options)
         core.feed(data)
         core.flush()
-        return len(core.drain())
+        return len(core.drain_spans())
 
     assert benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1) > 0
     stats = getattr(benchmark, "stats", None)
