@@ -9,7 +9,8 @@ request id, with their expiry order kept in a deadline-sorted list (in-order
 arrivals, O(1)) plus a small heap for out-of-order ones, so ``expire`` costs
 O(expired). A line that simdjson rejects, or whose keys repeat (orjson keeps the
 last value of a repeated key), goes through the reference logic on orjson, so
-both cores agree on every input.
+both cores agree on every input. Ready spans are packed into a SpanStore
+(``_spans.pyx``), not made into one Python object each.
 """
 
 cimport cython

@@ -1,4 +1,6 @@
-"""What the core hands to the sinks: one SpanRecord per span (stdlib only)."""
+"""What the core hands to the sinks: spans, each seen as a SpanRecord, in batches
+(stdlib only). The compiled core keeps them packed and makes a SpanRecord only
+when one is asked for (``_spans.pyx``)."""
 
 from __future__ import annotations
 
