@@ -160,6 +160,8 @@ cdef uint32_t F_WIDE = 4      # start or deadline does not fit 64 bits: exact va
 # span beyond them is kept as its SpanRecord.
 cdef i128 PACK_TIME_LIMIT = (<i128> 1) << 62  # about the year 2116
 cdef i128 PACK_DURATION_LIMIT = 1_000_000_000_000_000_000
+# A new span store sets aside the last one's size, up to this.
+cdef size_t STORE_HINT_MAX = 4 << 20
 
 cdef object _PROBE_PATH = _core_py.PROBE_PATH
 cdef object _span_name = _core_py.span_name
@@ -665,8 +667,8 @@ cdef class Core:
         cdef SpanStore store = self._spans
         cdef SpanStore fresh = SpanStore.__new__(SpanStore)
         if store.used:
-            # room for about as much as the last drain took
-            fresh.reserve(store.used + store.used // 4)
+            # room for about as much as the last drain took (a burst's size is not kept)
+            fresh.reserve(min(store.used + store.used // 4, STORE_HINT_MAX))
         self._spans = fresh
         return packed_view(store, 0, store.n)
 
