@@ -381,25 +381,73 @@ cdef Py_ssize_t skip_value(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, i
     return skip_literal(p, i, n)
 
 
-# ---------------------------------------------------------------- Honeycomb
+# ---------------------------------------------------------------- a span's fields
 
 
-cdef struct HoneyIn:
+# What both bodies take from a span, read with the GIL and written from without it.
+cdef struct SpanFields:
     const unsigned char* attrs
     Py_ssize_t attrs_len
     const unsigned char* trace_id
     Py_ssize_t trace_id_len
-    const char* request_id  # NULL: the hex trace id
-    Py_ssize_t request_id_len
     const char* name
     Py_ssize_t name_len
     const char* error
     Py_ssize_t error_len
-    const char* duration  # NULL: computed here
-    Py_ssize_t duration_len
     uint64_t span_id
     uint64_t parent_id
     int64_t start_ns
+    int64_t end_ns
+
+
+cdef int record_fields(object span, SpanFields* f, list keep) except -1:
+    """The fields of a SpanRecord; ``keep`` gets the objects their pointers are into.
+    UnicodeError, OverflowError or TypeError for what the Python encoders must write."""
+    cdef bytes attrs = span.attrs_json
+    cdef bytes trace_id = span.trace_id
+    cdef str name = span.name
+    cdef str error = span.error
+    if attrs is None or trace_id is None:
+        raise TypeError("attrs_json and trace_id must be bytes")
+    keep.append((attrs, trace_id, name, error))
+    f.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
+    f.attrs_len = PyBytes_GET_SIZE(attrs)
+    f.trace_id = <const unsigned char*>PyBytes_AS_STRING(trace_id)
+    f.trace_id_len = PyBytes_GET_SIZE(trace_id)
+    f.name = PyUnicode_AsUTF8AndSize(name, &f.name_len)
+    f.error = PyUnicode_AsUTF8AndSize(error, &f.error_len)
+    f.span_id = span.span_id
+    f.parent_id = span.parent_span_id
+    f.start_ns = span.start_ns
+    f.end_ns = span.end_ns
+    return 0
+
+
+cdef inline void packed_fields(const PackedSpan* sp, const char* arena, SpanFields* f) noexcept nogil:
+    """The fields of a packed span (its strings are in ``arena``)."""
+    f.attrs = <const unsigned char*> (arena + sp.attrs_off)
+    f.attrs_len = <Py_ssize_t> sp.attrs_len
+    f.trace_id = &sp.trace_id[0]
+    f.trace_id_len = 16
+    f.name = arena + sp.name_off
+    f.name_len = <Py_ssize_t> sp.name_len
+    f.error = arena + sp.error_off
+    f.error_len = <Py_ssize_t> sp.error_len
+    f.span_id = sp.span_id
+    f.parent_id = sp.parent_id
+    f.start_ns = sp.start_ns
+    f.end_ns = sp.end_ns
+
+
+# ---------------------------------------------------------------- Honeycomb
+
+
+cdef struct HoneyIn:
+    SpanFields f
+    const char* request_id  # NULL: the hex trace id
+    Py_ssize_t request_id_len
+    const char* duration  # NULL: computed here
+    Py_ssize_t duration_len
     int64_t delta_ns
     int64_t sample_rate
 
@@ -461,42 +509,20 @@ cdef size_t _honey_records(object spans, vector[HoneyIn]& items, list keep,
                            size_t service_len) except? 0:
     """HoneyIn of each SpanRecord of ``spans``; the bytes they need, roughly."""
     cdef HoneyIn item
-    cdef bytes trace_id, attrs, duration
-    cdef str text
-    cdef Py_ssize_t size
+    cdef bytes duration
+    cdef str request_id
     cdef size_t total = 0
-    cdef object start, end, delta
+    cdef object delta
     for span in spans:
-        attrs = span.attrs_json
-        trace_id = span.trace_id
-        keep.append(attrs)
-        keep.append(trace_id)
-        item.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
-        item.attrs_len = PyBytes_GET_SIZE(attrs)
-        item.trace_id = <const unsigned char*>PyBytes_AS_STRING(trace_id)
-        item.trace_id_len = PyBytes_GET_SIZE(trace_id)
-        item.parent_id = span.parent_span_id
-        item.span_id = span.span_id
-        text = span.request_id
-        keep.append(text)
-        if text and not item.parent_id:
-            item.request_id = PyUnicode_AsUTF8AndSize(text, &size)
-            item.request_id_len = size
+        record_fields(span, &item.f, keep)
+        request_id = span.request_id
+        keep.append(request_id)
+        if request_id and not item.f.parent_id:
+            item.request_id = PyUnicode_AsUTF8AndSize(request_id, &item.request_id_len)
         else:
             item.request_id = NULL
             item.request_id_len = 0
-        text = span.name
-        keep.append(text)
-        item.name = PyUnicode_AsUTF8AndSize(text, &size)
-        item.name_len = size
-        text = span.error
-        keep.append(text)
-        item.error = PyUnicode_AsUTF8AndSize(text, &size)
-        item.error_len = size
-        start = span.start_ns
-        end = span.end_ns
-        item.start_ns = start
-        delta = end - start
+        delta = span.end_ns - span.start_ns
         item.duration = NULL
         item.duration_len = 0
         item.delta_ns = 0
@@ -509,9 +535,7 @@ cdef size_t _honey_records(object spans, vector[HoneyIn]& items, list keep,
             item.duration_len = PyBytes_GET_SIZE(duration)
         item.sample_rate = span.sample_rate
         items.push_back(item)
-        total += (<size_t>item.attrs_len + 6 * <size_t>(item.name_len + item.error_len
-                  + item.request_id_len) + 2 * <size_t>item.trace_id_len
-                  + service_len + 256)
+        total += _honey_room(&item, service_len)
     return total
 
 
@@ -522,7 +546,6 @@ cdef bint _honey_packed(PackedSpans chunk, vector[HoneyIn]& items, size_t* total
     cdef HoneyIn item
     cdef SpanStore store = chunk.store
     cdef const PackedSpan* sp
-    cdef const char* arena = store.arena
     cdef size_t i
     cdef size_t added = 0
     cdef int64_t delta
@@ -532,32 +555,27 @@ cdef bint _honey_packed(PackedSpans chunk, vector[HoneyIn]& items, size_t* total
             return False
     for i in range(chunk.lo, chunk.hi):
         sp = &store.spans[i]
-        item.attrs = <const unsigned char*> (arena + sp.attrs_off)
-        item.attrs_len = <Py_ssize_t> sp.attrs_len
-        item.trace_id = &sp.trace_id[0]
-        item.trace_id_len = 16
-        item.parent_id = sp.parent_id
-        item.span_id = sp.span_id
+        packed_fields(sp, store.arena, &item.f)
         if sp.rid_len and not sp.parent_id:
-            item.request_id = arena + sp.rid_off
+            item.request_id = store.arena + sp.rid_off
             item.request_id_len = <Py_ssize_t> sp.rid_len
         else:
             item.request_id = NULL
             item.request_id_len = 0
-        item.name = arena + sp.name_off
-        item.name_len = <Py_ssize_t> sp.name_len
-        item.error = arena + sp.error_off
-        item.error_len = <Py_ssize_t> sp.error_len
-        item.start_ns = sp.start_ns
         item.delta_ns = sp.end_ns - sp.start_ns
         item.duration = NULL
         item.duration_len = 0
         item.sample_rate = sp.sample_rate
         items.push_back(item)
-        added += (sp.attrs_len + 6 * (sp.name_len + sp.error_len + <size_t> item.request_id_len)
-                  + 32 + service_len + 256)
+        added += _honey_room(&item, service_len)
     total[0] += added
     return True
+
+
+cdef inline size_t _honey_room(const HoneyIn* item, size_t service_len) noexcept nogil:
+    """About the most bytes an event can take (escapes may grow text sixfold)."""
+    return (<size_t>item.f.attrs_len + 6 * <size_t>(item.f.name_len + item.f.error_len
+            + item.request_id_len) + 2 * <size_t>item.f.trace_id_len + service_len + 256)
 
 
 cdef class HoneycombEncoder:
@@ -642,60 +660,60 @@ cdef int honey_event(HoneyIn* s, Buf* b, const char* service, size_t service_len
     cdef int code
     cdef Buf err
     init_buf(&err)
-    if s.error_len:
+    if s.f.error_len:
         # ``error`` is added unless the attributes hold it already (Vault's do)
         add = True
-        if not put_string(&err, s.error, s.error_len):
+        if not put_string(&err, s.f.error, s.f.error_len):
             free(err.data)
             return NO_MEMORY
-        if contains(s.attrs, s.attrs_len, b'"error":', 8):
-            code = error_member(s.attrs, s.attrs_len, err.data + 1, err.len - 2, &add)
+        if contains(s.f.attrs, s.f.attrs_len, b'"error":', 8):
+            code = error_member(s.f.attrs, s.f.attrs_len, err.data + 1, err.len - 2, &add)
             if code != OK:
                 free(err.data)
                 return code
-    if not reserve(b, 128 + <size_t>s.attrs_len + 2 * <size_t>s.trace_id_len + <size_t>s.duration_len):
-        if s.error_len:
+    if not reserve(b, 128 + <size_t>s.f.attrs_len + 2 * <size_t>s.f.trace_id_len + <size_t>s.duration_len):
+        if s.f.error_len:
             free(err.data)
         return NO_MEMORY
     put(b, b'{"time":"', 9)
-    put_rfc3339(b, s.start_ns)
+    put_rfc3339(b, s.f.start_ns)
     put(b, b'","samplerate":', 15)
     put_int(b, s.sample_rate)
     put(b, b',"data":', 8)
     # attributes first, trace fields after, as EventEncoder
-    if s.attrs_len > 2:
-        put(b, s.attrs, <size_t>s.attrs_len - 1)
+    if s.f.attrs_len > 2:
+        put(b, s.f.attrs, <size_t>s.f.attrs_len - 1)
         put(b, b',"trace.trace_id":', 18)
     else:
         put(b, b'{"trace.trace_id":', 18)
     if s.request_id != NULL:
         if not put_string(b, s.request_id, s.request_id_len):
-            if s.error_len:
+            if s.f.error_len:
                 free(err.data)
             return NO_MEMORY
     else:
         put_byte(b, b'"')
-        put_hex_bytes(b, s.trace_id, s.trace_id_len)
+        put_hex_bytes(b, s.f.trace_id, s.f.trace_id_len)
         put_byte(b, b'"')
     if not reserve(b, 96 + service_len + <size_t>s.duration_len):
-        if s.error_len:
+        if s.f.error_len:
             free(err.data)
         return NO_MEMORY
     put(b, b',"trace.span_id":"', 18)
-    put_hex64(b, s.span_id)
+    put_hex64(b, s.f.span_id)
     put_byte(b, b'"')
-    if s.parent_id:
+    if s.f.parent_id:
         put(b, b',"trace.parent_id":"', 20)
-        put_hex64(b, s.parent_id)
+        put_hex64(b, s.f.parent_id)
         put_byte(b, b'"')
     put(b, service, service_len)
     put(b, b',"name":', 8)
-    if not put_string(b, s.name, s.name_len):
-        if s.error_len:
+    if not put_string(b, s.f.name, s.f.name_len):
+        if s.f.error_len:
             free(err.data)
         return NO_MEMORY
-    if not reserve(b, 48 + <size_t>s.duration_len + (err.len + 16 if s.error_len else 0)):
-        if s.error_len:
+    if not reserve(b, 48 + <size_t>s.duration_len + (err.len + 16 if s.f.error_len else 0)):
+        if s.f.error_len:
             free(err.data)
         return NO_MEMORY
     put(b, b',"duration_ms":', 15)
@@ -703,7 +721,7 @@ cdef int honey_event(HoneyIn* s, Buf* b, const char* service, size_t service_len
         put(b, s.duration, <size_t>s.duration_len)
     else:
         put_duration_ms(b, s.delta_ns)
-    if s.error_len:
+    if s.f.error_len:
         if add:
             put(b, b',"error":', 9)
             put(b, err.data, err.len)
@@ -715,19 +733,7 @@ cdef int honey_event(HoneyIn* s, Buf* b, const char* service, size_t service_len
 # ---------------------------------------------------------------- OTLP
 
 
-cdef struct OtlpIn:
-    const unsigned char* attrs
-    Py_ssize_t attrs_len
-    const unsigned char* trace_id
-    Py_ssize_t trace_id_len
-    const char* name
-    Py_ssize_t name_len
-    const char* error
-    Py_ssize_t error_len
-    uint64_t span_id
-    uint64_t parent_id
-    int64_t start_ns
-    int64_t end_ns
+ctypedef SpanFields OtlpIn
 
 
 cdef const char* INT64_MAX_TEXT = b"9223372036854775807"
@@ -997,34 +1003,11 @@ cdef int otlp_span(OtlpIn* s, Buf* b) noexcept nogil:
 cdef size_t _otlp_records(object spans, vector[OtlpIn]& items, list keep) except? 0:
     """OtlpIn of each SpanRecord of ``spans``; the bytes they need, roughly."""
     cdef OtlpIn item
-    cdef bytes trace_id, attrs
-    cdef str text
-    cdef Py_ssize_t size
     cdef size_t total = 0
     for span in spans:
-        attrs = span.attrs_json
-        trace_id = span.trace_id
-        keep.append(attrs)
-        keep.append(trace_id)
-        item.attrs = <const unsigned char*>PyBytes_AS_STRING(attrs)
-        item.attrs_len = PyBytes_GET_SIZE(attrs)
-        item.trace_id = <const unsigned char*>PyBytes_AS_STRING(trace_id)
-        item.trace_id_len = PyBytes_GET_SIZE(trace_id)
-        item.span_id = span.span_id
-        item.parent_id = span.parent_span_id
-        text = span.name
-        keep.append(text)
-        item.name = PyUnicode_AsUTF8AndSize(text, &size)
-        item.name_len = size
-        text = span.error
-        keep.append(text)
-        item.error = PyUnicode_AsUTF8AndSize(text, &size)
-        item.error_len = size
-        item.start_ns = span.start_ns
-        item.end_ns = span.end_ns
+        record_fields(span, &item, keep)
         items.push_back(item)
-        # attributes grow about threefold (each gets its key/value wrapper)
-        total += 3 * <size_t>item.attrs_len + 6 * <size_t>(item.name_len + item.error_len) + 256
+        total += _otlp_room(&item)
     return total
 
 
@@ -1032,27 +1015,19 @@ cdef size_t _otlp_packed(PackedSpans chunk, vector[OtlpIn]& items) except? 0:
     """OtlpIn of each packed span of ``chunk``; the bytes they need, roughly."""
     cdef OtlpIn item
     cdef SpanStore store = chunk.store
-    cdef const PackedSpan* sp
-    cdef const char* arena = store.arena
     cdef size_t i
     cdef size_t total = 0
     for i in range(chunk.lo, chunk.hi):
-        sp = &store.spans[i]
-        item.attrs = <const unsigned char*> (arena + sp.attrs_off)
-        item.attrs_len = <Py_ssize_t> sp.attrs_len
-        item.trace_id = &sp.trace_id[0]
-        item.trace_id_len = 16
-        item.span_id = sp.span_id
-        item.parent_id = sp.parent_id
-        item.name = arena + sp.name_off
-        item.name_len = <Py_ssize_t> sp.name_len
-        item.error = arena + sp.error_off
-        item.error_len = <Py_ssize_t> sp.error_len
-        item.start_ns = sp.start_ns
-        item.end_ns = sp.end_ns
+        packed_fields(&store.spans[i], store.arena, &item)
         items.push_back(item)
-        total += 3 * sp.attrs_len + 6 * (sp.name_len + sp.error_len) + 256
+        total += _otlp_room(&item)
     return total
+
+
+cdef inline size_t _otlp_room(const OtlpIn* item) noexcept nogil:
+    """About the most bytes a span can take: attributes grow about threefold (each gets
+    its key/value wrapper), escapes may grow text sixfold."""
+    return 3 * <size_t>item.attrs_len + 6 * <size_t>(item.name_len + item.error_len) + 256
 
 
 cdef class OtlpEncoder:
