@@ -762,7 +762,6 @@ cdef class Core:
                     size_t n, bint has_now, i128 now) except -1:
         """A request or response whose envelope is read. With ``root`` NULL, the first
         pass flattened it already (``_attrs_p``)."""
-        cdef int r
         cdef bint keep
         cdef Parent par
         if env.has_parent:
@@ -772,13 +771,8 @@ cdef class Core:
         if kind == KIND_REQUEST:
             keep = _keeps_attrs(env)
             if keep and root != NULL:
-                r = self._fl.flatten(root[0], self.flatten_arrays)
-                if r == FALLBACK:
+                if self._flatten_root(root) == FALLBACK:
                     return self._line_slow(p, n, has_now, now)
-                if r != OK:
-                    return _flatten_failed()
-                self._attrs_p = self._fl.out.p
-                self._attrs_n = self._fl.out.n
             self._counts[C_REQUESTS] += 1
             if time_ns > self._watermark:
                 self._watermark = time_ns
@@ -793,13 +787,8 @@ cdef class Core:
                                &par if env.has_parent else NULL)
             return 0
         if root != NULL:
-            r = self._fl.flatten(root[0], self.flatten_arrays)
-            if r == FALLBACK:
+            if self._flatten_root(root) == FALLBACK:
                 return self._line_slow(p, n, has_now, now)
-            if r != OK:
-                return _flatten_failed()
-            self._attrs_p = self._fl.out.p
-            self._attrs_n = self._fl.out.n
         self._counts[C_RESPONSES] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns
@@ -816,6 +805,18 @@ cdef class Core:
             &par if env.has_parent else NULL,
         )
         return 0
+
+    cdef int _flatten_root(self, element *root) except -1:
+        """Flatten ``root`` into the attributes at hand (``_attrs_p``): OK, or FALLBACK
+        when the line must go through the reference logic."""
+        cdef int r = self._fl.flatten(root[0], self.flatten_arrays)
+        if r == FALLBACK:
+            return FALLBACK
+        if r != OK:
+            return _flatten_failed()
+        self._attrs_p = self._fl.out.p
+        self._attrs_n = self._fl.out.n
+        return OK
 
     # ------------------------------------------------------------ two passes
     # With release_gil, a big chunk is taken in two passes. The first, without the GIL, parses and
