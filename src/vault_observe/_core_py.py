@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from typing import Any
@@ -371,6 +372,7 @@ class _Pending:
         "attrs_json",
         "deadline",
         "error",
+        "mark",
         "name",
         "parent",
         "request_id",
@@ -390,6 +392,7 @@ class _Pending:
         error: str,
         attrs_json: bytes | None,
         parent: tuple[bytes, int] | None,
+        mark: int = 0,
     ) -> None:
         self.trace_id = trace_id  # the id's own 16 bytes (UUID or hash)
         self.request_id = request_id
@@ -400,6 +403,7 @@ class _Pending:
         self.error = error
         self.attrs_json = attrs_json
         self.parent = parent  # (trace id, parent span id) from a traceparent header
+        self.mark = mark  # the mark of the feed() call that stored it
 
 
 class Core:
@@ -439,6 +443,12 @@ class Core:
         self._pending: dict[bytes, _Pending] = {}
         self._heap: list[tuple[int, int, bytes]] = []
         self._seq = 0
+        # Pending requests per mark, in the order the marks were first stored: with
+        # marks that never decrease from one feed() to the next, the first key is the
+        # smallest (oldest_pending_mark is then O(1)).
+        self._marks: OrderedDict[int, int] = OrderedDict()
+        self._marks_sorted = True
+        self._mark = 0
         self._ready: list[SpanRecord] = []
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
         self._watermark = 0
@@ -463,8 +473,11 @@ class Core:
         samples, self._bad_samples = self._bad_samples, {}
         return samples
 
-    def feed(self, data: bytes | bytearray | memoryview, now_ns: int | None = None) -> int:
-        """Process whole lines; return how many spans are ready."""
+    def feed(self, data: bytes | bytearray | memoryview, now_ns: int | None = None, mark: int = 0) -> int:
+        """Process whole lines; return how many spans are ready. Every request stored
+        meanwhile remembers ``mark`` (a non-negative int; in follow mode the offset of
+        the chunk in its file), for ``oldest_pending_mark``."""
+        self._mark = check_mark(mark)
         if not isinstance(data, bytes):
             data = bytes(data)
         counts = self._counts
@@ -481,6 +494,17 @@ class Core:
                 line = line[len(prefix) :]
             self._line(line, now_ns)
         return len(self._ready)
+
+    def oldest_pending_mark(self) -> int | None:
+        """The smallest mark among the requests still pending; None when none is."""
+        marks = self._marks
+        if not marks:
+            return None
+        if self._marks_sorted:
+            return next(iter(marks))
+        keys = list(marks)
+        self._marks_sorted = all(a < b for a, b in zip(keys, keys[1:], strict=False))
+        return min(keys)
 
     def expire(self, now_ns: int) -> int:
         heap = self._heap
@@ -588,6 +612,8 @@ class Core:
             return
         key = request_id.encode("utf-8", "surrogatepass")
         pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._unmark(pending.mark)
         if pending is None:
             self._emit(
                 trace_id_for(key), request_id, name, time_ns, time_ns, error, ORPHAN, attrs_json, parent
@@ -628,16 +654,35 @@ class Core:
         attrs_json: bytes | None,
         parent: tuple[bytes, int] | None,
     ) -> None:
-        if key in self._pending:
-            self._counts["duplicates"] += 1
-            del self._pending[key]  # its heap entry goes stale
+        replaced = self._pending.pop(key, None)
+        if replaced is not None:
+            self._counts["duplicates"] += 1  # its heap entry goes stale
+            self._unmark(replaced.mark)
         elif len(self._pending) >= self.max_pending:
             self._pop_oldest(EVICTED)
         self._seq += 1
+        mark = self._mark
         self._pending[key] = _Pending(
-            trace_id_for(key), request_id, time_ns, deadline, self._seq, name, error, attrs_json, parent
+            trace_id_for(key), request_id, time_ns, deadline, self._seq, name, error, attrs_json, parent, mark
         )
         heapq.heappush(self._heap, (deadline, self._seq, key))
+        marks = self._marks
+        count = marks.get(mark)
+        if count is None:
+            if marks and mark < next(reversed(marks)):
+                self._marks_sorted = False
+            marks[mark] = 1
+        else:
+            marks[mark] = count + 1
+
+    def _unmark(self, mark: int) -> None:
+        """A request of ``mark`` left the table."""
+        marks = self._marks
+        count = marks[mark] - 1
+        if count:
+            marks[mark] = count
+        else:
+            del marks[mark]
 
     def _pop_oldest(self, pairing: int) -> None:
         """Remove the live pending entry with the smallest (deadline, seq)."""
@@ -648,6 +693,7 @@ class Core:
             if pending is None or pending.seq != seq:
                 continue  # stale: answered or replaced
             del self._pending[key]
+            self._unmark(pending.mark)
             if pending.attrs_json is not None:
                 attrs = pending.attrs_json
             else:
@@ -707,6 +753,18 @@ class Core:
                 sample_rate,
             )
         )
+
+
+MARK_LIMIT = 1 << 64
+
+
+def check_mark(mark: int) -> int:
+    """A feed() mark: an int from 0 to 2**64 - 1 (what the compiled core keeps)."""
+    if isinstance(mark, bool) or not isinstance(mark, int):
+        raise TypeError(f"mark must be an int, not {type(mark).__name__}")
+    if not 0 <= mark < MARK_LIMIT:
+        raise ValueError("mark must be from 0 to 2**64 - 1")
+    return mark
 
 
 def span_name(request: dict[str, Any], kind: str) -> str:

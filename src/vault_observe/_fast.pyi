@@ -52,8 +52,11 @@ class Core:
     def counters(self) -> dict[str, int]: ...
     def take_bad_samples(self) -> dict[str, tuple[str, bytes]]:
         """Per counter, (reason, first bytes) of its latest skipped line since the last call."""
-    def feed(self, data: bytes | bytearray | memoryview, now_ns: int | None = None) -> int:
-        """Process whole lines; return how many spans are ready."""
+    def feed(self, data: bytes | bytearray | memoryview, now_ns: int | None = None, mark: int = 0) -> int:
+        """Process whole lines; return how many spans are ready. Every request stored
+        meanwhile remembers ``mark``, for ``oldest_pending_mark``."""
+    def oldest_pending_mark(self) -> int | None:
+        """The smallest mark among the requests still pending; None when none is."""
     def expire(self, now_ns: int) -> int: ...
     def flush(self) -> int: ...
     def drain(self) -> list[SpanRecord]: ...

@@ -21,7 +21,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.object cimport PyTypeObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 import math
 
@@ -168,6 +168,7 @@ cdef object _span_name = _core_py.span_name
 cdef object _flatten = _core_py.flatten
 cdef object _dump_attrs = _core_py.dump_attrs
 cdef object _parse_traceparent = _core_py.parse_traceparent
+cdef object _check_mark = _core_py.check_mark
 cdef object _sample_hash = _core_py.sample_hash
 cdef Py_ssize_t BAD_SAMPLE_BYTES = _core_py.BAD_SAMPLE_BYTES
 cdef object _orjson_loads = orjson.loads
@@ -372,6 +373,13 @@ ctypedef struct HeapItem:
     uint64_t seq
     uint32_t idx
 
+# The requests stored by feed() calls of one mark, from the arrival ``first_seq``
+# on: an entry belongs to the last run whose first_seq <= its seq.
+ctypedef struct MarkRun:
+    uint64_t first_seq
+    uint64_t mark
+    uint64_t live       # how many of them are still pending
+
 # Rarely needed per-request data: kept only for requests with an error, a
 # non-canonical id, an uninterned name, times outside 64 bits or a traceparent.
 ctypedef struct Extra:
@@ -506,6 +514,15 @@ cdef class Core:
     cdef uint32_t _ext_used
     cdef uint32_t _ext_free
 
+    # marks of the pending requests: runs in arrival order, dead ones dropped lazily
+    cdef uint64_t _mark       # the mark of the feed() at hand
+    cdef MarkRun *_runs
+    cdef size_t _run_head
+    cdef size_t _run_end
+    cdef size_t _run_cap
+    cdef size_t _runs_live    # runs with live > 0
+    cdef bint _runs_unsorted  # a run's mark is below an earlier one's
+
     def __cinit__(self):
         self._parser = new dom_parser()
         self._fl = new Flattener()
@@ -586,6 +603,7 @@ cdef class Core:
         free(self._entries)
         free(self._slots)
         free(self._heap)
+        free(self._runs)
         free(self._pad)
         free(self._prep)
         free(self._arena)
@@ -616,12 +634,14 @@ cdef class Core:
         self._bad = {}
         return samples
 
-    def feed(self, data, now_ns=None) -> int:
-        """Process whole lines; return how many spans are ready."""
+    def feed(self, data, now_ns=None, mark=0) -> int:
+        """Process whole lines; return how many spans are ready. Every request stored
+        meanwhile remembers ``mark``, for ``oldest_pending_mark``."""
         cdef Py_buffer view
         cdef i128 now = 0
         cdef int sign = 0
         cdef bint has_now = now_ns is not None
+        self._mark = _check_mark(mark)
         if has_now and py_to_i128(now_ns, &now, 100, &sign) != 0:
             raise OverflowError("now_ns is out of range")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -630,6 +650,23 @@ cdef class Core:
         finally:
             PyBuffer_Release(&view)
         return self._spans.n
+
+    def oldest_pending_mark(self):
+        """The smallest mark among the requests still pending; None when none is."""
+        cdef MarkRun *runs = self._runs
+        while self._run_head < self._run_end and runs[self._run_head].live == 0:
+            self._run_head += 1
+        if self._run_head == self._run_end:
+            return None
+        if not self._runs_unsorted:
+            return runs[self._run_head].mark
+        self._compact_runs()
+        cdef uint64_t low = runs[self._run_head].mark
+        cdef size_t i
+        for i in range(self._run_head + 1, self._run_end):
+            if runs[i].mark < low:
+                low = runs[i].mark
+        return low
 
     def expire(self, now_ns) -> int:
         cdef i128 now = 0
@@ -1200,6 +1237,8 @@ cdef class Core:
         e.k1 = lo
         self._seq += 1
         e.seq = self._seq
+        self._mark_add(self._seq)
+        e = &self._entries[idx]
         e.start = _sat(time_ns)
         e.deadline = _sat(deadline)
         e.name = name_idx
@@ -1532,6 +1571,7 @@ cdef class Core:
         """Free a detached entry and its extra."""
         cdef Entry *e = &self._entries[idx]
         cdef uint32_t x
+        self._mark_remove(e.seq)
         if e.extra:
             x = e.extra - 1
             e.extra = 0
@@ -1590,6 +1630,78 @@ cdef class Core:
         if self._before(top.deadline, top.seq, top.idx, e.deadline, e.seq, h):
             return top.idx
         return h
+
+    # -- marks
+
+    cdef int _mark_add(self, uint64_t seq) except -1:
+        """The request of arrival ``seq`` was stored under the mark at hand."""
+        cdef MarkRun *r
+        cdef MarkRun *grown
+        cdef size_t cap
+        if self._run_end > self._run_head:
+            r = &self._runs[self._run_end - 1]
+            if r.mark == self._mark:
+                if r.live == 0:
+                    self._runs_live += 1
+                r.live += 1
+                return 0
+            if self._mark < r.mark:
+                self._runs_unsorted = True
+        if self._run_end == self._run_cap:
+            if self._run_head:
+                memmove(self._runs, self._runs + self._run_head,
+                        (self._run_end - self._run_head) * sizeof(MarkRun))
+                self._run_end -= self._run_head
+                self._run_head = 0
+            if self._run_end > 2 * self._runs_live + 16:
+                self._compact_runs()
+            if self._run_end == self._run_cap:
+                cap = self._run_cap * 2 if self._run_cap else 16
+                grown = <MarkRun *> realloc(self._runs, cap * sizeof(MarkRun))
+                if grown == NULL:
+                    raise MemoryError()
+                self._runs = grown
+                self._run_cap = cap
+        r = &self._runs[self._run_end]
+        r.first_seq = seq
+        r.mark = self._mark
+        r.live = 1
+        self._run_end += 1
+        self._runs_live += 1
+        return 0
+
+    cdef void _mark_remove(self, uint64_t seq) noexcept:
+        """The request of arrival ``seq`` left the table."""
+        cdef size_t lo = self._run_head, hi = self._run_end, mid
+        cdef MarkRun *r
+        while hi - lo > 1:  # the last run with first_seq <= seq
+            mid = (lo + hi) >> 1
+            if self._runs[mid].first_seq <= seq:
+                lo = mid
+            else:
+                hi = mid
+        r = &self._runs[lo]
+        r.live -= 1
+        if r.live == 0:
+            self._runs_live -= 1
+            if self._runs_live == 0:
+                self._run_head = self._run_end = 0
+                self._runs_unsorted = False
+
+    cdef void _compact_runs(self) noexcept:
+        """Drop the runs without live requests (none of their seqs can be asked for
+        again); see whether the marks of the rest are in order."""
+        cdef size_t i, out = 0
+        cdef MarkRun *runs = self._runs
+        self._runs_unsorted = False
+        for i in range(self._run_head, self._run_end):
+            if runs[i].live:
+                if out and runs[i].mark < runs[out - 1].mark:
+                    self._runs_unsorted = True
+                runs[out] = runs[i]
+                out += 1
+        self._run_head = 0
+        self._run_end = out
 
     # -- the heap of out-of-order entries (entry.prev = position)
 
