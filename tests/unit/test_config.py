@@ -100,10 +100,9 @@ def test_service_name_from_env_and_flag() -> None:
 @pytest.mark.parametrize(
     "argv", [["--ttl", "0"], ["--max-pending", "0"], ["--socket-mode", "999"], ["--max-line-bytes", "-1"]]
 )
-def test_bad_values_exit_with_usage_error(argv: list[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
+def test_bad_values_are_config_errors(argv: list[str]) -> None:
+    with pytest.raises(ConfigError, match=f"^{argv[0]} '{argv[1]}': "):
         load_config(argv, env={})
-    assert exc.value.code == 2
 
 
 def write(tmp_path, text: str):  # type: ignore[no-untyped-def]
@@ -149,10 +148,10 @@ def test_precedence_flags_over_env_over_file(tmp_path) -> None:  # type: ignore[
     ("text", "message"),
     [
         ("bogus = 1\n", "unknown option 'bogus'"),
-        ("ttl = -1\n", "--ttl: must be greater than 0"),
-        ("stdout = 1\n", "must be true or false"),
+        ("ttl = -1\n", "ttl '-1': must be a number greater than 0"),
+        ("stdout = 1\n", "stdout 1: expected true or false"),
         ("ttl = [\n", "not valid TOML"),
-        ('log-level = "loud"\n', "invalid choice"),
+        ('log-level = "loud"\n', "log-level 'loud': expected one of debug, info"),
     ],
 )
 def test_config_file_errors(tmp_path, text: str, message: str) -> None:  # type: ignore[no-untyped-def]

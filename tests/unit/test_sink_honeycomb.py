@@ -20,7 +20,7 @@ import pytest
 
 from tests.receivers import HoneycombReceiver
 from vault_observe._core_py import Core, parse_rfc3339_ns
-from vault_observe.errors import ConfigError, SinkError
+from vault_observe.errors import ConfigError
 from vault_observe.model import ORPHAN, PAIRED, UNANSWERED, SpanRecord
 from vault_observe.sinks.honeycomb import EventEncoder, HoneycombSink
 from vault_observe.sinks.http import RetryPolicy
@@ -528,7 +528,7 @@ def test_libhoney_waits_for_room_instead_of_dropping(sample_spans: list[SpanReco
 
 
 def test_settings_are_checked() -> None:
-    with pytest.raises(SinkError):
+    with pytest.raises(ConfigError, match="API key"):
         HoneycombSink("")
     with pytest.raises(ConfigError):
         HoneycombSink(KEY, encoder="protobuf")

@@ -41,7 +41,7 @@ import orjson
 
 from .. import __version__
 from .._core_py import dump_attrs
-from ..errors import ConfigError, SinkError
+from ..errors import ConfigError
 from ..model import PAIRED, PAIRING_KEY, PAIRING_NAMES, SpanRecord
 from .compression import Compressor
 from .http import (
@@ -665,17 +665,21 @@ class HoneycombSink:
         libhoney_concurrency: int = 10,
     ) -> None:
         if not api_key:
-            raise SinkError("honeycomb: an API key is required")
+            raise ConfigError("the Honeycomb sink needs an API key", setting="HONEYCOMB_API_KEY")
         if not dataset:
-            raise ConfigError("honeycomb: the dataset name is empty")
+            raise ConfigError("the dataset name is empty", setting="honeycomb_dataset", value=dataset)
         if encoder not in ENCODERS:
-            raise ConfigError(f"honeycomb: unknown encoder {encoder!r} (use native or libhoney)")
+            raise ConfigError("expected native or libhoney", setting="honeycomb_encoder", value=encoder)
         if timeout <= 0:
-            raise ConfigError(f"honeycomb: timeout must be positive, not {timeout}")
+            raise ConfigError("must be greater than 0", setting="send_timeout", value=timeout)
         if max_batch_bytes < 1024 or max_batch_events < 1:
             raise ConfigError("honeycomb: batch limits too small")
         if not api_host.startswith(("http://", "https://")):
-            raise ConfigError(f"honeycomb: the API host must be an http(s) URL, not {api_host!r}")
+            raise ConfigError(
+                "not an http(s) URL; expected e.g. https://api.honeycomb.io",
+                setting="honeycomb_api_host",
+                value=api_host,
+            )
         self.encoder = encoder
         self.dataset = dataset
         self.api_host = api_host.rstrip("/")

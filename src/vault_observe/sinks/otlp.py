@@ -136,24 +136,57 @@ class BodyEncoder:
         return JoinedBody.join([orjson.dumps(encode_span(record)) for record in spans], self.head, self.tail)
 
 
-def _env(environ: Mapping[str, str], name: str) -> str | None:
-    """``OTEL_EXPORTER_OTLP_TRACES_<name>``, else ``OTEL_EXPORTER_OTLP_<name>``."""
-    value = environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}")
-    if value is None or not value.strip():
-        value = environ.get(f"OTEL_EXPORTER_OTLP_{name}")
-    return value.strip() if value is not None and value.strip() else None
+def _env_named(environ: Mapping[str, str], name: str) -> tuple[str, str | None]:
+    """(the variable that gives ``name``, its value or None): the traces one first."""
+    for variable in (f"OTEL_EXPORTER_OTLP_TRACES_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+        value = environ.get(variable)
+        if value is not None and value.strip():
+            return variable, value.strip()
+    return f"OTEL_EXPORTER_OTLP_{name}", None
+
+
+# What this sink speaks (OTLP/HTTP with JSON bodies) and exporter settings it cannot
+# honour yet: a variable set to anything else is an error, never silently ignored.
+SUPPORTED_PROTOCOL = "http/json"
+UNSUPPORTED_SETTINGS = ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE", "INSECURE")
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse exporter variables whose value this sink cannot honour."""
+    variable, protocol = _env_named(environ, "PROTOCOL")
+    if protocol is not None and protocol.lower() != SUPPORTED_PROTOCOL:
+        raise ConfigError(
+            f"vault-observe sends OTLP/HTTP with JSON bodies only: unset it or set it to "
+            f"{SUPPORTED_PROTOCOL} (a collector's OTLP/HTTP receiver, port 4318, takes both)",
+            setting=variable,
+            value=protocol,
+        )
+    for name in UNSUPPORTED_SETTINGS:
+        variable, value = _env_named(environ, name)
+        if value is not None:
+            raise ConfigError(
+                "not supported by vault-observe's OTLP sink yet; unset it (for TLS to the collector, "
+                "use an https:// endpoint whose certificate the system trusts)",
+                setting=variable,
+                value=value,
+            )
+
+
+def resolve_endpoint_named(endpoint: str | None, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(the endpoint, the setting that gave it: ``otlp`` or a variable)."""
+    if endpoint:
+        return endpoint, "otlp"
+    traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if traces:
+        return traces, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if base:
+        return base + ("v1/traces" if base.endswith("/") else "/v1/traces"), "OTEL_EXPORTER_OTLP_ENDPOINT"
+    return DEFAULT_ENDPOINT, "otlp"
 
 
 def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str]) -> str:
-    if endpoint:
-        return endpoint
-    traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    if traces:
-        return traces
-    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if base:
-        return base + ("v1/traces" if base.endswith("/") else "/v1/traces")
-    return DEFAULT_ENDPOINT
+    return resolve_endpoint_named(endpoint, environ)[0]
 
 
 class OtlpSink:
@@ -175,22 +208,36 @@ class OtlpSink:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
-        self.endpoint = resolve_endpoint(endpoint, env)
+        check_environment(env)
+        self.endpoint, endpoint_setting = resolve_endpoint_named(endpoint, env)
         if not self.endpoint.startswith(("http://", "https://")):
-            raise ConfigError(f"otlp: the endpoint must be an http(s) URL, not {self.endpoint!r}")
-        merged = parse_headers(_env(env, "HEADERS") or "")
+            raise ConfigError(
+                "not an http(s) URL; expected e.g. http://localhost:4318/v1/traces",
+                setting=endpoint_setting,
+                value=env[endpoint_setting].strip() if endpoint_setting.isupper() else self.endpoint,
+            )
+        headers_variable, header_text = _env_named(env, "HEADERS")
+        try:
+            merged = parse_headers(header_text or "")
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, setting=headers_variable) from None
         merged.update({k.lower(): v for k, v in (headers or {}).items()})
         if timeout is None:
-            text = _env(env, "TIMEOUT")
+            timeout_variable, text = _env_named(env, "TIMEOUT")
             try:
                 timeout = float(text) / 1000 if text else 10.0
             except ValueError:
-                raise ConfigError(f"otlp: timeout in milliseconds expected, not {text!r}") from None
+                raise ConfigError(
+                    "expected milliseconds, such as 10000", setting=timeout_variable, value=text
+                ) from None
+            if not timeout > 0:
+                raise ConfigError("must be greater than 0", setting=timeout_variable, value=text)
         if timeout <= 0:
-            raise ConfigError(f"otlp: timeout must be positive, not {timeout}")
-        compression = compression or _env(env, "COMPRESSION") or "none"
+            raise ConfigError("must be greater than 0", setting="send_timeout", value=timeout)
+        compression_variable, compression_text = _env_named(env, "COMPRESSION")
+        compression = compression or compression_text or "none"
         if compression.lower() not in ("gzip", "none"):
-            raise ConfigError(f"otlp: compression must be gzip or none, not {compression!r}")
+            raise ConfigError("expected gzip or none", setting=compression_variable, value=compression)
         if max_batch_bytes < 1024 or max_batch_spans < 1:
             raise ConfigError("otlp: batch limits too small")
         self._compressor = Compressor(compression)

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .. import __version__
+from ..errors import ConfigError
 from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
 from . import zipkin_proto_py
@@ -302,14 +303,22 @@ class ZipkinSink:
         rate_log: RateLimitedLog | None = None,
     ) -> None:
         if encoder not in ENCODERS:
-            raise ValueError(f"unknown Zipkin encoder {encoder!r}; expected one of {', '.join(ENCODERS)}")
+            raise ConfigError(
+                f"unknown Zipkin encoder; expected one of {', '.join(ENCODERS)}",
+                setting="zipkin_encoder",
+                value=encoder,
+            )
         if not service_name:
-            raise ValueError("the service name must not be empty")
+            raise ConfigError("the service name must not be empty", setting="service_name", value=service_name)
         if not timeout > 0:
-            raise ValueError("timeout must be greater than 0")
+            raise ConfigError("must be greater than 0", setting="send_timeout", value=timeout)
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {endpoint!r}")
+            raise ConfigError(
+                "not an http(s) URL; expected e.g. http://localhost:9411/api/v2/spans",
+                setting="zipkin",
+                value=endpoint,
+            )
         self.endpoint = endpoint
         self.encoder = encoder
         self.service_name = service_name
