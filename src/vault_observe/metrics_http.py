@@ -301,6 +301,11 @@ class DaemonCollector(Collector):
             "vault_observe_pending_requests", "Requests waiting for their response", get("pending", 0)
         )
         yield _gauge(
+            "vault_observe_pending_requests_limit",
+            "Requests that may wait for their response at most (--max-pending); past it the oldest is evicted",
+            daemon.config.max_pending,
+        )
+        yield _gauge(
             "vault_observe_open_connections", "Audit device connections open now", get("open_connections", 0)
         )
         yield _counter(

@@ -170,6 +170,7 @@ def test_scrape_equals_the_daemon_counters(tmp_path: Path, sample_log: Path) -> 
     assert value(samples, "vault_observe_probes_total") == counters["probes"] == 1
     assert value(samples, "vault_observe_duplicate_requests_total") == counters["duplicates"]
     assert value(samples, "vault_observe_pending_requests") == counters["pending"] > 0
+    assert value(samples, "vault_observe_pending_requests_limit") == daemon.config.max_pending
     assert value(samples, "vault_observe_open_connections") == 0
     assert value(samples, "vault_observe_connections_accepted_total") == counters["connections"] == 1
     assert set(counters["sinks"]) == {"collect", "metrics"}
