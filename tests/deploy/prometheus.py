@@ -37,6 +37,17 @@ def require_tool(name: str, env: str | None = None) -> str:
     pytest.skip(reason)
 
 
+def import_yaml() -> Any:
+    """PyYAML (test extras); a module-level skip in a venv installed before it was added."""
+    try:
+        import yaml
+    except ImportError:
+        if os.environ.get(REQUIRE) == "1":
+            raise
+        pytest.skip("PyYAML is not installed: pip install -e '.[test]'", allow_module_level=True)
+    return yaml
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import REPO
-from tests.deploy.prometheus import REQUIRE
+from tests.deploy.prometheus import REQUIRE, import_yaml
 from tests.integration.harness import ObserveProcess
 from tests.receivers import ZipkinReceiver
 from vault_observe.config import build_parser
+
+yaml = import_yaml()
 
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"

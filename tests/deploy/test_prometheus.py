@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import DATA, REPO, SHARED_CORPUS
-from tests.deploy.prometheus import PrometheusServer, require_tool
+from tests.deploy.prometheus import PrometheusServer, import_yaml, require_tool
 from tests.integration.harness import API_KEY, ObserveProcess
 from tests.receivers import HoneycombReceiver, ZipkinReceiver
+
+yaml = import_yaml()
 
 RULES = REPO / "deploy" / "prometheus" / "vault-observe-rules.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "vault-observe.json"
