@@ -66,7 +66,13 @@ COUNTER_NAMES = (
     "unknown_type",
     "oversize",
     "sampled_out",
+    "reserved_keys",
 )
+
+# Attribute names of the daemon's own (the pairing marker): an entry's keys under this
+# prefix are dropped and counted (``reserved_keys``), so the daemon's appear once.
+RESERVED_PREFIX = "vault_observe."
+RESERVED_REASON = "entry key under 'vault_observe.' dropped (reserved for the daemon's attributes)"
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _LOWER_HEX = frozenset(b"0123456789abcdef")
@@ -91,7 +97,9 @@ def splitmix64(x: int) -> int:
 
 
 def uuid_bytes(text: bytes) -> bytes | None:
-    """The 16 bytes of a 36-character UUID (any case), else None."""
+    """The 16 bytes of a 36-character UUID (any case), else None. The nil UUID is
+    None too: an all-zero trace id is invalid in W3C trace context and OTLP, so
+    that id is hashed like any other non-UUID id."""
     if len(text) != 36:
         return None
     for i, ch in enumerate(text):
@@ -100,7 +108,8 @@ def uuid_bytes(text: bytes) -> bytes | None:
                 return None
         elif ch not in _HEX:
             return None
-    return bytes.fromhex(text.replace(b"-", b"").decode("ascii"))
+    raw = bytes.fromhex(text.replace(b"-", b"").decode("ascii"))
+    return raw if any(raw) else None
 
 
 def is_canonical_uuid(text: bytes) -> bool:
@@ -277,9 +286,16 @@ def flatten(entry: dict[str, Any], flatten_arrays: bool = False) -> dict[str, An
     """Nested objects -> dotted keys, in document order, with an explicit stack.
 
     Nulls, empty objects and empty arrays give no key. Arrays stay one value
-    unless ``flatten_arrays`` (then ``key.0``, ``key.1``, ...).
+    unless ``flatten_arrays`` (then ``key.0``, ``key.1``, ...). Names under
+    ``RESERVED_PREFIX`` are dropped.
     """
+    return flatten_counted(entry, flatten_arrays)[0]
+
+
+def flatten_counted(entry: dict[str, Any], flatten_arrays: bool = False) -> tuple[dict[str, Any], int]:
+    """``flatten`` and how many names it dropped as reserved (each one written counts)."""
     out: dict[str, Any] = {}
+    reserved = 0
     stack: list[tuple[str, Any]] = [("", iter(entry.items()))]
     while stack:
         prefix, items = stack[-1]
@@ -295,12 +311,18 @@ def flatten(entry: dict[str, Any], flatten_arrays: bool = False) -> dict[str, An
                 if flatten_arrays:
                     stack.append((name + ".", iter(enumerate(value))))
                     break
-                out[name] = value
+                if name.startswith(RESERVED_PREFIX):
+                    reserved += 1
+                else:
+                    out[name] = value
             elif value is not None:
-                out[name] = value
+                if name.startswith(RESERVED_PREFIX):
+                    reserved += 1
+                else:
+                    out[name] = value
         else:
             stack.pop()
-    return out
+    return out, reserved
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -479,7 +501,9 @@ class Core:
         the chunk in its file), for ``oldest_pending_mark``."""
         self._mark = check_mark(mark)
         if not isinstance(data, bytes):
-            data = bytes(data)
+            # any buffer, contiguous or not; TypeError for what is not one (an int
+            # would make bytes() a run of NULs), as in the compiled core
+            data = memoryview(data).tobytes()
         counts = self._counts
         prefix = self.prefix
         for line in data.split(b"\n"):
@@ -593,7 +617,7 @@ class Core:
                 return
             key = request_id.encode("utf-8", "surrogatepass")
             keep_attrs = bool(error) or not is_canonical_uuid(key)
-            attrs_json = self._attrs_json(entry) if keep_attrs else None
+            attrs_json = self._attrs_json(entry, line) if keep_attrs else None
             self._store(
                 key,
                 request_id,
@@ -605,7 +629,7 @@ class Core:
                 self._parent(request),
             )
             return
-        attrs_json = self._attrs_json(entry)
+        attrs_json = self._attrs_json(entry, line)
         parent = self._parent(request)
         if not request_id:
             self._emit(trace_id_for(line), "", name, time_ns, time_ns, error, ORPHAN, attrs_json, parent)
@@ -636,8 +660,11 @@ class Core:
         # Only the head of the line: with log_raw=true, lines hold secrets.
         self._bad_samples[counter] = (reason, line[:BAD_SAMPLE_BYTES])
 
-    def _attrs_json(self, entry: dict[str, Any]) -> bytes:
-        attrs = flatten(entry, self.flatten_arrays)
+    def _attrs_json(self, entry: dict[str, Any], line: bytes) -> bytes:
+        attrs, reserved = flatten_counted(entry, self.flatten_arrays)
+        if reserved:
+            self._counts["reserved_keys"] += reserved
+            self._bad("reserved_keys", RESERVED_REASON, line)
         if self.key_filter is not None:
             keep = self.key_filter.keep
             attrs = {key: value for key, value in attrs.items() if keep(key)}

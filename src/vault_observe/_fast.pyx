@@ -92,6 +92,7 @@ cdef extern from "_fast_json.h" namespace "vo":
         Buf out
         KeyCache *filter
         bint gil_free
+        size_t reserved
         Flattener() except +
         int flatten(element root, bint flatten_arrays) except +
     int flatten_gil_free(Flattener &f, element root, bint flatten_arrays) nogil
@@ -123,13 +124,14 @@ cdef enum:
     C_UNKNOWN_TYPE
     C_OVERSIZE
     C_SAMPLED_OUT
+    C_RESERVED_KEYS
     N_COUNTERS
 
 COUNTER_NAMES = _core_py.COUNTER_NAMES
 if COUNTER_NAMES != (
     "lines", "requests", "responses", "spans", "paired", "orphans", "unanswered", "evicted",
     "duplicates", "probes", "no_id", "malformed", "invalid", "unknown_type", "oversize",
-    "sampled_out",
+    "sampled_out", "reserved_keys",
 ):
     raise ImportError("the counters of _core_py changed; update the compiled core")
 
@@ -165,7 +167,8 @@ cdef size_t STORE_HINT_MAX = 4 << 20
 
 cdef object _PROBE_PATH = _core_py.PROBE_PATH
 cdef object _span_name = _core_py.span_name
-cdef object _flatten = _core_py.flatten
+cdef object _flatten_counted = _core_py.flatten_counted
+cdef str _RESERVED_REASON = _core_py.RESERVED_REASON
 cdef object _dump_attrs = _core_py.dump_attrs
 cdef object _parse_traceparent = _core_py.parse_traceparent
 cdef object _check_mark = _core_py.check_mark
@@ -207,7 +210,8 @@ for _i in range(6):
 
 
 cdef inline bint _uuid(const unsigned char *s, size_t n, uint64_t *hi, uint64_t *lo, bint *lower) noexcept nogil:
-    """The 16 bytes of a 36-character UUID of any case (see _core_py.uuid_bytes)."""
+    """The 16 bytes of a 36-character UUID of any case, not the nil UUID (see
+    _core_py.uuid_bytes)."""
     if n != 36:
         return False
     if s[8] != 45 or s[13] != 45 or s[18] != 45 or s[23] != 45:
@@ -229,6 +233,8 @@ cdef inline bint _uuid(const unsigned char *s, size_t n, uint64_t *hi, uint64_t 
         else:
             b = (b << 4) | <uint64_t> v
         k += 1
+    if a == 0 and b == 0:
+        return False  # an all-zero trace id is invalid: hashed like a non-UUID id
     hi[0] = a
     lo[0] = b
     lower[0] = low
@@ -413,6 +419,7 @@ ctypedef struct Prepared:
     Envelope env
     size_t attrs
     size_t attrs_n
+    size_t reserved     # names the flattener dropped as reserved
     size_t id
     size_t error
     size_t operation
@@ -486,9 +493,10 @@ cdef class Core:
     cdef char *_arena         # their strings and attributes
     cdef size_t _arena_n
     cdef size_t _arena_cap
-    cdef bint _feeding        # the GIL is let go inside feed: no second feed meanwhile
+    cdef bint _busy           # a call is in progress (it may let the GIL go): no other meanwhile
     cdef const char *_attrs_p  # the flattened attributes of the line at hand
     cdef size_t _attrs_n
+    cdef size_t _attrs_reserved  # names dropped as reserved from them
     cdef char *_namebuf
     cdef size_t _namebuf_cap
     cdef uint64_t _counts[N_COUNTERS]
@@ -559,6 +567,15 @@ cdef class Core:
         release_gil=False,
         **filters,
     ):
+        self._enter()
+        try:
+            self._configure(ttl_s, max_pending, max_line_bytes, prefix, flatten_arrays, sample_rate,
+                            trace_context, release_gil, filters)
+        finally:
+            self._busy = False
+
+    cdef int _configure(self, ttl_s, max_pending, max_line_bytes, prefix, flatten_arrays,
+                        sample_rate, trace_context, release_gil, dict filters) except -1:
         # ``include`` is a word of Cython's own, so the filters come as **filters
         include_ = filters.pop("include", ())
         exclude = filters.pop("exclude", ())
@@ -593,6 +610,21 @@ cdef class Core:
         self._max_line = <int64_t> max(-1, min(math.floor(max_line_bytes), 1 << 62))
         self.prefix = bytes(prefix)
         self.flatten_arrays = bool(flatten_arrays)
+        return 0
+
+    cdef int _enter(self) except -1:
+        """Mark the core busy for one public call. Every call may let the GIL go (the
+        GIL-free first pass, the key filter and the orjson fallback call Python), and a
+        second call on the same core meanwhile would share its parser, buffers and
+        table: it is refused. Check and set run with the GIL held, so two threads
+        cannot both pass."""
+        if self._busy:
+            raise RuntimeError(
+                "this Core is already running a call (feed, expire, flush, drain) in another "
+                "thread or from inside one: a Core takes one call at a time"
+            )
+        self._busy = True
+        return 0
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -644,9 +676,19 @@ cdef class Core:
         self._mark = _check_mark(mark)
         if has_now and py_to_i128(now_ns, &now, 100, &sign) != 0:
             raise OverflowError("now_ns is out of range")
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self._feed(<const char *> view.buf, <size_t> view.len, has_now, now)
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except BufferError:
+            # not contiguous: its bytes, as the reference takes them (TypeError for
+            # what is no buffer at all, in both cores)
+            data = memoryview(data).tobytes()
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._enter()
+            try:
+                self._feed(<const char *> view.buf, <size_t> view.len, has_now, now, not view.readonly)
+            finally:
+                self._busy = False
         finally:
             PyBuffer_Release(&view)
         return self._spans.n
@@ -669,6 +711,13 @@ cdef class Core:
         return low
 
     def expire(self, now_ns) -> int:
+        self._enter()
+        try:
+            return self._expire(now_ns)
+        finally:
+            self._busy = False
+
+    cdef object _expire(self, object now_ns):
         cdef i128 now = 0
         cdef int sign = 0
         cdef uint32_t idx
@@ -685,6 +734,13 @@ cdef class Core:
         return self._spans.n
 
     def flush(self) -> int:
+        self._enter()
+        try:
+            return self._flush()
+        finally:
+            self._busy = False
+
+    cdef object _flush(self):
         cdef uint32_t idx
         while True:
             idx = self._oldest()
@@ -694,11 +750,15 @@ cdef class Core:
         return self._spans.n
 
     def drain(self) -> list:
-        return self._take().records()
+        return self.drain_spans().records()
 
     def drain_spans(self) -> PackedSpans:
         """The ready spans as one packed sequence (what the daemon queues for the sinks)."""
-        return self._take()
+        self._enter()
+        try:
+            return self._take()
+        finally:
+            self._busy = False
 
     cdef PackedSpans _take(self):
         cdef SpanStore store = self._spans
@@ -711,7 +771,7 @@ cdef class Core:
 
     # ------------------------------------------------------------ lines
 
-    cdef int _feed(self, const char *data, size_t n, bint has_now, i128 now) except -1:
+    cdef int _feed(self, const char *data, size_t n, bint has_now, i128 now, bint writable) except -1:
         cdef const char *p = data
         cdef const char *end = data + n
         cdef const char *nl
@@ -721,13 +781,9 @@ cdef class Core:
         cdef bint two_pass = self.release_gil and n >= TWO_PASS_BYTES and self._filter == NULL
         cdef size_t k = 0
         cdef Prepared *rec
-        if self._feeding:
-            raise RuntimeError("feed() called while another feed() of this core runs")
         if two_pass:
-            self._feeding = True
             with nogil:
-                two_pass = self._prepare(data, n, pre, pre_n)
-            self._feeding = False
+                two_pass = self._prepare(data, n, pre, pre_n, writable)
         while p < end:
             nl = <const char *> memchr(p, 10, <size_t> (end - p))
             if nl == NULL:
@@ -735,7 +791,9 @@ cdef class Core:
             length = <size_t> (nl - p)
             if length:
                 self._counts[C_LINES] += 1
-                rec = &self._prep[k] if two_pass else NULL
+                # bounded: another thread may have changed the bytes (not the size:
+                # the buffer is exported) since the first pass found its lines
+                rec = &self._prep[k] if two_pass and k < self._prep_n else NULL
                 k += 1
                 if <int64_t> length > self._max_line:
                     self._counts[C_OVERSIZE] += 1
@@ -810,6 +868,8 @@ cdef class Core:
             if keep and root != NULL:
                 if self._flatten_root(root) == FALLBACK:
                     return self._line_slow(p, n, has_now, now)
+            if keep and self._attrs_reserved:
+                self._reserved(self._attrs_reserved, p, n)
             self._counts[C_REQUESTS] += 1
             if time_ns > self._watermark:
                 self._watermark = time_ns
@@ -826,6 +886,8 @@ cdef class Core:
         if root != NULL:
             if self._flatten_root(root) == FALLBACK:
                 return self._line_slow(p, n, has_now, now)
+        if self._attrs_reserved:
+            self._reserved(self._attrs_reserved, p, n)
         self._counts[C_RESPONSES] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns
@@ -853,7 +915,12 @@ cdef class Core:
             return _flatten_failed()
         self._attrs_p = self._fl.out.p
         self._attrs_n = self._fl.out.n
+        self._attrs_reserved = self._fl.reserved
         return OK
+
+    cdef int _reserved(self, size_t count, const char *p, size_t n) except -1:
+        self._counts[C_RESERVED_KEYS] += count
+        return self._bad_line("reserved_keys", _RESERVED_REASON, p, n)
 
     # ------------------------------------------------------------ two passes
     # With release_gil, a big chunk is taken in two passes. The first, without the GIL, parses and
@@ -864,8 +931,11 @@ cdef class Core:
     # path does; a line the first pass left (a float, a BOM, bad JSON, a big line,
     # a filter...) takes the one-pass path whole.
 
-    cdef bint _prepare(self, const char *data, size_t n, const char *pre, size_t pre_n) noexcept nogil:
-        """First pass over ``data``: one record per non-empty line; False when out of memory."""
+    cdef bint _prepare(self, const char *data, size_t n, const char *pre, size_t pre_n,
+                       bint writable) noexcept nogil:
+        """First pass over ``data``: one record per non-empty line; False when out of memory.
+        A ``writable`` buffer may change meanwhile (another thread holds the GIL): each
+        line is then parsed from a copy, as simdjson must not see its bytes change."""
         cdef const char *p = data
         cdef const char *end = data + n
         cdef const char *nl
@@ -891,14 +961,14 @@ cdef class Core:
                 rec.ready = False
                 if <int64_t> length <= self._max_line:
                     if pre_n and length >= pre_n and memcmp(p, pre, pre_n) == 0:
-                        rec.ready = self._prepare_line(p + pre_n, length - pre_n, end, rec)
+                        rec.ready = self._prepare_line(p + pre_n, length - pre_n, end, rec, writable)
                     else:
-                        rec.ready = self._prepare_line(p, length, end, rec)
+                        rec.ready = self._prepare_line(p, length, end, rec, writable)
             p = nl + 1
         return True
 
     cdef bint _prepare_line(self, const char *p, size_t n, const char *buf_end,
-                            Prepared *rec) noexcept nogil:
+                            Prepared *rec, bint copy) noexcept nogil:
         cdef const char *src = p
         cdef simdjson_result[element] res
         cdef element root
@@ -907,7 +977,7 @@ cdef class Core:
         cdef int kind
         if n > BIG_LINE or (n >= 3 and memcmp(p, b"\xef\xbb\xbf", 3) == 0):
             return False
-        if <size_t> (buf_end - p) < n + SIMDJSON_PADDING:
+        if copy or <size_t> (buf_end - p) < n + SIMDJSON_PADDING:
             src = self._padded_gil_free(p, n)
             if src == NULL:
                 return False
@@ -929,6 +999,7 @@ cdef class Core:
             if not self._keep(self._fl.out.p, self._fl.out.n, &rec.attrs):
                 return False
             rec.attrs_n = self._fl.out.n
+            rec.reserved = self._fl.reserved
         rec.kind = kind
         rec.time_ns = time_ns
         rec.env = env  # its strings point into the parsed document: moved to the arena
@@ -984,9 +1055,11 @@ cdef class Core:
             env.operation = arena + rec.operation
         if env.target != NULL:
             env.target = arena + rec.target
+        self._attrs_reserved = 0
         if rec.flattened:
             self._attrs_p = arena + rec.attrs
             self._attrs_n = rec.attrs_n
+            self._attrs_reserved = rec.reserved
         return self._entry(env, rec.kind, rec.time_ns, NULL, p, n, has_now, now)
 
     cdef int _bad_line(self, str counter, str reason, const char *p, size_t n) except -1:
@@ -1135,13 +1208,13 @@ cdef class Core:
                 return 0
             key = (<str> request_id).encode("utf-8", "surrogatepass")
             canon = _trace_for(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), &hi, &lo)
-            attrs = self._dump(entry) if (error or not canon) else None
+            attrs = self._dump(entry, p, n) if (error or not canon) else None
             has_parent = self._slow_parent(request, &par)
             return self._store(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
                                time_ns, (now if has_now else time_ns) + self._ttl, name,
                                name_idx, error if error else None, attrs,
                                &par if has_parent else NULL)
-        attrs = self._dump(entry)
+        attrs = self._dump(entry, p, n)
         has_parent = self._slow_parent(request, &par)
         if not request_id:
             return self._respond(NULL, 0, None, time_ns, name, error, p, n, attrs,
@@ -1166,8 +1239,10 @@ cdef class Core:
         out.span = parent[1]
         return True
 
-    cdef bytes _dump(self, entry):
-        flat = _flatten(entry, self.flatten_arrays)
+    cdef bytes _dump(self, entry, const char *p, size_t n):
+        flat, reserved = _flatten_counted(entry, self.flatten_arrays)
+        if reserved:
+            self._reserved(reserved, p, n)
         if self.key_filter is not None:
             keep = self.key_filter.keep
             flat = {key: value for key, value in flat.items() if keep(key)}

@@ -745,6 +745,8 @@ class Flattener {
     // which allocates with the GIL held) then gives ERROR, and the caller redoes
     // the line with the GIL.
     bool gil_free = false;
+    // Names of the last flatten() dropped as reserved (see reserved_name).
+    size_t reserved = 0;
     KeyCheck check;
     std::vector<Frame> stack;
     std::vector<EncFrame> enc;
@@ -779,6 +781,7 @@ class Flattener {
     int pass(element root, bool flatten_arrays, bool dotted) {
         out.n = 0;
         prefix.n = 0;
+        reserved = 0;
         check.reset();
         stack.clear();
         object top;
@@ -849,6 +852,7 @@ class Flattener {
                     if (!flatten_arrays) {
                         size_t mark = out.n;
                         put_name(first, key, key_len, ki.needs_escape);
+                        if (reserved_name(mark, first)) continue;
                         if (Filtered) {
                             int k = filtered(mark, first);
                             if (k < 0) return ERROR;
@@ -884,6 +888,7 @@ class Flattener {
             }
             size_t mark = out.n;
             put_name(first, key, key_len, ki.needs_escape);
+            if (reserved_name(mark, first)) continue;
             if (Filtered) {
                 int k = filtered(mark, first);
                 if (k < 0) return ERROR;
@@ -894,6 +899,19 @@ class Flattener {
         }
         out.append('}');
         return OK;
+    }
+
+    // A name under "vault_observe." (_core_py.RESERVED_PREFIX: the daemon's own
+    // attributes) just written from `mark`: taken back and counted. The prefix has
+    // no byte that is escaped, so the written name starts with it when the key does.
+    inline bool reserved_name(size_t mark, bool first) {
+        size_t begin = mark + (first ? 1 : 2);  // past ',' and '"'
+        size_t len = out.n - 2 - begin;         // without '":'
+        if (len < 14 || out.p[begin] != 'v' || std::memcmp(out.p + begin, "vault_observe.", 14) != 0)
+            return false;
+        out.n = mark;
+        reserved++;
+        return true;
     }
 
     // The filter's decision on the name just written from `mark`; takes it back

@@ -281,6 +281,11 @@ class DaemonCollector(Collector):
             get("probes", 0),
         )
         yield _counter(
+            "vault_observe_reserved_keys",
+            "Entry keys under vault_observe. dropped: that prefix is kept for the daemon's own attributes",
+            get("reserved_keys", 0),
+        )
+        yield _counter(
             "vault_observe_duplicate_requests",
             "Requests whose id was already waiting for a response (the newer one replaces it)",
             get("duplicates", 0),

@@ -274,7 +274,7 @@ class Daemon:
         self._thread: threading.Thread | None = None
         self._capture: IO[bytes] | None = None
         self._bad_log = RateLimitedLog(log, 10.0)
-        self._bad_seen = dict.fromkeys((*BAD_LINE_COUNTERS, "truncated"), 0)
+        self._bad_seen = dict.fromkeys((*BAD_LINE_COUNTERS, "truncated", "reserved_keys"), 0)
         self.started = threading.Event()  # set once every listener is bound
         self.result: dict[str, Any] | None = None
 
@@ -481,7 +481,17 @@ class Daemon:
             if samples is None:
                 samples = self.core.take_bad_samples()
             sample = samples.get(name)
-            if sample is not None:
+            if name == "reserved_keys":  # the line was used; only those keys were dropped
+                self._bad_log(
+                    name,
+                    logging.WARNING,
+                    "dropped %d entry key(s) under 'vault_observe.' (%d in all): the daemon's own "
+                    "attributes use that prefix; latest line's first bytes %r",
+                    now - seen,
+                    now,
+                    sample[1] if sample is not None else b"",
+                )
+            elif sample is not None:
                 self._bad_log(
                     name,
                     logging.WARNING,
