@@ -673,24 +673,24 @@ cdef class Core:
         cdef i128 now = 0
         cdef int sign = 0
         cdef bint has_now = now_ns is not None
-        self._mark = _check_mark(mark)
-        if has_now and py_to_i128(now_ns, &now, 100, &sign) != 0:
-            raise OverflowError("now_ns is out of range")
+        self._enter()
         try:
-            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        except BufferError:
-            # not contiguous: its bytes, as the reference takes them (TypeError for
-            # what is no buffer at all, in both cores)
-            data = memoryview(data).tobytes()
-            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            self._enter()
+            self._mark = _check_mark(mark)
+            if has_now and py_to_i128(now_ns, &now, 100, &sign) != 0:
+                raise OverflowError("now_ns is out of range")
+            try:
+                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            except BufferError:
+                # not contiguous: its bytes, as the reference takes them (TypeError for
+                # what is no buffer at all, in both cores)
+                data = memoryview(data).tobytes()
+                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
             try:
                 self._feed(<const char *> view.buf, <size_t> view.len, has_now, now, not view.readonly)
             finally:
-                self._busy = False
+                PyBuffer_Release(&view)
         finally:
-            PyBuffer_Release(&view)
+            self._busy = False
         return self._spans.n
 
     def oldest_pending_mark(self):
