@@ -19,7 +19,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.object cimport PyTypeObject
-from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, SIZE_MAX, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
@@ -30,7 +30,9 @@ import orjson
 from . import _core_py
 from .model import PAIRING_KEY, PAIRING_NAMES
 
-from vault_observe._spans cimport PackedSpan, PackedSpans, SpanStore, new_span, packed_view
+from vault_observe._spans cimport (
+    PackedSpan, PackedSpans, SpanStore, copy_spans, new_span, packed_view,
+)
 
 # ---------------------------------------------------------------- declarations
 
@@ -164,6 +166,11 @@ cdef i128 PACK_TIME_LIMIT = (<i128> 1) << 62  # about the year 2116
 cdef i128 PACK_DURATION_LIMIT = 1_000_000_000_000_000_000
 # A new span store sets aside the last one's size, up to this.
 cdef size_t STORE_HINT_MAX = 4 << 20
+# Drained spans up to this many bytes are copied out of the core's store, which is kept;
+# a larger store is handed out whole (trimmed) and replaced.
+cdef size_t STORE_COPY_MAX = 256 << 10
+# The kept store gives back room beyond this.
+cdef size_t STORE_KEEP_MAX = 1 << 20
 
 cdef object _PROBE_PATH = _core_py.PROBE_PATH
 cdef object _span_name = _core_py.span_name
@@ -762,11 +769,27 @@ cdef class Core:
 
     cdef PackedSpans _take(self):
         cdef SpanStore store = self._spans
-        cdef SpanStore fresh = SpanStore.__new__(SpanStore)
+        cdef SpanStore fresh
+        cdef PackedSpans out
+        if store.used <= STORE_COPY_MAX and store.n * sizeof(PackedSpan) <= STORE_COPY_MAX:
+            # A few spans (a socket read's worth) leave in blocks of their exact size and
+            # the store keeps its own for the next ones: handing out the store itself,
+            # trimmed, left the heap as much free as used after a long sink outage
+            # (measured with mallinfo2), each trimmed tail a hole too small to reuse.
+            out = copy_spans(store, 0, store.n, SIZE_MAX)
+            store.clear()
+            if store.room > STORE_KEEP_MAX:  # after a burst: do not keep its room
+                store.shrink()
+            return out
+        fresh = SpanStore.__new__(SpanStore)
         if store.used:
             # room for about as much as the last drain took (a burst's size is not kept)
             fresh.reserve(min(store.used + store.used // 4, STORE_HINT_MAX))
+            fresh.reserve_spans(min(store.n + store.n // 4, STORE_HINT_MAX // sizeof(PackedSpan)))
         self._spans = fresh
+        # The store may wait in a sink's queue for as long as the sink is down: keep
+        # only what its spans take (measured: without this, ~21 KB a queued span).
+        store.shrink()
         return packed_view(store, 0, store.n)
 
     # ------------------------------------------------------------ lines

@@ -32,8 +32,12 @@ cdef class SpanStore:
     cdef size_t used
     cdef size_t room
     cdef list records           # the SpanRecords of spans that do not fit a PackedSpan
+    cdef size_t record_bytes    # what those SpanRecords hold (their objects' sizes)
 
     cdef PackedSpan *add(self) except NULL
+    cdef int reserve_spans(self, size_t count) except -1
+    cdef int shrink(self) except -1
+    cdef void clear(self) noexcept
     cdef char *reserve(self, size_t extra) except NULL
     cdef int put(self, const char *p, size_t n, size_t *off, size_t *length) except -1
     cdef int add_record(self, object record) except -1
@@ -47,6 +51,8 @@ cdef class PackedSpans:
 
 
 cdef PackedSpans packed_view(SpanStore store, size_t lo, size_t hi)
+cdef size_t store_bytes(SpanStore store) noexcept
+cdef PackedSpans copy_spans(SpanStore src, size_t lo, size_t hi, size_t max_bytes)
 
 cdef object new_span(object trace_id, object span_id, object parent_span_id, object name,
                      object start_ns, object end_ns, object error, int pairing, object request_id,

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyTypeObject
 from cpython.ref cimport Py_INCREF, PyObject
-from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdint cimport SIZE_MAX, int64_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+import sys
 import types
 
 from .model import SpanRecord
@@ -35,6 +36,20 @@ cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void *op)
     object PyLong_FromLongLong(long long v)
     object PyLong_FromUnsignedLongLong(unsigned long long v)
+
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static size_t vo_usable_size(void *p) { return p ? malloc_usable_size(p) : 0; }
+    static int vo_trim(void) { return malloc_trim(0); }
+    #else
+    static size_t vo_usable_size(void *p) { (void)p; return 0; }
+    static int vo_trim(void) { return 0; }
+    #endif
+    """
+    size_t vo_usable_size(void *p) nogil
+    int vo_trim() nogil
 
 cdef object _ZERO = 0
 cdef object _ONE = 1
@@ -122,6 +137,41 @@ cdef object _record(SpanStore store, size_t i):
 
 # ---------------------------------------------------------------- the store
 
+cdef object _getsizeof = sys.getsizeof
+# A store's and a view's own objects, counted with the blocks they keep alive.
+cdef size_t _OBJECT_BYTES = 0
+
+
+cdef size_t _record_bytes(object record):
+    """What a kept SpanRecord holds: the record and each value it alone refers to."""
+    cdef size_t total = _getsizeof(record)
+    for value in (record.trace_id, record.span_id, record.parent_span_id, record.name,
+                  record.start_ns, record.end_ns, record.error, record.request_id,
+                  record.attrs_json, record.sample_rate):
+        total += _getsizeof(value)
+    return total
+
+
+cdef inline size_t _block_bytes(void *p, size_t asked) noexcept:
+    """Bytes a malloc block takes: its usable size where the C library says it."""
+    cdef size_t usable = vo_usable_size(p)
+    return usable if usable > asked else asked
+
+
+cdef size_t store_bytes(SpanStore store) noexcept:
+    """The bytes a store keeps alive: both blocks as allocated, its kept records, its object."""
+    return (_block_bytes(store.spans, store.cap * sizeof(PackedSpan))
+            + _block_bytes(store.arena, store.room) + store.record_bytes + _OBJECT_BYTES)
+
+
+cdef inline size_t _span_bytes(SpanStore store, size_t i) except? 0:
+    """The bytes span ``i`` takes in a store of its own: its record and its strings."""
+    cdef PackedSpan *sp = &store.spans[i]
+    if sp.record >= 0:
+        return sizeof(PackedSpan) + _record_bytes(store.records[sp.record])
+    return sizeof(PackedSpan) + sp.attrs_len + sp.name_len + sp.error_len + sp.rid_len
+
+
 
 cdef class SpanStore:
     """The spans of one drain, as the core writes them (append only)."""
@@ -138,7 +188,7 @@ cdef class SpanStore:
         cdef size_t cap
         cdef PackedSpan *spans
         if self.n == self.cap:
-            cap = self.cap * 2 if self.cap else 256
+            cap = self.cap * 2 if self.cap else 64
             spans = <PackedSpan *> realloc(self.spans, cap * sizeof(PackedSpan))
             if spans == NULL:
                 raise MemoryError()
@@ -146,6 +196,59 @@ cdef class SpanStore:
             self.cap = cap
         self.n += 1
         return &self.spans[self.n - 1]
+
+    cdef int reserve_spans(self, size_t count) except -1:
+        """Room for ``count`` more spans without growing."""
+        cdef PackedSpan *spans
+        if self.n + count > self.cap:
+            spans = <PackedSpan *> realloc(self.spans, (self.n + count) * sizeof(PackedSpan))
+            if spans == NULL:
+                raise MemoryError()
+            self.spans = spans
+            self.cap = self.n + count
+        return 0
+
+    cdef int shrink(self) except -1:
+        """Give back what the two blocks hold beyond their spans (the store is complete).
+
+        A drain of a few spans would otherwise keep the room set aside for many while it
+        waits in a queue: tens of KB for each socket read's worth of spans."""
+        cdef PackedSpan *spans
+        cdef char *arena
+        if self.cap > self.n:
+            if self.n == 0:
+                free(self.spans)
+                self.spans = NULL
+                self.cap = 0
+            else:
+                spans = <PackedSpan *> realloc(self.spans, self.n * sizeof(PackedSpan))
+                if spans != NULL:  # else the larger block stays, still valid
+                    self.spans = spans
+                    self.cap = self.n
+        if self.room > self.used:
+            if self.n == 0:
+                free(self.arena)
+                self.arena = NULL
+                self.room = 0
+            elif self.used:
+                arena = <char *> realloc(self.arena, self.used)
+                if arena != NULL:
+                    self.arena = arena
+                    self.room = self.used
+        return 0
+
+    cdef void clear(self) noexcept:
+        """Empty, keeping both blocks for the next spans."""
+        self.n = 0
+        self.used = 0
+        if self.records:
+            self.records = []
+            self.record_bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes this store keeps alive."""
+        return store_bytes(self)
 
     cdef char *reserve(self, size_t extra) except NULL:
         """Room for ``extra`` more arena bytes at ``arena + used`` (the caller moves ``used``)."""
@@ -176,6 +279,7 @@ cdef class SpanStore:
         cdef PackedSpan *sp = self.add()
         sp.record = len(self.records)
         self.records.append(record)
+        self.record_bytes += _record_bytes(record)
         return 0
 
 
@@ -227,11 +331,71 @@ cdef class PackedSpans:
         cdef size_t i
         return [_record(self.store, i) for i in range(self.lo, self.hi)]
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes this view keeps alive: its whole store's, whatever part it shows."""
+        return store_bytes(self.store)
+
+    @property
+    def span_bytes(self) -> int:
+        """The bytes this view's spans take in a store of their own (see ``compact``)."""
+        cdef size_t i
+        cdef size_t total = _OBJECT_BYTES
+        for i in range(self.lo, self.hi):
+            total += _span_bytes(self.store, i)
+        return total
+
+    def compact(self, size_t max_bytes=SIZE_MAX):
+        """A copy of the leading spans whose ``span_bytes`` fit ``max_bytes`` (maybe none), in a
+        store of its own sized to them, so that it no longer keeps this view's store alive."""
+        return copy_spans(self.store, self.lo, self.hi, max_bytes)
+
     def __repr__(self):
         return f"<PackedSpans of {self.hi - self.lo} spans>"
 
 
+cdef PackedSpans copy_spans(SpanStore src, size_t lo, size_t hi, size_t max_bytes):
+    """The leading spans of ``src[lo:hi]`` whose bytes fit ``max_bytes``, copied into a
+    store of their own with blocks of exactly their size."""
+    cdef SpanStore dst = SpanStore.__new__(SpanStore)
+    cdef size_t total = _OBJECT_BYTES
+    cdef size_t arena = 0
+    cdef size_t end = lo
+    cdef size_t one, i
+    cdef PackedSpan *sp
+    cdef PackedSpan *out
+    while end < hi:
+        one = _span_bytes(src, end)
+        if total + one > max_bytes:
+            break
+        total += one
+        sp = &src.spans[end]
+        if sp.record < 0:
+            arena += sp.attrs_len + sp.name_len + sp.error_len + sp.rid_len
+        end += 1
+    if end == lo:
+        return packed_view(dst, 0, 0)
+    dst.reserve_spans(end - lo)
+    dst.arena = <char *> malloc(arena if arena else 1)  # exactly what the copies take
+    if dst.arena == NULL:
+        raise MemoryError()
+    dst.room = arena if arena else 1
+    for i in range(lo, end):
+        sp = &src.spans[i]
+        if sp.record >= 0:
+            dst.add_record(src.records[sp.record])
+            continue
+        out = dst.add()
+        out[0] = sp[0]
+        dst.put(src.arena + sp.attrs_off, sp.attrs_len, &out.attrs_off, &out.attrs_len)
+        dst.put(src.arena + sp.name_off, sp.name_len, &out.name_off, &out.name_len)
+        dst.put(src.arena + sp.error_off, sp.error_len, &out.error_off, &out.error_len)
+        dst.put(src.arena + sp.rid_off, sp.rid_len, &out.rid_off, &out.rid_len)
+    return packed_view(dst, 0, dst.n)
+
+
 Sequence.register(PackedSpans)
+_OBJECT_BYTES = SpanStore.__basicsize__ + PackedSpans.__basicsize__
 
 # ---------------------------------------------------------------- the allocator
 
@@ -261,3 +425,9 @@ def tune_allocator() -> bool:
     with the largest block freed so far, many get a fresh mapping and pay a page
     fault per 4 KiB touched. False where this C library has no such setting."""
     return bool(vo_tune_malloc(32 << 20, 64 << 20))
+
+
+def trim_allocator() -> bool:
+    """glibc only: hand the freed memory inside the heap back to the system (malloc_trim).
+    True if any was given back."""
+    return bool(vo_trim())
