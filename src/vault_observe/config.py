@@ -69,6 +69,7 @@ class Config:
     trace_context: bool = True
     # workers
     queue_size: int = 200_000
+    queue_bytes: int = 64 * MiB
     batch_size: int = 1000
     flush_interval: float = 0.5
     send_timeout: float | None = None  # None: 10 s (OTLP: OTEL_EXPORTER_OTLP_TIMEOUT)
@@ -130,6 +131,21 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+_BYTE_SIZE = re.compile(r"\s*(\d+)\s*(?:([kmg])(?:i?b)?)?\s*", re.IGNORECASE)
+_BYTE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _byte_size(text: str) -> int:
+    """A size in bytes: ``67108864``, ``64MiB``, ``64M``, ``512KiB`` (binary units)."""
+    match = _BYTE_SIZE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected bytes, such as 67108864 or 64MiB")
+    value = int(match[1]) * _BYTE_UNITS.get((match[2] or "").lower(), 1)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
@@ -390,6 +406,14 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         default=200_000,
         help="spans each sink may hold before new ones are dropped (default 200000)",
     )
+    work.add_argument(
+        "--queue-bytes",
+        type=_byte_size,
+        default=64 * MiB,
+        metavar="BYTES",
+        help="bytes the spans queued for each sink may keep alive before new ones are dropped "
+        "(a replay waits instead); 64MiB, 512KiB or a plain number (default 64MiB)",
+    )
     work.add_argument("--batch-size", type=_positive_int, default=1000, help="spans per send (default 1000)")
     work.add_argument(
         "--flush-interval",
@@ -497,6 +521,7 @@ def config_from_args(
         sample_rate=args.sample_rate,
         trace_context=args.trace_context,
         queue_size=args.queue_size,
+        queue_bytes=args.queue_bytes,
         batch_size=args.batch_size,
         flush_interval=args.flush_interval,
         send_timeout=args.send_timeout,
@@ -515,6 +540,7 @@ ENV_OPTIONS = {
     "HONEYCOMB_API_HOST": "--honeycomb-api-host",
     "OTEL_SERVICE_NAME": "--service-name",
     "VAULT_OBSERVE_LOG_LEVEL": "--log-level",
+    "VAULT_OBSERVE_QUEUE_BYTES": "--queue-bytes",
 }
 NOT_IN_FILE = {"help", "version", "config", "check-config"}
 

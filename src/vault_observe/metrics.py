@@ -33,6 +33,7 @@ class Summary:
         for worker in daemon.workers:
             stats = dict(worker.counts)
             stats["queue_depth"] = worker.depth
+            stats["queue_bytes"] = worker.queued_bytes
             try:
                 for key, value in worker.sink.stats().items():
                     stats.setdefault(key, value)

@@ -334,6 +334,14 @@ class DaemonCollector(Collector):
         for sink, stats in sinks.items():
             depth.add_metric([sink], stats.get("queue_depth", 0))
         yield depth
+        queue_bytes = GaugeMetricFamily(
+            "vault_observe_sink_queue_bytes",
+            "Bytes the spans waiting in the sink's queue keep alive (bounded by --queue-bytes)",
+            labels=["sink"],
+        )
+        for sink, stats in sinks.items():
+            queue_bytes.add_metric([sink], stats.get("queue_bytes", 0))
+        yield queue_bytes
         dropped = CounterMetricFamily(
             "vault_observe_sink_spans_dropped",
             "Spans dropped before the sink saw them: queue_full (the sink fell behind by "

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from . import core as core_module
 from .config import Config
@@ -33,12 +33,35 @@ if TYPE_CHECKING:
     from .sources.follow import FileFollower, Position
     from .sources.sockets import SocketSource
 
+try:
+    from ._spans import PackedSpans, trim_allocator
+except ImportError:  # the pure-Python install: every chunk is a sequence of SpanRecord
+    PackedSpans = None  # type: ignore[assignment,misc]
+    trim_allocator = None  # type: ignore[assignment]
+
 log = logging.getLogger("vault_observe")
 
 POLL_SECONDS = 0.2
 SWITCH_INTERVAL = 0.0005
 EXPIRE_EVERY_NS = 200_000_000
 BAD_LINE_COUNTERS = ("malformed", "invalid", "oversize", "unknown_type", "no_id")
+# After a queue that held this many bytes drains, give the freed heap back to the system.
+TRIM_AFTER_BYTES = 8 << 20
+
+_getsizeof = sys.getsizeof
+
+
+def records_bytes(spans: Sequence[SpanRecord]) -> int:
+    """What a sequence of SpanRecord keeps alive: each record and the values it holds."""
+    return sum(
+        _getsizeof(span)
+        + _getsizeof(span.attrs_json)
+        + _getsizeof(span.name)
+        + _getsizeof(span.request_id)
+        + _getsizeof(span.error)
+        + _getsizeof(span.trace_id)
+        for span in spans
+    )
 
 
 class SinkWorker:
@@ -47,6 +70,10 @@ class SinkWorker:
     The queue holds the core's chunks of spans as they were drained (a list, or the
     compiled core's packed spans) and counts their spans; a batch is a run of them,
     split where it must be, so no span is copied on the reader's side.
+
+    It is bounded twice: in spans (``queue_size``) and in the bytes its chunks keep
+    alive (``queue_bytes``): a packed chunk's whole store, counted once however many
+    chunks of the queue share it, or each SpanRecord with its values.
     """
 
     def __init__(
@@ -54,6 +81,7 @@ class SinkWorker:
         sink: Sink,
         *,
         queue_size: int,
+        queue_bytes: int = 1 << 62,
         batch_size: int,
         flush_interval: float,
         retry_window: float,
@@ -66,6 +94,10 @@ class SinkWorker:
         self._cond = threading.Condition()
         self._blocked = False  # a replay waits in offer for room
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
+        self._bytes = 0  # what the queued chunks keep alive
+        self._stores: dict[object, int] = {}  # packed store -> queued chunks of it
+        self._trim_due = False  # the queue held TRIM_AFTER_BYTES since it was last empty
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._retry_window = retry_window
@@ -95,6 +127,55 @@ class SinkWorker:
         return self._depth
 
     @property
+    def queued_bytes(self) -> int:
+        """The bytes the queued spans keep alive."""
+        return self._bytes
+
+    def _cost(self, chunk: Sequence[SpanRecord]) -> int:
+        """Bytes that queueing ``chunk`` adds (nothing for a store already queued)."""
+        if type(chunk) is PackedSpans:
+            return 0 if chunk.store in self._stores else chunk.nbytes
+        return records_bytes(chunk)
+
+    def _push(self, chunk: Sequence[SpanRecord], cost: int) -> None:
+        self._queue.append(chunk)
+        if type(chunk) is PackedSpans:
+            store = chunk.store
+            self._stores[store] = self._stores.get(store, 0) + 1
+        self._depth += len(chunk)
+        self._bytes += cost
+        if self._bytes >= TRIM_AFTER_BYTES:
+            self._trim_due = True
+
+    def _pop(self, chunk: Sequence[SpanRecord]) -> None:
+        """``chunk``, taken whole from the queue, no longer counts."""
+        if type(chunk) is PackedSpans:
+            store = chunk.store
+            left = self._stores[store] - 1
+            if left:
+                self._stores[store] = left
+            else:
+                del self._stores[store]
+                self._bytes -= chunk.nbytes
+        else:
+            self._bytes -= records_bytes(chunk)
+
+    def _fitting(self, spans: Sequence[SpanRecord], count: int, room: int) -> Sequence[SpanRecord]:
+        """The leading spans (at most ``count``) that fit ``room`` bytes, copied out so that
+        they keep nothing else alive."""
+        if count <= 0 or room <= 0:
+            return []
+        if type(spans) is PackedSpans:
+            return cast("PackedSpans", spans[:count]).compact(room)
+        taken = 0
+        for span in spans[:count]:
+            room -= records_bytes((span,))
+            if room < 0:
+                break
+            taken += 1
+        return list(spans[:taken])
+
+    @property
     def handled(self) -> int:
         """Spans this sink is done with: delivered, failed or dropped."""
         counts = self.counts
@@ -110,34 +191,40 @@ class SinkWorker:
         if not total:
             return
         with self._cond:
-            queue = self._queue
             before = self._depth
             if self._block_when_full:
                 done = 0
                 while done < total:
                     room = self._queue_size - self._depth
-                    if room <= 0 and not self._closing:
+                    part = spans if done == 0 and total <= room else spans[done : done + max(room, 0)]
+                    cost = self._cost(part) if room > 0 else 0
+                    full = room <= 0 or (self._depth and self._bytes + cost > self._queue_bytes)
+                    if full and not self._closing:
                         self._cond.notify_all()  # wake the worker before waiting for room
                         self._blocked = True
                         self._cond.wait()
                         self._blocked = False
                         before = 0  # the workers may all be waiting again
                         continue
-                    take = total - done if self._closing else min(room, total - done)
-                    queue.append(spans if take == total else spans[done : done + take])
-                    self._depth += take
-                    done += take
+                    if self._closing and len(part) < total - done:
+                        part = spans[done:]
+                        cost = self._cost(part)
+                    self._push(part, cost)
+                    done += len(part)
                 self.counts["queued"] += total
             else:
-                taken = min(max(self._queue_size - self._depth, 0), total)
-                if taken:
-                    if taken < total:
-                        # A part of a packed chunk would hold the whole chunk's memory
-                        # while it waits: keep just the records of that part.
-                        spans = list(spans[:taken])
-                    queue.append(spans)
-                    self._depth += taken
-                if taken < total:
+                room = self._queue_size - self._depth
+                cost = self._cost(spans) if total <= room else 0
+                if total <= room and self._bytes + cost <= self._queue_bytes:
+                    self._push(spans, cost)
+                    taken = total
+                else:
+                    # Past a bound: take what fits, copied out, so that the part does not
+                    # keep the rest of its chunk alive while it waits.
+                    part = self._fitting(spans, room, self._queue_bytes - self._bytes)
+                    taken = len(part)
+                    if taken:
+                        self._push(part, self._cost(part))
                     self.counts["dropped_queue_full"] += total - taken
                 self.counts["queued"] += taken
             # Wake the senders only when there is news for them: the first spans (a
@@ -162,7 +249,9 @@ class SinkWorker:
         with self._cond:
             left = self._depth
             self._queue.clear()
+            self._stores.clear()
             self._depth = 0
+            self._bytes = 0
             self.counts["dropped_shutdown"] += left
         if left:
             log.warning("%s: %d spans not delivered before the shutdown timeout", self.name, left)
@@ -187,8 +276,13 @@ class SinkWorker:
             while taken < want:
                 chunk = queue.popleft()
                 if len(chunk) > want - taken:
+                    # the rest stays queued and keeps a packed chunk's store alive
                     queue.appendleft(chunk[want - taken :])
                     chunk = chunk[: want - taken]
+                    if type(chunk) is not PackedSpans:
+                        self._bytes -= records_bytes(chunk)
+                else:
+                    self._pop(chunk)
                 chunks.append(chunk)
                 taken += len(chunk)
             self._depth -= taken
@@ -216,6 +310,14 @@ class SinkWorker:
                     self.failing_since = None
                 elif self.failing_since is None:
                     self.failing_since = time.monotonic()
+                trim = self._trim_due and not self._depth
+                if trim:
+                    self._trim_due = False
+            if trim and trim_allocator is not None:
+                # A backlog drained: its chunks were freed into the heap, where glibc
+                # would keep them (the holes between live blocks for good).
+                del batch
+                trim_allocator()
         with self._cond:
             self._running -= 1
             last = self._running == 0
@@ -260,6 +362,7 @@ class Daemon:
             SinkWorker(
                 sink,
                 queue_size=config.queue_size,
+                queue_bytes=config.queue_bytes,
                 batch_size=config.batch_size,
                 flush_interval=config.flush_interval,
                 retry_window=config.retry_window,
