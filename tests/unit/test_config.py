@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vault_observe.config import DEFAULT_ZIPKIN_URL, Listener, load_config, parse_listen
@@ -184,3 +186,22 @@ def test_check_config_exit_codes(tmp_path) -> None:  # type: ignore[no-untyped-d
         timeout=60,
     )
     assert result.returncode == 2 and b"unknown option 'nope'" in result.stderr
+
+
+def test_queue_bytes_from_flag_env_and_file(tmp_path: Path) -> None:
+    config, _ = load_config([], env={})
+    assert config.queue_bytes == 64 * 1024 * 1024 and config.queue_size == 200_000
+    for text, expected in (("1048576", 1 << 20), ("64MiB", 64 << 20), ("512k", 512 << 10), ("1G", 1 << 30)):
+        config, _ = load_config(["--queue-bytes", text], env={})
+        assert config.queue_bytes == expected
+    config, _ = load_config([], env={"VAULT_OBSERVE_QUEUE_BYTES": "32MiB"})
+    assert config.queue_bytes == 32 << 20
+    config, _ = load_config(["--queue-bytes", "8M"], env={"VAULT_OBSERVE_QUEUE_BYTES": "32MiB"})
+    assert config.queue_bytes == 8 << 20
+    path = tmp_path / "vo.toml"
+    path.write_text('queue-bytes = "16MiB"\n')
+    config, _ = load_config(["--config", str(path)], env={})
+    assert config.queue_bytes == 16 << 20
+    for bad in ("0", "1.5M", "lots", "-1"):
+        with pytest.raises(SystemExit):
+            load_config(["--queue-bytes", bad], env={})

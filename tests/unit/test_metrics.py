@@ -182,10 +182,30 @@ def test_scrape_equals_the_daemon_counters(tmp_path: Path, sample_log: Path) -> 
         for reason in ("queue_full", "shutdown"):
             assert value(samples, "vault_observe_sink_spans_dropped_total", reason=reason, **labels) == 0
         assert value(samples, "vault_observe_sink_queue_depth", **labels) == stats["queue_depth"] == 0
+        assert value(samples, "vault_observe_sink_queue_bytes", **labels) == stats["queue_bytes"] == 0
         assert value(samples, "vault_observe_sink_queue_capacity", **labels) == daemon.config.queue_size
         assert value(samples, "vault_observe_sink_up", **labels) == 1
         assert value(samples, "vault_observe_sink_failing_seconds", **labels) == 0
     assert value(samples, "vault_observe_sink_spans_delivered_total", sink="collect") == made
+
+
+def test_queue_bytes_gauge_shows_what_a_stalled_sink_keeps_waiting(tmp_path: Path, sample_log: Path) -> None:
+    data = sample_log.read_bytes()
+    sink = CollectingSink(name="stalled", delay=30.0)  # holds its first batch
+    daemon = Daemon(metrics_config(tmp_path, batch_size=10, shutdown_timeout=0.5), [sink])
+    daemon.start()
+    try:
+        send(daemon.config.listeners[0].address, data)
+        worker = daemon.workers[0]
+        wait_for(lambda: daemon.summary.counters()["lines"] == data.count(b"\n") and worker.depth > 0)
+        samples = scrape(daemon)
+        stats = daemon.summary.counters()["sinks"]["stalled"]
+    finally:
+        daemon.stop()
+    queued = value(samples, "vault_observe_sink_queue_bytes", sink="stalled")
+    assert queued == stats["queue_bytes"] > 0
+    # a few hundred spans of about 1.5 KB of attributes each, and what holds them
+    assert 500 * stats["queue_depth"] < queued < 8000 * stats["queue_depth"]
 
 
 def test_histogram_counts_paired_spans_by_operation_and_mount(tmp_path: Path, sample_log: Path) -> None:
