@@ -203,5 +203,5 @@ def test_queue_bytes_from_flag_env_and_file(tmp_path: Path) -> None:
     config, _ = load_config(["--config", str(path)], env={})
     assert config.queue_bytes == 16 << 20
     for bad in ("0", "1.5M", "lots", "-1"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(ConfigError, match="--queue-bytes"):
             load_config(["--queue-bytes", bad], env={})
