@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_error(config.explain(exc))
     try:
         return daemon.run()
+    except ConfigError as exc:  # for example a socket passed by systemd that cannot be used
+        log.error("%s", exc)
+        return 2
     except OSError as exc:
         log.error("%s", exc)
         return EXIT_FAILED

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from . import core as core_module
+from . import sd_notify
 from .config import Config
 from .framing import FramingCounters
 from .metrics import Summary
@@ -454,6 +455,7 @@ class Daemon:
             socket_mode=config.socket_mode,
             max_line_bytes=config.max_line_bytes,
             counters=self.framing,
+            passed=sd_notify.listen_fds(),  # systemd socket activation
         )
         source.open()
         self.source = source
@@ -462,6 +464,7 @@ class Daemon:
         next_summary = time.monotonic() + config.summary_interval
         try:
             self._begin()
+            sd_notify.notify("READY=1\nSTATUS=listening on " + ", ".join(source.bound_addresses()))
             while not self._stop.is_set():
                 chunks = source.poll(POLL_SECONDS)
                 now = time.monotonic_ns()
@@ -474,10 +477,11 @@ class Daemon:
                 if time.monotonic() >= next_summary:
                     self.summary.log("summary")
                     next_summary = time.monotonic() + config.summary_interval
-            # Stop accepting, then take what the open connections already hold.
+            # Stop accepting, then read each connection until Vault has nothing more in it.
+            sd_notify.notify("STOPPING=1")
             source.stop_accepting()
             now = time.monotonic_ns()
-            for chunk in source.drain():
+            for chunk in source.drain(config.shutdown_timeout):
                 self._feed(chunk, now)
         finally:
             source.close()
@@ -522,7 +526,11 @@ class Daemon:
         last_save = 0.0
         try:
             self._begin()
+            ready = False
             for chunk in follower.follow(self._stop.is_set):
+                if not ready and follower.position.inode:  # the file is open
+                    sd_notify.notify("READY=1")
+                    ready = True
                 if chunk is not None:
                     self._feed(chunk.lines, None)
                     core.expire(core.watermark_ns)
@@ -539,6 +547,7 @@ class Daemon:
                     checkpoint.save(done)
                     saved, last_save = done, time.monotonic()
         finally:
+            sd_notify.notify("STOPPING=1")
             self._finish()
             if checkpoint and not any(w.counts["dropped_shutdown"] for w in self.workers):
                 # Every span is now delivered or counted: the whole file read so far is done.

@@ -5,6 +5,12 @@ request for the device's ``write_timeout``, and a socket-only set-up fails them.
 So this source accepts every connection at once, never blocks on one, and reads
 each readable socket until it would block. Each stream connection has its own
 LineFramer; UDP takes one entry per datagram.
+
+Listening sockets passed by systemd (socket activation) are used instead of binding:
+they outlive the daemon, so across a restart Vault's connections and datagrams wait
+in the kernel for the next instance. At shutdown, a unix connection is shut for
+reading first: what Vault wrote before is still read, and its next write fails at
+once, so Vault dials again (into the listening socket) and writes the entry there.
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import selectors
 import socket
 import stat
+import struct
+import time
 from collections.abc import Iterable
 
 from ..config import Listener
+from ..errors import ConfigError
 from ..framing import FramingCounters, LineFramer
 
 log = logging.getLogger("vault_observe.sources")
@@ -36,6 +46,39 @@ class _Connection:
         self.framer = framer
 
 
+def listener_of(sock: socket.socket) -> Listener:
+    """What a passed socket listens on, in the terms of ``--listen``."""
+    if sock.family == socket.AF_UNIX:
+        if sock.type != socket.SOCK_STREAM:
+            raise ConfigError("a passed unix socket must be a stream socket (ListenStream=)")
+        name = sock.getsockname()
+        path = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        return Listener("unix", path)
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        raise ConfigError(f"a passed socket of family {sock.family!r} cannot carry audit entries")
+    host, port = sock.getsockname()[:2]
+    if sock.type == socket.SOCK_DGRAM:
+        return Listener("udp", host, port)
+    if sock.type == socket.SOCK_STREAM:
+        return Listener("tcp", host, port)
+    raise ConfigError(f"a passed socket of type {sock.type!r} cannot carry audit entries")
+
+
+def _same_listener(configured: Listener, passed: Listener) -> bool:
+    if configured.kind != passed.kind:
+        return False
+    if configured.kind == "unix":
+        return os.path.abspath(configured.address) == os.path.abspath(passed.address)
+    if configured.port != passed.port:
+        return False
+    if configured.address == passed.address:
+        return True
+    with contextlib.suppress(OSError):
+        resolved = {info[4][0] for info in socket.getaddrinfo(configured.address, configured.port)}
+        return passed.address in resolved
+    return False
+
+
 class SocketSource:
     """All listeners of the daemon behind one selector."""
 
@@ -46,14 +89,19 @@ class SocketSource:
         socket_mode: int = 0o600,
         max_line_bytes: int,
         counters: FramingCounters,
+        passed: Iterable[tuple[socket.socket, str]] = (),
     ) -> None:
         self.listeners = list(listeners)
+        # sockets from the service manager (socket activation), with their names
+        self.passed = list(passed)
         self.socket_mode = socket_mode
         self.max_line_bytes = max_line_bytes
         self.counters = counters
         self.connections_accepted = 0
         self._selector = selectors.DefaultSelector()
         self._servers: list[tuple[socket.socket, Listener]] = []
+        self._passed_fds: set[int] = set()  # of self._servers: owned by the service manager
+        self._leftover: list[bytes] = []  # datagrams read while closing
         self._connections: dict[int, _Connection] = {}
         self._unix_paths: list[str] = []
         self._wake_r, self._wake_w = socket.socketpair()
@@ -78,18 +126,38 @@ class SocketSource:
 
     # -- set-up and tear-down
 
+    @property
+    def activated(self) -> bool:
+        """True when the service manager passed (and keeps) the listening sockets."""
+        return bool(self._passed_fds)
+
     def open(self) -> None:
         try:
+            passed: list[Listener] = []
+            for server, name in self.passed:
+                listener = listener_of(server)
+                if listener.kind != "udp" and not server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    raise ConfigError(
+                        f"passed socket {listener} is not listening: use Accept=no in the .socket unit"
+                    )
+                self._add_server(server, listener)
+                self._passed_fds.add(server.fileno())
+                passed.append(listener)
+                log.info("listening on %s (passed by the service manager%s)", listener, f", {name}" if name else "")
             for listener in self.listeners:
-                server = self._bind(listener)
-                server.setblocking(False)
-                kind = "udp" if listener.kind == "udp" else "listen"
-                self._selector.register(server, selectors.EVENT_READ, kind)
-                self._servers.append((server, listener))
+                if any(_same_listener(listener, other) for other in passed):
+                    continue
+                self._add_server(self._bind(listener), listener)
                 log.info("listening on %s", listener)
         except BaseException:
             self.close()
             raise
+
+    def _add_server(self, server: socket.socket, listener: Listener) -> None:
+        server.setblocking(False)
+        kind = "udp" if listener.kind == "udp" else "listen"
+        self._selector.register(server, selectors.EVENT_READ, kind)
+        self._servers.append((server, listener))
 
     def _bind(self, listener: Listener) -> socket.socket:
         if listener.kind == "unix":
@@ -125,24 +193,62 @@ class SocketSource:
             self._wake_w.send(b"\0")
 
     def stop_accepting(self) -> None:
-        """Close the listeners and remove the unix socket files; connections stay open."""
-        for server, _listener in self._servers:
+        """Close the listeners and remove the unix socket files; connections stay open.
+
+        A passed listener stays open in the service manager, with its backlog and
+        queued datagrams: they are the next instance's. One of our own is emptied
+        first (connections accepted, datagrams read), since closing it would lose them.
+        """
+        for server, listener in self._servers:
+            own = server.fileno() not in self._passed_fds
+            if own and listener.kind == "udp":
+                self._read_datagrams(server, self._leftover, limit=None)
+            elif own:
+                self._accept(server)
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(server)
             server.close()
         self._servers = []
+        self._passed_fds = set()
         for path in self._unix_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._unix_paths = []
 
-    def drain(self) -> list[bytes]:
-        """Read what every open connection holds right now, then close them all."""
-        chunks: list[bytes] = []
+    def drain(self, timeout: float = 0.0) -> list[bytes]:
+        """Read every open connection until Vault has nothing more in it, then close it.
+
+        A unix connection is shut for reading first: the kernel then fails Vault's next
+        write on it at once (EPIPE), so Vault dials again and writes that entry on a new
+        connection, while everything it wrote before is still read here, up to EOF.
+        TCP has no such signal (a shut-down reader still receives): a connection is read
+        until it would block and then reset, and Vault's next write on it fails the same
+        way; what arrives between that last read and the reset is lost. ``timeout``
+        bounds the whole drain (a writer that keeps a unix connection full).
+        """
+        chunks = self._leftover
+        self._leftover = []
+        deadline = time.monotonic() + timeout
+        for conn in self._connections.values():
+            if conn.sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RD)
         for fd in list(self._connections):
             conn = self._connections[fd]
-            self._read_stream(conn, chunks, until_eof=False)
-            self._close(fd)
+            unix = conn.sock.family == socket.AF_UNIX
+            while True:
+                if self._read_stream(conn, chunks, until_eof=True):
+                    break  # EOF: closed
+                if not unix or time.monotonic() >= deadline:
+                    if not unix:
+                        # Unread bytes at close make the kernel reset the connection.
+                        with contextlib.suppress(OSError):
+                            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    elif timeout:
+                        log.warning("%s: still not drained after %.1f s; closing it", conn.label, timeout)
+                    self._close(fd)
+                    break
+                select.select([conn.sock], [], [], max(0.0, min(0.1, deadline - time.monotonic())))
         return chunks
 
     def close(self) -> None:
@@ -195,13 +301,14 @@ class SocketSource:
             self._selector.register(sock, selectors.EVENT_READ, "conn")
             log.debug("%s: accepted", label)
 
-    def _read_stream(self, conn: _Connection, chunks: list[bytes], until_eof: bool) -> None:
+    def _read_stream(self, conn: _Connection, chunks: list[bytes], until_eof: bool) -> bool:
+        """Read what the connection holds now; True if it ended (and was closed)."""
         fd = conn.sock.fileno()
         while True:
             try:
                 data = conn.sock.recv(RECV_BYTES)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as exc:
                 if exc.errno not in (errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE):
                     log.warning("%s: read failed: %s", conn.label, exc)
@@ -209,15 +316,19 @@ class SocketSource:
             if not data:
                 if until_eof:
                     self._close(fd)
-                return
+                return True
             lines = conn.framer.feed(data)
             if lines:
                 chunks.append(lines)
             if len(data) < RECV_BYTES:
-                return  # drained for now; the selector says when there is more
+                return False  # drained for now; the selector says when there is more
 
-    def _read_datagrams(self, server: socket.socket, chunks: list[bytes]) -> None:
-        for _ in range(MAX_DATAGRAMS_PER_WAKEUP):
+    def _read_datagrams(
+        self, server: socket.socket, chunks: list[bytes], limit: int | None = MAX_DATAGRAMS_PER_WAKEUP
+    ) -> None:
+        count = 0
+        while limit is None or count < limit:
+            count += 1
             try:
                 data = server.recv(65536)
             except (BlockingIOError, InterruptedError):
