@@ -11,7 +11,7 @@ appear as exactly one span (paired or orphan) in the daemons' outputs.
   LISTEN_PID the daemon's own pid); readiness is READY=1 on a NOTIFY_SOCKET.
 - own socket: each daemon binds (and at exit removes) the socket itself.
 
-``python -m tests.integration.socket_restarts [--seconds-between 10] [--rate 500]``
+``python -m tests.integration.socket_restarts [--seconds-between 10] [--rate 500] [--tcp]``
 prints the figures of both modes (the README's table); the integration test runs the
 activated mode, shorter.
 """
@@ -150,15 +150,25 @@ class Notifications:
 class Daemons:
     """Starts and stops one daemon at a time; each writes its spans to its own file."""
 
-    def __init__(self, workdir: Path, socket_path: Path, activated: bool) -> None:
+    def __init__(self, workdir: Path, socket_path: Path, activated: bool, tcp: bool = False) -> None:
         self.workdir = workdir
         self.socket_path = socket_path
         self.activated = activated
         self.notify = Notifications()
         self.held: socket.socket | None = None
+        self.tcp_port = 0
+        if tcp:
+            with socket.socket() as probe:  # a port that each daemon can bind in turn
+                probe.bind(("127.0.0.1", 0))
+                self.tcp_port = probe.getsockname()[1]
         if activated:
-            self.held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.held.bind(str(socket_path))
+            if tcp:
+                self.held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                self.held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self.held.bind(("127.0.0.1", self.tcp_port))
+            else:
+                self.held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.held.bind(str(socket_path))
             self.held.listen(socket.SOMAXCONN)
         self.process: subprocess.Popen[bytes] | None = None
         self.outputs: list[Path] = []
@@ -172,8 +182,13 @@ class Daemons:
         out = open(out_path, "wb")  # noqa: SIM115 - closed in close()
         err = open(self.workdir / f"daemon-{n}.err", "wb")  # noqa: SIM115
         self._files += [out, err]
+        where = (
+            ["--listen", f"tcp://127.0.0.1:{self.tcp_port}"]
+            if self.tcp_port
+            else ["--socket-path", str(self.socket_path)]
+        )
         command = [
-            sys.executable, "-m", "vault_observe", "--socket-path", str(self.socket_path),
+            sys.executable, "-m", "vault_observe", *where,
             "--stdout", "--flush-interval", "0.1", "--summary-interval", "3600",
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NOTIFY_SOCKET": self.notify.address}
@@ -220,16 +235,28 @@ class Daemons:
         return out
 
 
-def run(bao_binary: str, workdir: Path, *, activated: bool, seconds_between: float, rate: float, clients: int = 4) -> Outcome:
-    outcome = Outcome("socket activation" if activated else "own socket")
+def run(
+    bao_binary: str,
+    workdir: Path,
+    *,
+    activated: bool,
+    seconds_between: float,
+    rate: float,
+    clients: int = 4,
+    tcp: bool = False,
+) -> Outcome:
+    outcome = Outcome(("tcp, " if tcp else "unix, ") + ("socket activation" if activated else "own socket"))
     socket_dir = Path(tempfile.mkdtemp(prefix="vo-", dir="/tmp"))  # unix socket paths are short
     socket_path = socket_dir / "audit.sock"
-    daemons = Daemons(workdir, socket_path, activated)
+    daemons = Daemons(workdir, socket_path, activated, tcp)
     bao = DevServer(bao_binary, workdir=workdir / "bao")
     try:
         daemons.start()
         bao.start()
-        bao.enable_socket_audit(socket_path, "observe")
+        if tcp:
+            bao.enable_audit("observe", "socket", {"address": f"127.0.0.1:{daemons.tcp_port}"})
+        else:
+            bao.enable_socket_audit(socket_path, "observe")
         audit_log = workdir / "audit.log"
         bao.enable_file_audit(audit_log)
         with Load(bao, clients, rate) as load:
@@ -268,6 +295,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--tcp", action="store_true", help="a tcp socket device instead of unix")
     args = parser.parse_args()
     binary = find_bao()
     assert binary, "no bao binary"
@@ -276,7 +304,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="vo-restarts-") as tmp:
                 outcome = run(
                     binary, Path(tmp), activated=activated, seconds_between=args.seconds_between,
-                    rate=args.rate, clients=args.clients,
+                    rate=args.rate, clients=args.clients, tcp=args.tcp,
                 )  # fmt: skip
             print(outcome.line(), flush=True)
 
