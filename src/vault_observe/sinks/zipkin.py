@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -463,7 +464,10 @@ class ZipkinSink:
                     )
                     return 0
                 reason = f"HTTP {status}"
-            delay = min(self.backoff_max, self.backoff_initial * (2**attempt))
+            # Capped exponential backoff, shortened by up to a fifth at random so that
+            # senders (and daemons) that failed together do not retry in step.
+            delay = min(self.backoff_max, self.backoff_initial * (2 ** min(attempt, 32)))
+            delay *= 1.0 - 0.2 * random.random()
             if time.monotonic() + delay >= deadline:
                 return self._give_up(count, attempt + 1, reason)
             if self._closing.wait(delay):
