@@ -27,6 +27,14 @@ class Summary:
         out["truncated"] = daemon.framing.truncated
         out["pending"] = daemon.core.pending
         source = daemon.source
+        follower = daemon.follower
+        if follower is not None:
+            follow_stats = follower.stats
+            out["rotations"] = follow_stats.rotations
+            out["truncations"] = follow_stats.truncations
+            out["lost_files"] = follow_stats.lost_files
+            out["reread_lines"] = daemon.reread_lines
+            out["reread_spans"] = daemon.reread_spans
         out["connections"] = source.connections_accepted if source is not None else 0
         out["open_connections"] = source.open_connections if source is not None else 0
         sinks: dict[str, dict[str, int]] = {}

@@ -3,7 +3,9 @@
 The reader (one thread) never waits on a sink. Each sink has its own bounded queue
 and worker thread; when a queue is full, new spans for that sink are dropped and
 counted, so a slow or dead sink never slows the reader or the other sinks. Only a
-file replay, which has no Vault to hold up, waits for room instead.
+file replay, which has no Vault to hold up, waits for room instead; and in follow
+mode, where the file is the buffer, a failing sink is retried until it takes the
+batch, and the checkpoint is written as the sinks confirm batches.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -31,7 +33,7 @@ from .sinks.base import Sink
 
 if TYPE_CHECKING:
     from .metrics_http import MetricsServer
-    from .sources.follow import FileFollower, Position
+    from .sources.follow import Checkpoint, FileFollower, Saved
     from .sources.sockets import SocketSource
 
 try:
@@ -48,6 +50,10 @@ EXPIRE_EVERY_NS = 200_000_000
 BAD_LINE_COUNTERS = ("malformed", "invalid", "oversize", "unknown_type", "no_id")
 # After a queue that held this many bytes drains, give the freed heap back to the system.
 TRIM_AFTER_BYTES = 8 << 20
+# "Retry until accepted" is a deadline this far away: finite, because lock and
+# condition waits refuse an infinite timeout.
+NO_DEADLINE_SECONDS = 10 * 365 * 86400.0
+FOLLOW_QUEUE_BATCHES = 4  # follow mode: a sink's queue holds at most this many batches
 
 _getsizeof = sys.getsizeof
 
@@ -75,6 +81,14 @@ class SinkWorker:
     It is bounded twice: in spans (``queue_size``) and in the bytes its chunks keep
     alive (``queue_bytes``): a packed chunk's whole store, counted once however many
     chunks of the queue share it, or each SpanRecord with its values.
+
+    ``confirmed`` counts the spans, in queue order, that the sink is done with in an
+    unbroken run from the first: a batch finished by one sender while an earlier one is
+    still in flight on another counts only once that one is done too. With
+    ``retry_forever`` (follow mode) a batch is retried until the sink takes it (it gives
+    up only on a final refusal, counted as failed), and a batch that fails once the
+    worker is stopping is never confirmed: it will be read again after a restart.
+    ``on_confirm`` is called (from a sender thread) each time ``confirmed`` grows.
     """
 
     def __init__(
@@ -87,6 +101,8 @@ class SinkWorker:
         flush_interval: float,
         retry_window: float,
         block_when_full: bool = False,
+        retry_forever: bool = False,
+        on_confirm: Callable[[], None] | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -103,6 +119,12 @@ class SinkWorker:
         self._flush_interval = flush_interval
         self._retry_window = retry_window
         self._block_when_full = block_when_full
+        self._retry_forever = retry_forever
+        self.on_confirm = on_confirm
+        self._taken = 0  # spans handed to senders so far, in queue order
+        self._confirmed = 0
+        self._done: dict[int, int] = {}  # batches done out of order: first span -> end
+        self._abandon = False  # a stop while a replay or follower waits in offer for room
         self._closing = False
         self._final_deadline = 0.0
         # A sink that is safe to call from several threads (``concurrency`` > 1) gets that
@@ -121,11 +143,42 @@ class SinkWorker:
             "failed_sends": 0,
         }
         # monotonic time of the first failed batch since the last fully delivered one (health)
-        self.failing_since: float | None = None
+        self._failed_since: float | None = None
+        # retry_forever: (start, the sink's retries then) of each send in progress, by thread
+        self._sends: dict[int, tuple[float, int]] = {}
 
     @property
     def depth(self) -> int:
         return self._depth
+
+    @property
+    def failing_since(self) -> float | None:
+        """Since when the sink's sends fail (monotonic), or None while it works. A send
+        retried until accepted (follow mode) is failing once the sink has retried in it."""
+        if self._failed_since is not None or not self._sends:
+            return self._failed_since
+        retries = self._sink_retries()
+        started = [start for start, before in list(self._sends.values()) if retries > before]
+        return min(started) if started else None
+
+    def _sink_retries(self) -> int:
+        try:
+            return int(self.sink.stats().get("retries", 0))
+        except Exception:
+            return 0
+
+    @property
+    def queue_size(self) -> int:
+        return self._queue_size
+
+    @property
+    def senders(self) -> int:
+        return len(self._threads)
+
+    @property
+    def confirmed(self) -> int:
+        """Spans (in queue order, from the first) the sink is done with, with no gap."""
+        return self._confirmed
 
     @property
     def queued_bytes(self) -> int:
@@ -196,6 +249,12 @@ class SinkWorker:
             if self._block_when_full:
                 done = 0
                 while done < total:
+                    if self._abandon:
+                        # Stopping: the rest is not queued (follow mode reads it again
+                        # after the restart: the checkpoint never passes it).
+                        self.counts["dropped_shutdown"] += total - done
+                        total = done
+                        break
                     room = self._queue_size - self._depth
                     part = spans if done == 0 and total <= room else spans[done : done + max(room, 0)]
                     cost = self._cost(part) if room > 0 else 0
@@ -235,6 +294,12 @@ class SinkWorker:
             if (before == 0 and self._depth) or self._depth // size > before // size:
                 self._cond.notify_all()
 
+    def abandon_waiting(self) -> None:
+        """Make an ``offer`` waiting for room return (the daemon is stopping)."""
+        with self._cond:
+            self._abandon = True
+            self._cond.notify_all()
+
     def begin_stop(self, deadline: float) -> None:
         """Deliver what is queued until ``deadline`` (monotonic), then flush the sink."""
         with self._cond:
@@ -259,7 +324,7 @@ class SinkWorker:
         with contextlib.suppress(Exception):
             self.sink.close()
 
-    def _next_batch(self) -> SpanBatch | None:
+    def _next_batch(self) -> tuple[SpanBatch, int] | None:
         with self._cond:
             while not self._depth and not self._closing:
                 self._cond.wait()
@@ -287,33 +352,55 @@ class SinkWorker:
                 chunks.append(chunk)
                 taken += len(chunk)
             self._depth -= taken
+            first = self._taken
+            self._taken += taken
             if self._blocked:
                 self._cond.notify_all()  # room for the replay waiting in offer
-            return SpanBatch(chunks)
+            return SpanBatch(chunks), first
 
     def _run(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            taken = self._next_batch()
+            if taken is None:
                 break
-            deadline = self._final_deadline if self._closing else time.monotonic() + self._retry_window
+            batch, first = taken
+            if self._closing:
+                deadline = self._final_deadline
+            elif self._retry_forever:
+                deadline = time.monotonic() + NO_DEADLINE_SECONDS
+            else:
+                deadline = time.monotonic() + self._retry_window
+            if self._retry_forever:
+                self._sends[threading.get_ident()] = (time.monotonic(), self._sink_retries())
             try:
                 failed = self.sink.send(batch, deadline)
             except Exception:
                 log.exception("%s: send failed unexpectedly; %d spans dropped", self.name, len(batch))
                 failed = len(batch)
+            self._sends.pop(threading.get_ident(), None)
             with self._cond:
                 self.counts["delivered"] += len(batch) - failed
                 self.counts["failed"] += failed
                 if failed:
                     self.counts["failed_sends"] += 1
                 if failed == 0:
-                    self.failing_since = None
-                elif self.failing_since is None:
-                    self.failing_since = time.monotonic()
+                    self._failed_since = None
+                elif self._failed_since is None:
+                    self._failed_since = time.monotonic()
                 trim = self._trim_due and not self._depth
                 if trim:
                     self._trim_due = False
+                advanced = False
+                if not (failed and self._retry_forever and self._closing):
+                    self._done[first] = first + len(batch)
+                    while self._confirmed in self._done:
+                        self._confirmed = self._done.pop(self._confirmed)
+                        advanced = True
+            if advanced and self.on_confirm is not None:
+                try:
+                    self.on_confirm()
+                except Exception:
+                    log.exception("%s: recording a confirmed batch failed", self.name)
             if trim and trim_allocator is not None:
                 # A backlog drained: its chunks were freed into the heap, where glibc
                 # would keep them (the holes between live blocks for good).
@@ -328,6 +415,55 @@ class SinkWorker:
             self.sink.flush(max(0.0, self._final_deadline - time.monotonic()))
         except Exception:
             log.exception("%s: flush failed", self.name)
+
+
+class FollowProgress:
+    """Follow mode's checkpoint: the positions the reader has passed, each with how many
+    spans every sink had been given by then, saved as soon as every sink has confirmed
+    those spans (see ``SinkWorker.confirmed``): when a batch is confirmed, not on a timer.
+    """
+
+    def __init__(
+        self, checkpoint: Checkpoint | None, workers: Sequence[SinkWorker], saved: Saved | None
+    ) -> None:
+        self._checkpoint = checkpoint
+        self._workers = list(workers)
+        self._lock = threading.Lock()
+        self._marks: deque[tuple[Saved, tuple[int, ...]]] = deque()
+        self.saved = saved
+        self.saves = 0
+
+    def mark(self, state: Saved) -> None:
+        """The reader has given the sinks every span of the lines before ``state.position``."""
+        counts = tuple(w.counts["queued"] for w in self._workers)
+        with self._lock:
+            marks = self._marks
+            if marks and marks[-1][1] == counts:
+                marks[-1] = (state, counts)  # no span since the last mark: this one supersedes it
+                return
+            marks.append((state, counts))
+        if all(w.confirmed >= n for w, n in zip(self._workers, counts, strict=True)):
+            self.advance()  # the senders confirmed these spans before the mark was made
+
+    @property
+    def waiting(self) -> int:
+        """Positions not yet confirmed by every sink."""
+        return len(self._marks)
+
+    def advance(self) -> None:
+        """Save the furthest position whose spans every sink has confirmed."""
+        with self._lock:
+            done: Saved | None = None
+            marks = self._marks
+            workers = self._workers
+            while marks and all(w.confirmed >= n for w, n in zip(workers, marks[0][1], strict=True)):
+                done = marks.popleft()[0]
+            if done is None or done == self.saved:
+                return
+            if self._checkpoint is not None:
+                self._checkpoint.save(done)
+                self.saves += 1
+            self.saved = done
 
 
 class Daemon:
@@ -359,20 +495,30 @@ class Daemon:
             self.metrics_server = MetricsServer(self)  # binds in serve/replay
             sinks = [*sinks, self.metrics_server.sink]
         self.framing = FramingCounters()
+        queue_size = config.queue_size
+        if config.follow:
+            # The file is the buffer: the queue only has to keep the senders busy, and
+            # its memory stays that small however long a sink is down.
+            queue_size = min(queue_size, FOLLOW_QUEUE_BATCHES * config.batch_size)
         self.workers = [
             SinkWorker(
                 sink,
-                queue_size=config.queue_size,
+                queue_size=queue_size,
                 queue_bytes=config.queue_bytes,
                 batch_size=config.batch_size,
                 flush_interval=config.flush_interval,
                 retry_window=config.retry_window,
                 block_when_full=config.input is not None,
+                # follow mode: the file is the buffer, so a batch waits for its sink
+                retry_forever=config.follow,
             )
             for sink in sinks
         ]
         self.source: SocketSource | None = None
         self.follower: FileFollower | None = None
+        self.progress: FollowProgress | None = None
+        self.reread_lines = 0  # follow mode: lines read again to rebuild pending requests
+        self.reread_spans = 0  # ... and the spans they made, delivered before the restart
         self.summary = Summary(self)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -441,6 +587,8 @@ class Daemon:
         self._stop.set()
         if self.source is not None:
             self.source.wake()
+        for worker in self.workers:
+            worker.abandon_waiting()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("received %s: finishing", signal.Signals(signum).name)
@@ -506,24 +654,37 @@ class Daemon:
             self._finish()
 
     def follow(self) -> None:
-        """Tail the input file across rotation; checkpoint what the sinks are done with."""
-        from .sources.follow import Checkpoint, FileFollower
+        """Tail the input file across rotation; checkpoint what every sink has confirmed.
+
+        After a restart, the lines from where the oldest then-pending request was read up
+        to the checkpoint are read again first: that rebuilds the pending requests, and
+        the spans they make (delivered before the restart) are discarded and counted
+        (``reread_spans``). A stop therefore keeps pending requests pending instead of
+        sending them as unanswered spans.
+        """
+        from .sources.follow import PIECE_LINES, Checkpoint, FileFollower, Saved
 
         config = self.config
         assert config.input is not None
         checkpoint = Checkpoint(config.checkpoint) if config.checkpoint else None
+        saved = checkpoint.load() if checkpoint else None
         follower = FileFollower(
-            config.input,
-            max_line_bytes=config.max_line_bytes,
-            counters=self.framing,
-            start=checkpoint.load() if checkpoint else None,
+            config.input, max_line_bytes=config.max_line_bytes, counters=self.framing, start=saved
         )
         self.follower = follower
+        progress = FollowProgress(checkpoint, self.workers, saved)
+        self.progress = progress
+        for worker in self.workers:
+            worker.on_confirm = progress.advance
         core = self.core
-        # (position, what each worker had been given by then), oldest first
-        marks: deque[tuple[Position, list[int]]] = deque()
-        saved: Position | None = None
-        last_save = 0.0
+        expired_ns = saved.expired_ns if saved is not None else 0
+        replaying = saved is not None and bool(saved.replay)
+        if checkpoint is not None:
+            log.info(
+                "following %s: after a kill -9 the restart may re-send up to %d spans to each sink",
+                config.input,
+                self.resend_bound(PIECE_LINES),
+            )
         try:
             self._begin()
             ready = False
@@ -531,27 +692,59 @@ class Daemon:
                 if not ready and follower.position.inode:  # the file is open
                     sd_notify.notify("READY=1")
                     ready = True
+                if replaying and (chunk is None or not chunk.replay):
+                    # At the checkpoint: expire what the last run had expired by then.
+                    replaying = False
+                    assert saved is not None
+                    core.expire(saved.expired_ns)
+                    self._discard()
+                    self.reread_lines = int(core.counters()["lines"])
                 if chunk is not None:
-                    self._feed(chunk.lines, None)
-                    core.expire(core.watermark_ns)
+                    if chunk.replay:
+                        core.feed(chunk.lines, None, chunk.mark)
+                    else:
+                        self._feed(chunk.lines, None, chunk.mark)
+                    now = core.watermark_ns
                 else:
-                    # Idle: the file's times are Vault's wall clock.
-                    core.expire(time.time_ns())
+                    now = time.time_ns()  # idle: the file's times are Vault's wall clock
+                pending = core.pending
+                core.expire(now)
+                if core.pending < pending:
+                    # Only an expiry that took requests out matters to a replay.
+                    expired_ns = max(expired_ns, now)
+                if chunk is not None and chunk.replay:
+                    self._discard()
+                    continue
                 self._dispatch()
-                if chunk is not None:
-                    marks.append((chunk.position, [w.counts["queued"] for w in self.workers]))
-                done = None
-                while marks and all(w.handled >= n for w, n in zip(self.workers, marks[0][1], strict=True)):
-                    done = marks.popleft()[0]
-                if checkpoint and done is not None and done != saved and time.monotonic() - last_save >= 1.0:
-                    checkpoint.save(done)
-                    saved, last_save = done, time.monotonic()
+                if any(w.counts["dropped_shutdown"] for w in self.workers):
+                    break  # stopping while waiting for room: the rest is read again after a restart
+                oldest = core.oldest_pending_mark()
+                replay = () if oldest is None else follower.replay_files(oldest)
+                progress.mark(Saved(follower.position, replay, expired_ns))
+                if chunk is None:
+                    progress.advance()  # a tail of lines that made no span
+                if self._stop.is_set():
+                    break
         finally:
             sd_notify.notify("STOPPING=1")
             self._finish()
-            if checkpoint and not any(w.counts["dropped_shutdown"] for w in self.workers):
-                # Every span is now delivered or counted: the whole file read so far is done.
-                checkpoint.save(follower.position)
+            progress.advance()
+
+    def resend_bound(self, piece_lines: int) -> int:
+        """Spans a kill -9 may send again to one sink: the batches in flight on every
+        sender, one piece of lines whose spans were confirmed only in part, and with
+        several sinks what one may have delivered ahead of the slowest (its queue)."""
+        real = [
+            w for w in self.workers if self.metrics_server is None or w.sink is not self.metrics_server.sink
+        ]
+        bound = sum(w.senders for w in real) * self.config.batch_size + piece_lines
+        if len(real) > 1:
+            bound += max(w.queue_size for w in real)
+        return bound
+
+    def _discard(self) -> None:
+        """Spans of lines read again after a restart: delivered before it."""
+        self.reread_spans += len(self.core.drain_spans())
 
     # -- internals
 
@@ -568,10 +761,10 @@ class Daemon:
         if self.config.capture:
             self._capture = open(self.config.capture, "ab")  # noqa: SIM115 - closed in _finish
 
-    def _feed(self, chunk: bytes | memoryview, now_ns: int | None) -> None:
+    def _feed(self, chunk: bytes | memoryview, now_ns: int | None, mark: int = 0) -> None:
         if self._capture is not None:
             self._capture.write(chunk)
-        self.core.feed(chunk, now_ns)
+        self.core.feed(chunk, now_ns, mark)
 
     def _dispatch(self) -> None:
         spans = self.core.drain_spans()
@@ -620,8 +813,13 @@ class Daemon:
                 )
 
     def _finish(self) -> None:
-        """End of input or stop: every pending request becomes a span; flush every sink."""
-        self.core.flush()
+        """End of input or stop: every pending request becomes a span; flush every sink.
+
+        Following with a checkpoint, pending requests stay pending: the checkpoint says
+        where they were read, and the next run reads them again.
+        """
+        if not (self.config.follow and self.config.checkpoint):
+            self.core.flush()
         self._dispatch()
         deadline = time.monotonic() + self.config.shutdown_timeout
         for worker in self.workers:

@@ -1,15 +1,21 @@
 """Follow the file audit device's log across rotation, from a saved position.
 
 With Vault's file device as the primary device this is the no-loss deployment: the
-file holds every entry, and the checkpoint (written by the pipeline only once the
-spans of the lines before it are delivered) lets a restart resume where the last
-run stopped.
+file holds every entry, and the checkpoint (written by the pipeline when the sinks
+confirm a batch) lets a restart resume where the last run stopped.
 
 Rotation, polled (no inotify needed):
-- rename (logrotate's default, then SIGHUP to Vault): the path gets a new inode.
-  The old file is read to its end, and until it has been quiet for ``rotate_grace``
-  seconds (Vault writes to it until it reopens), then the new file from 0.
+- rename (logrotate's default, then SIGHUP to Vault): the path gets a new inode, but
+  Vault writes to the old file until it reopens, which may be seconds later (a slow
+  ``postrotate``). The old file is read until the writer has demonstrably moved (the
+  new file has data: Vault reopens before it writes there) and the old one has stopped
+  growing; then it is read to its end once more and the new file from 0. An empty new
+  file (logrotate's ``create``) is not a move.
 - copytruncate: the file shrinks below the position; reading restarts at 0.
+
+Positions are also given as a stream offset (``Chunk.mark``) that keeps growing across
+files, so the pipeline can record where the oldest pending request was read and a
+restart can read the files again from there (``Saved.replay``).
 """
 
 from __future__ import annotations
@@ -21,12 +27,19 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..framing import FramingCounters, StreamFramer
 
 log = logging.getLogger("vault_observe.sources")
+
+# A chunk of whole lines is cut into pieces of at most this many lines, each with its
+# own position: the checkpoint can then stop within a read, so a kill -9 re-sends at
+# most one piece's spans beyond the batches in flight.
+PIECE_LINES = 100
+KEPT_SEGMENTS = 16  # files remembered for a replay (a rotation or truncation starts one)
+
 
 @dataclass(frozen=True)
 class Position:
@@ -37,37 +50,103 @@ class Position:
     inode: int
     offset: int
 
+    def same_file(self, dev: int, inode: int) -> bool:
+        return (self.dev, self.inode) == (dev, inode)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a checkpoint holds.
+
+    ``position``: every span of the lines before it has been delivered (or refused for
+    good) by every sink. ``replay``: where the oldest request still pending at that
+    point was read, as the files to read again: the first from its offset, each next one
+    from its offset (where reading it began), the last (``position``'s file) up to
+    ``position.offset``. Empty when nothing was pending. ``expired_ns``: the latest time
+    pending requests had been expired against, so that a replay expires the same ones.
+    """
+
+    position: Position
+    replay: tuple[Position, ...] = ()
+    expired_ns: int = 0
+
 
 @dataclass(frozen=True)
 class Chunk:
     lines: memoryview  # whole lines, valid until the next chunk is asked for
     position: Position  # the position just after them
+    mark: int = 0  # stream offset of their first byte: grows across files and truncations
+    replay: bool = False  # read again to rebuild pending requests: its spans were delivered
 
 
 class Checkpoint:
-    """A Position saved atomically in a small JSON file."""
+    """A ``Saved`` written atomically (write, fsync, rename) in a small JSON file."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def load(self) -> Position | None:
+    def load(self) -> Saved | None:
         try:
             with open(self.path, encoding="utf-8") as fh:
                 data = json.load(fh)
-            return Position(str(data["path"]), int(data["dev"]), int(data["inode"]), int(data["offset"]))
+            position = _position(data)
+            replay = tuple(_position(item) for item in data.get("replay") or ())
+            return Saved(position, replay, int(data.get("expired_ns") or 0))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring the unreadable checkpoint %s: %s", self.path, exc)
             return None
 
-    def save(self, position: Position) -> None:
+    def save(self, saved: Saved) -> None:
+        doc = {
+            **asdict(saved.position),
+            "replay": [asdict(item) for item in saved.replay],
+            "expired_ns": saved.expired_ns,
+        }
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(asdict(position), fh)
+            json.dump(doc, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+
+
+def _position(data: dict[str, object]) -> Position:
+    return Position(str(data["path"]), int(data["dev"]), int(data["inode"]), int(data["offset"]))  # type: ignore[call-overload]
+
+
+@dataclass
+class FollowCounters:
+    """What following did besides reading lines."""
+
+    rotations: int = 0
+    truncations: int = 0
+    lost_files: int = 0  # a checkpoint's file (or a file to replay) was gone
+    reread_bytes: int = 0
+    replay_framing: FramingCounters = field(default_factory=FramingCounters)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    first_mark: int  # stream offset of the first byte read from it
+    base: int  # stream offset = base + file offset
+    file: Position  # its identity, offset = where reading it began
+
+
+class _Capped:
+    """A file read no further than ``limit`` (a line boundary)."""
+
+    def __init__(self, fh: io.FileIO, limit: int) -> None:
+        self._fh = fh
+        self._limit = limit
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int | None:
+        left = self._limit - self._fh.tell()
+        if left <= 0:
+            return 0
+        view = memoryview(buffer)
+        return self._fh.readinto(view[:left] if len(view) > left else view)
 
 
 class FileFollower:
@@ -79,100 +158,202 @@ class FileFollower:
         *,
         max_line_bytes: int,
         counters: FramingCounters,
-        start: Position | None = None,
+        start: Saved | Position | None = None,
         poll_interval: float = 0.2,
         rotate_grace: float = 1.0,
+        piece_lines: int = PIECE_LINES,
     ) -> None:
         self.path = path
         self.max_line_bytes = max_line_bytes
         self.counters = counters
         self.poll_interval = poll_interval
         self.rotate_grace = rotate_grace
-        self.rotations = 0
-        self.truncations = 0
-        self._start = start
+        self.piece_lines = max(1, piece_lines)
+        self.stats = FollowCounters()
+        self._start = Saved(start) if isinstance(start, Position) else start
         self._file: io.FileIO | None = None
+        self._path_open = ""  # the name the open file was opened by
         self._dev = 0
         self._inode = 0
         self._offset = 0  # after the last whole line handed out
         self._framer: StreamFramer | None = None
+        self._segments: list[_Segment] = []
+        self._base = 0
+        self._stream_end = 0  # stream offset after the last whole line handed out
+
+    @property
+    def rotations(self) -> int:
+        return self.stats.rotations
+
+    @property
+    def truncations(self) -> int:
+        return self.stats.truncations
 
     # -- opening
 
-    def _open(self, path: str, offset: int) -> bool:
+    def _open(
+        self, path: str, offset: int, *, expect: tuple[int, int] | None = None, limit: int | None = None
+    ) -> bool:
+        """Open ``path`` at ``offset`` as the next segment; False if it is missing (or not
+        the file ``expect`` names). ``limit``: read no further (a replay)."""
         try:
             fh = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open while following
         except FileNotFoundError:
             return False
         st = os.fstat(fh.fileno())
+        if expect is not None and (st.st_dev, st.st_ino) != expect:
+            fh.close()
+            return False
         if offset > st.st_size:
             log.warning("%s is shorter than the saved position %d: reading it from the start", path, offset)
             offset = 0
         fh.seek(offset)
         self._close()
-        self._file, self._dev, self._inode, self._offset = fh, st.st_dev, st.st_ino, offset
-        self._framer = StreamFramer(fh, self.max_line_bytes, self.counters)
+        self._file, self._path_open = fh, path
+        self._dev, self._inode, self._offset = st.st_dev, st.st_ino, offset
+        if limit is None:
+            self._framer = StreamFramer(fh, self.max_line_bytes, self.counters)
+        else:
+            self._framer = StreamFramer(_Capped(fh, limit), self.max_line_bytes, self.stats.replay_framing)
+        first = self._stream_end
+        self._base = first - offset
+        self._segments.append(_Segment(first, self._base, Position(path, st.st_dev, st.st_ino, offset)))
+        del self._segments[:-KEPT_SEGMENTS]
         return True
 
-    def _close(self) -> None:
+    def _open_saved(self, position: Position, *, limit: int | None = None) -> bool:
+        """Open the file of ``position`` (at the path, or renamed in the same folder)."""
+        ident = (position.dev, position.inode)
+        if self._open(self.path, position.offset, expect=ident, limit=limit):
+            return True
+        rotated = _find_inode(Path(self.path).parent, position.dev, position.inode)
+        if rotated is not None and self._open(str(rotated), position.offset, expect=ident, limit=limit):
+            log.info("reading %s, the rotated log, from offset %d", rotated, position.offset)
+            return True
+        return False
+
+    def _close(self, *, stopping: bool = False) -> None:
         if self._file is not None:
             assert self._framer is not None
-            self._framer.close()
+            if not stopping:
+                # Leaving a file for good: an unterminated tail is a truncated entry. At a
+                # stop it is a line still being written, read again after the restart.
+                self._framer.close()
             self._file.close()
             self._file = None
 
-    def _resume(self) -> Iterator[Chunk]:
+    def _replay(self) -> Iterator[Chunk]:
+        """Read again what the checkpoint says holds requests still pending, up to its position."""
+        saved = self._start
+        if saved is None or not saved.replay:
+            return
+        last = len(saved.replay) - 1
+        for i, item in enumerate(saved.replay):
+            limit = saved.position.offset if i == last else 1 << 62
+            if not self._open_saved(item, limit=limit):
+                self.stats.lost_files += 1
+                log.warning(
+                    "%s (inode %d) is gone: requests pending at the last stop that were read from it "
+                    "cannot be rebuilt, and their responses become orphan spans",
+                    item.path,
+                    item.inode,
+                )
+                self._close()
+                return
+            before = self.stats.replay_framing.bytes
+            yield from self._read_available(replay=True)
+            self.stats.reread_bytes += self.stats.replay_framing.bytes - before
+        # Positioned at the checkpoint: read on with the real counters.
+        assert self._file is not None
+        self._framer = StreamFramer(self._file, self.max_line_bytes, self.counters)
+
+    def _resume(self) -> None:
         """Open where the checkpoint says, finding a file rotated while we were away."""
-        start = self._start
-        if start is None:
+        saved = self._start
+        if saved is None:
             return
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and (st.st_dev, st.st_ino) == (start.dev, start.inode):
-            self._open(self.path, start.offset)
+        position = saved.position
+        if self._open_saved(position):
             return
-        rotated = _find_inode(Path(self.path).parent, start.dev, start.inode)
-        if rotated is not None and self._open(str(rotated), start.offset):
-            log.info("resuming in %s, the rotated log, at offset %d", rotated, start.offset)
-            yield from self._read_available()
-            self._close()
-            self.rotations += 1
-        else:
-            log.warning(
-                "the checkpoint's file (inode %d) is gone: lines written to it after offset %d are lost",
-                start.inode,
-                start.offset,
-            )
-        self._open(self.path, 0)
+        self.stats.lost_files += 1
+        log.warning(
+            "the checkpoint's file %s (inode %d) is gone: lines written to it after offset %d are lost",
+            position.path,
+            position.inode,
+            position.offset,
+        )
 
     # -- reading
 
     @property
     def position(self) -> Position:
-        return Position(self.path, self._dev, self._inode, self._offset)
+        return Position(self._path_open or self.path, self._dev, self._inode, self._offset)
 
-    def _read_available(self) -> Iterator[Chunk]:
+    def replay_files(self, mark: int) -> tuple[Position, ...]:
+        """The files to read again to see every line from stream offset ``mark`` on (see
+        ``Saved.replay``); empty when that is no longer known."""
+        segments = self._segments
+        first = next((i for i in range(len(segments) - 1, -1, -1) if segments[i].first_mark <= mark), None)
+        if first is None:
+            return ()
+        chain = [replace(segments[first].file, offset=mark - segments[first].base)]
+        seen = {(chain[0].dev, chain[0].inode)}
+        for segment in segments[first + 1 :]:
+            ident = (segment.file.dev, segment.file.inode)
+            if ident in seen:
+                # Truncated since (copytruncate): what was read before is gone.
+                chain = []
+                seen = set()
+            chain.append(segment.file)
+            seen.add(ident)
+        return tuple(chain)
+
+    def _read_available(self, replay: bool = False) -> Iterator[Chunk]:
         assert self._file is not None and self._framer is not None
+        piece_lines = self.piece_lines
         while True:
             lines = self._framer.read()
             if lines is None:
                 return
             # The offset moves past whole lines only; a partial tail is re-read after a restart.
-            self._offset = self._file.tell() - self._framer.buffered
-            if lines:
-                yield Chunk(lines, self.position)
+            end = self._file.tell() - self._framer.buffered
+            if not lines:
+                continue
+            start = end - len(lines)
+            data = bytes(lines)
+            view = memoryview(data)
+            size = len(data)
+            lo = 0
+            while lo < size:
+                hi = lo
+                for _ in range(piece_lines):
+                    hi = data.find(b"\n", hi) + 1
+                    if hi <= 0 or hi >= size:
+                        hi = size
+                        break
+                self._offset = start + hi
+                self._stream_end = self._base + self._offset
+                yield Chunk(view[lo:hi], self.position, self._base + start + lo, replay)
+                lo = hi
 
     def follow(self, stopped: Callable[[], bool]) -> Iterator[Chunk | None]:
         """Chunks as they come; ``None`` when idle (so the caller can do periodic work)."""
-        yield from self._resume()
+        try:
+            yield from self._follow(stopped)
+        finally:
+            self._close(stopping=True)
+
+    def _follow(self, stopped: Callable[[], bool]) -> Iterator[Chunk | None]:
+        yield from self._replay()
         if self._file is None:
-            while not self._open(self.path, 0):
-                if stopped():
-                    return
-                yield None
-                time.sleep(self.poll_interval)
+            self._resume()
+        while self._file is None:
+            if stopped():
+                return
+            if self._open(self.path, 0):
+                break
+            yield None
+            time.sleep(self.poll_interval)
         quiet_since: float | None = None
         while not stopped():
             got = False
@@ -182,35 +363,50 @@ class FileFollower:
             if got:
                 quiet_since = None
                 continue
-            if self._rotated_or_truncated(quiet_since):
-                quiet_since = None
-                continue
+            now = time.monotonic()
             if quiet_since is None:
-                quiet_since = time.monotonic()
+                quiet_since = now
+            change = self._rotation(now - quiet_since)
+            if change == "rotated":
+                # The writer has moved on: what it wrote to the old file came first.
+                final = False
+                for chunk in self._read_available():
+                    final = True
+                    yield chunk
+                if final:
+                    quiet_since = None
+                    continue
+                log.info("%s was rotated: reading the new file", self.path)
+                self.stats.rotations += 1
+                if self._open(self.path, 0):
+                    quiet_since = None
+                    continue
+            elif change == "truncated":
+                log.warning("%s was truncated (copytruncate?): reading it from the start", self.path)
+                self.stats.truncations += 1
+                if self._open(self.path, 0):
+                    quiet_since = None
+                    continue
             yield None
             time.sleep(self.poll_interval)
-        self._close()
 
-    def _rotated_or_truncated(self, quiet_since: float | None) -> bool:
+    def _rotation(self, quiet_for: float) -> str | None:
+        """ "rotated" when the writer has moved to a new file at the path and the open one
+        has been quiet for ``rotate_grace``; "truncated" when the open file shrank."""
         assert self._file is not None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return False  # between rename and re-create: keep the old file
+            return None  # between rename and re-create: the writer still has the old file
         if (st.st_dev, st.st_ino) != (self._dev, self._inode):
-            # Renamed away: switch once the old file has been quiet for a while.
-            if quiet_since is not None and time.monotonic() - quiet_since >= self.rotate_grace:
-                log.info("%s was rotated: reading the new file", self.path)
-                self.rotations += 1
-                self._open(self.path, 0)
-                return True
-            return False
+            # An empty new file (logrotate's create) is not a move: Vault writes to the
+            # old one until it reopens, and it reopens before it writes to the new one.
+            if st.st_size > 0 and quiet_for >= self.rotate_grace:
+                return "rotated"
+            return None
         if st.st_size < self._file.tell():
-            log.warning("%s was truncated (copytruncate?): reading it from the start", self.path)
-            self.truncations += 1
-            self._open(self.path, 0)
-            return True
-        return False
+            return "truncated"
+        return None
 
 
 def _find_inode(folder: Path, dev: int, inode: int) -> Path | None:
