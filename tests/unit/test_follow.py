@@ -507,3 +507,24 @@ def test_an_earlier_checkpoint_resends_only_what_came_after_it(tmp_path: Path, c
     counters = daemon.stop()
     assert pairings(second) == {rid(1): 0, rid(2): 0, rid(3): 0}
     assert counters["orphans"] == 0 and counters["reread_spans"] == 1
+
+
+def test_a_file_truncated_while_down_is_read_as_new_not_replayed(tmp_path: Path, core_impl: str) -> None:
+    """copytruncate while the daemon is down: what the file holds now is new, even where
+    the checkpoint asked to read old lines again."""
+    log = tmp_path / "audit.log"
+    log.write_text(req(0) + pair(1) + pair(2))
+    first = CollectingSink()
+    daemon = patient(log, tmp_path, first)
+    wait_for(lambda: len(first.spans) == 2)
+    daemon.stop()
+    with log.open("r+") as fh:
+        fh.truncate(0)
+    log.write_text(pair(3))
+    second = CollectingSink()
+    daemon = patient(log, tmp_path, second)
+    wait_for(lambda: len(second.spans) == 1)
+    time.sleep(0.3)
+    counters = daemon.stop()
+    assert pairings(second) == {rid(3): 0}
+    assert counters["lost_files"] == 1 and counters["reread_spans"] == 0

@@ -122,7 +122,7 @@ class FollowCounters:
 
     rotations: int = 0
     truncations: int = 0
-    lost_files: int = 0  # a checkpoint's file (or a file to replay) was gone
+    lost_files: int = 0  # a checkpoint's file (or a file to replay) was gone or truncated
     reread_bytes: int = 0
     replay_framing: FramingCounters = field(default_factory=FramingCounters)
 
@@ -192,16 +192,28 @@ class FileFollower:
     # -- opening
 
     def _open(
-        self, path: str, offset: int, *, expect: tuple[int, int] | None = None, limit: int | None = None
+        self,
+        path: str,
+        offset: int,
+        *,
+        expect: tuple[int, int] | None = None,
+        replay: bool = False,
+        limit: int | None = None,
     ) -> bool:
         """Open ``path`` at ``offset`` as the next segment; False if it is missing (or not
-        the file ``expect`` names). ``limit``: read no further (a replay)."""
+        the file ``expect`` names). ``replay``: to be read again, up to ``limit`` if given
+        (False if it is shorter than that: truncated since)."""
         try:
             fh = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open while following
         except FileNotFoundError:
             return False
         st = os.fstat(fh.fileno())
         if expect is not None and (st.st_dev, st.st_ino) != expect:
+            fh.close()
+            return False
+        if replay and max(offset, limit or 0) > st.st_size:
+            # Truncated since (copytruncate): what it held is gone, and what it holds now
+            # is new, to be read as such.
             fh.close()
             return False
         if offset > st.st_size:
@@ -211,23 +223,26 @@ class FileFollower:
         self._close()
         self._file, self._path_open = fh, path
         self._dev, self._inode, self._offset = st.st_dev, st.st_ino, offset
-        if limit is None:
+        if not replay:
             self._framer = StreamFramer(fh, self.max_line_bytes, self.counters)
         else:
-            self._framer = StreamFramer(_Capped(fh, limit), self.max_line_bytes, self.stats.replay_framing)
+            source = fh if limit is None else _Capped(fh, limit)
+            self._framer = StreamFramer(source, self.max_line_bytes, self.stats.replay_framing)
         first = self._stream_end
         self._base = first - offset
         self._segments.append(_Segment(first, self._base, Position(path, st.st_dev, st.st_ino, offset)))
         del self._segments[:-KEPT_SEGMENTS]
         return True
 
-    def _open_saved(self, position: Position, *, limit: int | None = None) -> bool:
+    def _open_saved(self, position: Position, *, replay: bool = False, limit: int | None = None) -> bool:
         """Open the file of ``position`` (at the path, or renamed in the same folder)."""
         ident = (position.dev, position.inode)
-        if self._open(self.path, position.offset, expect=ident, limit=limit):
+        if self._open(self.path, position.offset, expect=ident, replay=replay, limit=limit):
             return True
         rotated = _find_inode(Path(self.path).parent, position.dev, position.inode)
-        if rotated is not None and self._open(str(rotated), position.offset, expect=ident, limit=limit):
+        if rotated is not None and self._open(
+            str(rotated), position.offset, expect=ident, replay=replay, limit=limit
+        ):
             log.info("reading %s, the rotated log, from offset %d", rotated, position.offset)
             return True
         return False
@@ -249,12 +264,12 @@ class FileFollower:
             return
         last = len(saved.replay) - 1
         for i, item in enumerate(saved.replay):
-            limit = saved.position.offset if i == last else 1 << 62
-            if not self._open_saved(item, limit=limit):
+            limit = saved.position.offset if i == last else None
+            if not self._open_saved(item, replay=True, limit=limit):
                 self.stats.lost_files += 1
                 log.warning(
-                    "%s (inode %d) is gone: requests pending at the last stop that were read from it "
-                    "cannot be rebuilt, and their responses become orphan spans",
+                    "%s (inode %d) is gone or was truncated: requests pending at the last stop that "
+                    "were read from it cannot be rebuilt, and their responses become orphan spans",
                     item.path,
                     item.inode,
                 )
