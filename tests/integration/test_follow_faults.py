@@ -16,3 +16,5 @@ def test_follow_mode_loses_nothing_and_splits_no_pair_under_faults(bao: DevServe
     assert outcome.kills == 3 and outcome.restarts == 1
     assert outcome.responses > 300  # the faults happened under load
     assert outcome.spans >= outcome.responses
+    # The reader waits while the sink is down: the queue, and memory, stay small.
+    assert 0 < outcome.rss_outage_peak_kib < 150 * 1024, outcome
