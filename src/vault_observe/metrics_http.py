@@ -364,9 +364,9 @@ class DaemonCollector(Collector):
         for sink, stats in sinks.items():
             for reason, name in DROP_REASONS:
                 dropped.add_metric([sink, reason], stats.get(name, 0))
-            capacity.add_metric([sink], daemon.config.queue_size)
         now = self._clock()
         for worker in daemon.workers:
+            capacity.add_metric([worker.name], worker.queue_size)  # follow mode: a few batches
             since = worker.failing_since
             up.add_metric([worker.name], 1 if since is None else 0)
             failing.add_metric([worker.name], 0.0 if since is None else max(0.0, now - since))

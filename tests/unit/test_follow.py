@@ -347,6 +347,7 @@ def test_a_stop_during_an_outage_with_a_full_queue_loses_nothing(tmp_path: Path)
             ttl=3600,
         )
         daemon = Daemon(config, [ZipkinSink(receiver.url, backoff_initial=0.02, backoff_max=0.1)])
+        assert daemon.workers[0].queue_size == 10  # at most four batches (20 spans) here
         daemon.start()
         assert receiver.wait_for(lambda: len(receiver.requests) >= 5, timeout=20)
         stopper = threading.Thread(target=daemon.stop)
@@ -528,3 +529,34 @@ def test_a_file_truncated_while_down_is_read_as_new_not_replayed(tmp_path: Path,
     counters = daemon.stop()
     assert pairings(second) == {rid(3): 0}
     assert counters["lost_files"] == 1 and counters["reread_spans"] == 0
+
+
+def test_metrics_show_a_sink_retried_until_accepted_as_down_and_the_small_queue(tmp_path: Path) -> None:
+    from tests.unit.test_metrics import scrape, value
+
+    log = tmp_path / "audit.log"
+    log.write_text("".join(pair(i) for i in range(3)))
+    with ZipkinReceiver() as receiver:
+        receiver.fail_with = 503
+        config = Config(
+            input=str(log),
+            follow=True,
+            checkpoint=str(tmp_path / "checkpoint.json"),
+            flush_interval=0.02,
+            batch_size=7,
+            ttl=3600,
+            metrics_address="127.0.0.1:0",
+        )
+        daemon = Daemon(config, [ZipkinSink(receiver.url, backoff_initial=0.02, backoff_max=0.1)])
+        daemon.start()
+        try:
+            assert receiver.wait_for(lambda: len(receiver.requests) >= 3, timeout=20)
+            samples = scrape(daemon)
+            assert value(samples, "vault_observe_sink_queue_capacity", sink="zipkin") == 4 * 7
+            assert value(samples, "vault_observe_sink_up", sink="zipkin") == 0
+            assert value(samples, "vault_observe_sink_failing_seconds", sink="zipkin") > 0
+            receiver.fail_with = None
+            assert receiver.wait_for(lambda: len(receiver.spans) == 3, timeout=20)
+            assert value(scrape(daemon), "vault_observe_sink_up", sink="zipkin") == 1
+        finally:
+            daemon.stop()
