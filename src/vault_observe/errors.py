@@ -42,3 +42,70 @@ class ConfigError(VaultObserveError, ValueError):
             return self.reason
         label = self.setting if self.setting.isupper() else "--" + self.setting.replace("_", "-")
         return self.located(label)
+
+
+class StartError(VaultObserveError, OSError):
+    """The daemon could not start: a socket, file or port it needs. The message names
+    the path or address and, where it is plain, what to do."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def listen_error(listener: str, kind: str, port: int, path: str, exc: OSError) -> StartError:
+    """Why binding ``listener`` failed, and the obvious remedy.
+
+    ``kind`` is unix, tcp or udp; ``path`` the unix socket's path ("" otherwise).
+    """
+    import errno as errnos
+    import os
+
+    code = exc.errno
+    reason = exc.strerror or str(exc)
+    advice = ""
+    if kind == "unix":
+        folder = os.path.dirname(os.path.abspath(path))
+        if code == errnos.ENOENT:
+            advice = (
+                f"the folder {folder} does not exist; create it (owned by the user vault-observe runs as)"
+            )
+        elif code in (errnos.EACCES, errnos.EPERM, errnos.EROFS):
+            advice = (
+                f"this user cannot create files in {folder}; run vault-observe as a user that can "
+                "(such as the Vault user), or pick a folder it owns; --socket-mode 0660 then lets "
+                "the socket's group connect"
+            )
+        elif code == errnos.EADDRINUSE:
+            advice = "stop that process or pick another --socket-path"
+    elif code == errnos.EADDRINUSE:
+        advice = f"another process is listening on port {port} (see: ss -lntup); stop it or pick another port"
+    elif code in (errnos.EACCES, errnos.EPERM):
+        advice = (
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE; pick a port above 1023"
+            if port < 1024
+            else "permission denied"
+        )
+    elif code == errnos.EADDRNOTAVAIL:
+        advice = "no interface of this host has that address; use 127.0.0.1 or one of this host's addresses"
+    message = f"cannot listen on {listener}: {reason}"
+    return StartError(f"{message}: {advice}" if advice else message, code)
+
+
+def file_error(setting: str, path: str, exc: OSError) -> StartError:
+    """An OSError of a file the daemon opens, naming the setting and the path."""
+    import errno as errnos
+    import os
+
+    reason = exc.strerror or str(exc)
+    advice = ""
+    if exc.errno == errnos.ENOENT:
+        folder = os.path.dirname(os.path.abspath(path))
+        advice = "" if os.path.isdir(folder) else f"; the folder {folder} does not exist, create it"
+    elif exc.errno in (errnos.EACCES, errnos.EPERM):
+        advice = "; run vault-observe as a user that may open it, or pick another path"
+    return StartError(f"{setting} {path}: {reason}{advice}", exc.errno)

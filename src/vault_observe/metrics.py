@@ -39,6 +39,10 @@ class Summary:
         out["open_connections"] = source.open_connections if source is not None else 0
         sinks: dict[str, dict[str, int]] = {}
         for worker in daemon.workers:
+            if is_internal(worker.sink):
+                # The latency histogram is fed like a sink, but it is not one to an operator.
+                out["latency"] = {**worker.counts, "queue_depth": worker.depth, **worker.sink.stats()}
+                continue
             stats = dict(worker.counts)
             stats["queue_depth"] = worker.depth
             stats["queue_bytes"] = worker.queued_bytes
@@ -55,9 +59,29 @@ class Summary:
         log.info("%s: %s", title, format_counters(self.counters()))
 
 
-def format_counters(counters: dict[str, Any]) -> str:
-    parts = [f"{key}={value}" for key, value in counters.items() if key != "sinks"]
+def is_internal(sink: object) -> bool:
+    """A sink of the daemon's own (the latency histogram): kept out of the sinks'
+    metrics, health and the replay's exit status."""
+    return bool(getattr(sink, "internal", False))
+
+
+def undelivered(counters: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Sink name -> (spans failed, spans dropped), for the sinks that lost any."""
+    out = {}
     for name, stats in counters.get("sinks", {}).items():
+        failed = int(stats.get("failed", 0)) + int(stats.get("unencodable", 0))
+        dropped = sum(int(value) for key, value in stats.items() if key.startswith("dropped_"))
+        if failed or dropped:
+            out[name] = (failed, dropped)
+    return out
+
+
+def format_counters(counters: dict[str, Any]) -> str:
+    parts = [f"{key}={value}" for key, value in counters.items() if not isinstance(value, dict)]
+    groups = dict(counters.get("sinks", {}))
+    if "latency" in counters:
+        groups["latency"] = counters["latency"]
+    for name, stats in groups.items():
         parts.append(f"{name}[" + " ".join(f"{k}={v}" for k, v in stats.items()) + "]")
     return " ".join(parts)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -34,7 +34,8 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from . import core as core_module
-from .metrics import parse_address
+from .errors import listen_error
+from .metrics import is_internal, parse_address
 from .model import PAIRED, SpanRecord
 from .ratelog import RateLimitedLog
 
@@ -151,6 +152,7 @@ class MetricsSink(Collector):
     """
 
     name = "metrics"
+    internal = True  # not a sink to an operator: no sink series, no health entry
 
     def __init__(self, registry: CollectorRegistry | None = None, max_series: int = MAX_SERIES) -> None:
         self._series: dict[tuple[str, str, str], _Series] = {}
@@ -366,6 +368,8 @@ class DaemonCollector(Collector):
                 dropped.add_metric([sink, reason], stats.get(name, 0))
         now = self._clock()
         for worker in daemon.workers:
+            if is_internal(worker.sink):
+                continue
             capacity.add_metric([worker.name], worker.queue_size)  # follow mode: a few batches
             since = worker.failing_since
             up.add_metric([worker.name], 1 if since is None else 0)
@@ -374,6 +378,17 @@ class DaemonCollector(Collector):
         yield capacity
         yield up
         yield failing
+        latency = c.get("latency")
+        if latency is not None:
+            lost = CounterMetricFamily(
+                "vault_observe_latency_spans_dropped",
+                "Spans left out of vault_request_duration_seconds: queue_full (its queue fell "
+                "behind by --queue-size spans), shutdown (still queued at exit)",
+                labels=["reason"],
+            )
+            for reason, name in DROP_REASONS:
+                lost.add_metric([reason], latency.get(name, 0))
+            yield lost
 
 
 # ---------------------------------------------------------------- health
@@ -385,6 +400,8 @@ def health(daemon: Daemon, threshold: float, now: float | None = None) -> tuple[
     sinks: dict[str, dict[str, Any]] = {}
     failing: list[str] = []
     for worker in daemon.workers:
+        if is_internal(worker.sink):
+            continue
         since = worker.failing_since
         seconds = 0.0 if since is None else max(0.0, now - since)
         sinks[worker.name] = {
@@ -475,6 +492,10 @@ class MetricsServer:
         self._daemon = daemon
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DaemonCollector(daemon))
+        # process_*: resident and virtual memory, CPU seconds, open and maximum file
+        # descriptors, start time (from /proc; absent where there is none); python_info.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.sink = MetricsSink(self.registry)
         self.errors = RateLimitedLog(log, 60.0)
         self._server: _HttpServer | None = None
@@ -488,8 +509,8 @@ class MetricsServer:
             family, _, _, _, sockaddr = infos[0]
             server = _HttpServer(sockaddr, family, self)
         except OSError as exc:
-            raise OSError(
-                exc.errno, f"--metrics-address {self.host}:{self.port}: {exc.strerror or exc}"
+            raise listen_error(
+                f"--metrics-address {self.host}:{self.port}", "tcp", self.port, "", exc
             ) from None
         self._server = server
         # The poll interval bounds how long stop() waits for the accept loop.

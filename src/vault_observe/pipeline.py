@@ -25,8 +25,9 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from . import core as core_module
 from . import sd_notify
 from .config import Config
+from .errors import file_error
 from .framing import FramingCounters
-from .metrics import Summary
+from .metrics import Summary, is_internal, undelivered
 from .model import SpanBatch, SpanRecord
 from .ratelog import RateLimitedLog
 from .sinks.base import Sink
@@ -553,6 +554,7 @@ class Daemon:
                 self.follow()
             elif self.config.input is not None:
                 self.replay()
+                return self._replay_status()
             else:
                 self.serve()
         finally:
@@ -560,6 +562,21 @@ class Daemon:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return 0
+
+    def _replay_status(self) -> int:
+        """1 when a replay could not deliver every span (scripts and CI rely on it), else 0;
+        the last log line says how many, for which sink."""
+        lost = undelivered(self.result or self.summary.counters())
+        if not lost:
+            return 0
+        log.error(
+            "replay incomplete: %d spans not delivered (%s)",
+            sum(failed + dropped for failed, dropped in lost.values()),
+            "; ".join(
+                f"{name}: {failed} failed, {dropped} dropped" for name, (failed, dropped) in lost.items()
+            ),
+        )
+        return 1
 
     def start(self) -> None:
         """Run in a background thread (for embedding and tests); returns once reading."""
@@ -607,6 +624,11 @@ class Daemon:
         )
         source.open()
         self.source = source
+        if not any(not is_internal(worker.sink) for worker in self.workers):
+            log.warning(
+                "no sink is configured (--stdout, --zipkin, --honeycomb, --otlp): spans are "
+                "counted and discarded"
+            )
         core = self.core
         last_expire = time.monotonic_ns()
         next_summary = time.monotonic() + config.summary_interval
@@ -642,6 +664,11 @@ class Daemon:
         config = self.config
         assert config.input is not None
         core = self.core
+        if config.input != "-":
+            try:
+                open(config.input, "rb").close()  # a missing file is named before anything starts
+            except OSError as exc:
+                raise file_error("--input", config.input, exc) from None
         try:
             self._begin()
             for chunk in read_file(config.input, max_line_bytes=config.max_line_bytes, counters=self.framing):
@@ -759,7 +786,10 @@ class Daemon:
 
     def _open_capture(self) -> None:
         if self.config.capture:
-            self._capture = open(self.config.capture, "ab")  # noqa: SIM115 - closed in _finish
+            try:
+                self._capture = open(self.config.capture, "ab")  # noqa: SIM115 - closed in _finish
+            except OSError as exc:
+                raise file_error("--capture", self.config.capture, exc) from None
 
     def _feed(self, chunk: bytes | memoryview, now_ns: int | None, mark: int = 0) -> None:
         if self._capture is not None:

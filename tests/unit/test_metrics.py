@@ -173,7 +173,11 @@ def test_scrape_equals_the_daemon_counters(tmp_path: Path, sample_log: Path) -> 
     assert value(samples, "vault_observe_pending_requests_limit") == daemon.config.max_pending
     assert value(samples, "vault_observe_open_connections") == 0
     assert value(samples, "vault_observe_connections_accepted_total") == counters["connections"] == 1
-    assert set(counters["sinks"]) == {"collect", "metrics"}
+    assert set(counters["sinks"]) == {"collect"}  # the latency histogram is not a sink
+    assert not [key for key in samples if key[1] and dict(key[1]).get("sink") == "metrics"]
+    assert counters["latency"]["observed"] == counters["paired"]
+    for reason in ("queue_full", "shutdown"):
+        assert value(samples, "vault_observe_latency_spans_dropped_total", reason=reason) == 0
     for sink_name, stats in counters["sinks"].items():
         labels = {"sink": sink_name}
         assert value(samples, "vault_observe_sink_spans_delivered_total", **labels) == stats["delivered"]
@@ -187,6 +191,14 @@ def test_scrape_equals_the_daemon_counters(tmp_path: Path, sample_log: Path) -> 
         assert value(samples, "vault_observe_sink_up", **labels) == 1
         assert value(samples, "vault_observe_sink_failing_seconds", **labels) == 0
     assert value(samples, "vault_observe_sink_spans_delivered_total", sink="collect") == made
+    # The standard process metrics, read from /proc at scrape time.
+    import resource
+
+    rss = value(samples, "process_resident_memory_bytes")
+    assert 10 * 2**20 < rss < 4 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert value(samples, "process_open_fds") > 0 and value(samples, "process_max_fds") > 0
+    assert abs(value(samples, "process_start_time_seconds") - time.time()) < 24 * 3600
 
 
 def test_queue_bytes_gauge_shows_what_a_stalled_sink_keeps_waiting(tmp_path: Path, sample_log: Path) -> None:
@@ -273,7 +285,7 @@ def test_replay_serves_metrics_and_stops_at_the_end(sample_log: Path) -> None:
     daemon = Daemon(Config(input=str(sample_log), metrics_address="127.0.0.1:0"), [])
     assert daemon.run() == 0
     assert daemon.result is not None
-    assert daemon.result["sinks"]["metrics"]["observed"] == daemon.result["paired"] > 0
+    assert daemon.result["latency"]["observed"] == daemon.result["paired"] > 0
     assert daemon.metrics_server is not None
     with pytest.raises(OSError):
         get(daemon.metrics_server.url + "/metrics")
@@ -311,7 +323,6 @@ def test_healthz_turns_503_while_a_sink_fails_and_200_after_it_recovers(
                     "status": "ok",
                     "sinks": {
                         "honeycomb": {"up": True, "failing_seconds": 0.0, "queue_depth": 0},
-                        "metrics": {"up": True, "failing_seconds": 0.0, "queue_depth": 0},
                     },
                 },
             )
@@ -328,10 +339,10 @@ def test_healthz_turns_503_while_a_sink_fails_and_200_after_it_recovers(
             assert status == 503 and document["failing"] == ["honeycomb"]
             assert "honeycomb" in document["message"]
             assert document["sinks"]["honeycomb"]["failing_seconds"] > 0.5
-            assert document["sinks"]["metrics"]["up"] is True
+            assert "metrics" not in document["sinks"]
             samples = scrape(daemon)
             assert value(samples, "vault_observe_sink_up", sink="honeycomb") == 0
-            assert value(samples, "vault_observe_sink_up", sink="metrics") == 1
+            assert ("vault_observe_sink_up", frozenset({("sink", "metrics")})) not in samples
             assert value(samples, "vault_observe_sink_failing_seconds", sink="honeycomb") > 0.5
             assert value(samples, "vault_observe_sink_export_failures_total", sink="honeycomb") >= 1
             assert value(samples, "vault_observe_sink_spans_failed_total", sink="honeycomb") > 0

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 
 from ..config import Listener
-from ..errors import ConfigError
+from ..errors import ConfigError, listen_error
 from ..framing import FramingCounters, LineFramer
 
 log = logging.getLogger("vault_observe.sources")
@@ -147,7 +147,14 @@ class SocketSource:
             for listener in self.listeners:
                 if any(_same_listener(listener, other) for other in passed):
                     continue
-                self._add_server(self._bind(listener), listener)
+                try:
+                    server = self._bind(listener)
+                except OSError as exc:
+                    if exc.errno is None:
+                        raise  # a message of this module's own: it names the path
+                    path = listener.address if listener.kind == "unix" else ""
+                    raise listen_error(str(listener), listener.kind, listener.port, path, exc) from None
+                self._add_server(server, listener)
                 log.info("listening on %s", listener)
         except BaseException:
             self.close()
