@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from . import core
+from . import core, logs
 from .config import Config, describe, load_config, version_text
 from .errors import ConfigError
 
@@ -20,14 +20,6 @@ log = logging.getLogger("vault_observe")
 # Exit codes: 0 done (a replay: every span delivered), 1 a runtime failure (or a replay
 # that could not deliver every span), 2 a setting that cannot be used.
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _config_error(message: object) -> int:
@@ -61,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_error(exc)
     if args.check_config:
         return check_config(config, sinks)
-    setup_logging(config.log_level)
+    logs.configure(config.log_level, config.log_format)
     if core.IMPLEMENTATION != "c":
         log.warning("running on the pure-Python core (%s): expect far lower throughput", core.LOAD_ERROR)
     if demo:

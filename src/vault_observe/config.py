@@ -79,6 +79,7 @@ class Config:
     metrics_address: str | None = None  # HOST:PORT serving /metrics and /healthz
     health_failure_seconds: float = 60.0
     log_level: str = "info"
+    log_format: str = "text"  # text (UTC RFC 3339 times) or json (one object per line)
     # setting (argparse dest) -> how the user wrote it: "--zipkin", "FILE: zipkin",
     # "OTEL_SERVICE_NAME"; an error names the setting in the user's own words
     origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -464,7 +465,14 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
-        help="log level (default info)",
+        help="log level (default $VAULT_OBSERVE_LOG_LEVEL or info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text lines with UTC RFC 3339 times, or one JSON object per line with time, level, "
+        "logger, msg and a summary's counters as fields (default $VAULT_OBSERVE_LOG_FORMAT or text)",
     )
     if demo:
         # One parser for both keeps one set of config file keys; the demo reads no input.
@@ -536,6 +544,7 @@ def config_from_args(
         metrics_address=args.metrics_address,
         health_failure_seconds=args.health_failure_seconds,
         log_level=args.log_level,
+        log_format=args.log_format,
     )
 
 
@@ -546,6 +555,7 @@ ENV_OPTIONS = {
     "OTEL_SERVICE_NAME": "--service-name",
     "VAULT_OBSERVE_LOG_LEVEL": "--log-level",
     "VAULT_OBSERVE_QUEUE_BYTES": "--queue-bytes",
+    "VAULT_OBSERVE_LOG_FORMAT": "--log-format",
 }
 NOT_IN_FILE = {"help", "version", "config", "check-config"}
 

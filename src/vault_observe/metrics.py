@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .logs import SUMMARY_FIELDS, SUMMARY_TITLE
 
 if TYPE_CHECKING:
     from .pipeline import Daemon
@@ -18,6 +21,9 @@ class Summary:
 
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
+        self._started = self._last = (time.monotonic(), 0, 0)  # (when, lines, bytes)
+        # the share of the input file read (0..1), for --input
+        self.share_read: Callable[[], float] | None = None
 
     def counters(self) -> dict[str, Any]:
         daemon = self._daemon
@@ -55,8 +61,35 @@ class Summary:
         out["sinks"] = sinks
         return out
 
-    def log(self, title: str) -> None:
-        log.info("%s: %s", title, format_counters(self.counters()))
+    def log(self, title: str, *, progress: bool = False, since_start: bool = False) -> None:
+        """One log line of every counter; with ``progress``, the rates since the last
+        such line (or ``since_start``) and the share of the input file read first.
+        A JSON log gets them as fields of their own."""
+        counters = self.counters()
+        fields = dict(counters)
+        text = ""
+        if progress:
+            now = time.monotonic()
+            when, lines, size = self._started if since_start else self._last
+            self._last = (now, counters["lines"], counters["bytes"])
+            seconds = max(now - when, 1e-9)
+            rate = (counters["lines"] - lines) / seconds
+            megabytes = (counters["bytes"] - size) / seconds / 1e6
+            fields["lines_per_second"] = round(rate, 1)
+            fields["mb_per_second"] = round(megabytes, 3)
+            text = f"{rate:.0f} lines/s, {megabytes:.2f} MB/s"
+            if self.share_read is not None:
+                share = min(1.0, self.share_read())
+                fields["read_fraction"] = round(share, 4)
+                text += f", {share:.1%} of the input read"
+            text += "; "
+        log.info(
+            "%s: %s%s",
+            title,
+            text,
+            format_counters(counters),
+            extra={SUMMARY_TITLE: title, SUMMARY_FIELDS: fields},
+        )
 
 
 def is_internal(sink: object) -> bool:

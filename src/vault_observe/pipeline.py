@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -465,6 +466,25 @@ class FollowProgress:
                 self._checkpoint.save(done)
                 self.saves += 1
             self.saved = done
+def _share(offset: int, path: str) -> float:
+    """How much of the file at ``path`` lies before ``offset`` (1.0 when it is gone)."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return 1.0
+    return offset / size if size else 1.0
+
+
+@contextlib.contextmanager
+def _redirect_logging(bar: Any) -> Iterator[None]:
+    """While a progress bar shows, log lines are written above it instead of through it."""
+    if bar is None:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+        yield
 
 
 class Daemon:
@@ -528,6 +548,7 @@ class Daemon:
         self._bad_seen = dict.fromkeys((*BAD_LINE_COUNTERS, "truncated", "reserved_keys"), 0)
         self.started = threading.Event()  # set once every listener is bound
         self.result: dict[str, Any] | None = None
+        self._next_summary = time.monotonic() + config.summary_interval
 
     # -- running
 
@@ -631,7 +652,6 @@ class Daemon:
             )
         core = self.core
         last_expire = time.monotonic_ns()
-        next_summary = time.monotonic() + config.summary_interval
         try:
             self._begin()
             sd_notify.notify("READY=1\nSTATUS=listening on " + ", ".join(source.bound_addresses()))
@@ -644,9 +664,7 @@ class Daemon:
                     core.expire(now)
                     last_expire = now
                 self._dispatch()
-                if time.monotonic() >= next_summary:
-                    self.summary.log("summary")
-                    next_summary = time.monotonic() + config.summary_interval
+                self._tick()
             # Stop accepting, then read each connection until Vault has nothing more in it.
             sd_notify.notify("STOPPING=1")
             source.stop_accepting()
@@ -664,21 +682,58 @@ class Daemon:
         config = self.config
         assert config.input is not None
         core = self.core
+        size = None
         if config.input != "-":
             try:
-                open(config.input, "rb").close()  # a missing file is named before anything starts
+                size = os.stat(config.input).st_size  # a missing file is named before anything starts
+                open(config.input, "rb").close()
             except OSError as exc:
                 raise file_error("--input", config.input, exc) from None
+            self.summary.share_read = lambda: self.framing.bytes / size if size else 1.0
+        bar = self._progress_bar(size)
         try:
             self._begin()
-            for chunk in read_file(config.input, max_line_bytes=config.max_line_bytes, counters=self.framing):
-                self._feed(chunk, None)
-                core.expire(core.watermark_ns)
-                self._dispatch()
-                if self._stop.is_set():
-                    break
+            with _redirect_logging(bar):
+                for chunk in read_file(
+                    config.input, max_line_bytes=config.max_line_bytes, counters=self.framing
+                ):
+                    self._feed(chunk, None)
+                    core.expire(core.watermark_ns)
+                    self._dispatch()
+                    if bar is not None:
+                        bar.update(self.framing.bytes - bar.n)
+                    self._tick()
+                    if self._stop.is_set():
+                        break
         finally:
+            if bar is not None:
+                bar.close()
             self._finish()
+
+    def _progress_bar(self, size: int | None) -> Any:
+        """A progress bar of the replay on stderr, only for a person watching a terminal
+        (never in a pipe, a journal, or with --log-format json)."""
+        if self.config.log_format != "text" or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=os.path.basename(self.config.input or "") or "stdin",
+            file=sys.stderr,
+            mininterval=0.5,
+            leave=False,
+        )
+
+    def _tick(self) -> None:
+        """Between reads, in every mode: the periodic summary with progress figures."""
+        now = time.monotonic()
+        if now >= self._next_summary:
+            self._next_summary = now + self.config.summary_interval
+            self.summary.log("summary", progress=True)
 
     def follow(self) -> None:
         """Tail the input file across rotation; checkpoint what every sink has confirmed.
@@ -699,6 +754,7 @@ class Daemon:
             config.input, max_line_bytes=config.max_line_bytes, counters=self.framing, start=saved
         )
         self.follower = follower
+        self.summary.share_read = lambda: _share(follower.position.offset, config.input or "")
         progress = FollowProgress(checkpoint, self.workers, saved)
         self.progress = progress
         for worker in self.workers:
@@ -743,6 +799,7 @@ class Daemon:
                     self._discard()
                     continue
                 self._dispatch()
+                self._tick()
                 if any(w.counts["dropped_shutdown"] for w in self.workers):
                     break  # stopping while waiting for room: the rest is read again after a restart
                 oldest = core.oldest_pending_mark()
@@ -860,6 +917,6 @@ class Daemon:
             self._capture.close()
             self._capture = None
         self.result = self.summary.counters()
-        self.summary.log("final summary")
+        self.summary.log("final summary", progress=True, since_start=True)
         if self.metrics_server is not None:
             self.metrics_server.stop()
