@@ -12,10 +12,13 @@ keeps going meanwhile.
 Both read ``attrs_json`` as the canonical compact JSON of ``_core_py.dump_attrs``:
 its string escapes are the ones orjson writes, so strings are copied still
 escaped, and its floats are Python's ``repr``, which orjson's form differs from
-only in negative exponents. Whatever does not fit these rules (a lone surrogate,
-an integer beyond uint64, deep nesting, a non-canonical escape, an ``error``
-attribute with another text than the span's) makes ``encode`` return None, and
-the sink uses the Python encoder for that batch: the bytes stay the reference's.
+only in negative exponents. Values are read with explicit depth counts, so any
+nesting the cores accept is written: in OTLP, an array or object deeper than
+``MAX_VALUE_DEPTH`` is the stringValue of its JSON text (``sinks.otlp``). Whatever
+does not fit these rules (a lone surrogate, an integer beyond uint64, a
+non-canonical escape, an ``error`` attribute with another text than the span's)
+makes ``encode`` return None, and the sink uses the Python encoder for that
+batch: the bytes stay the reference's.
 """
 
 from libc.stdint cimport int64_t, uint64_t
@@ -74,7 +77,11 @@ cdef enum:
     NO_MEMORY = 2
 
 cdef enum:
-    MAX_DEPTH = 64  # deeper arrays go to the Python encoder (it has its own limits)
+    # OTLP AnyValues nest this deep at most (sinks.otlp.MAX_VALUE_DEPTH); a deeper
+    # array or object is the stringValue of its JSON text
+    MAX_VALUE_DEPTH = 32
+    # skip_value's bracket stack; the cores accept about 1,024 levels
+    MAX_SKIP_DEPTH = 4096
 
 # |end - start| below this many ns: the float division and the shortest repr of
 # the duration are exact in C (see duration_ms).
@@ -344,41 +351,77 @@ cdef inline Py_ssize_t skip_literal(const unsigned char* p, Py_ssize_t i, Py_ssi
     return -1
 
 
-cdef Py_ssize_t skip_value(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) noexcept nogil:
-    """The index past the JSON value at p[i], or -1."""
-    cdef unsigned char c
-    if i >= n or depth > MAX_DEPTH:
+cdef inline Py_ssize_t skip_key(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """A member name and its colon at p[i]: the index past them, or -1."""
+    if i >= n or p[i] != 0x22:
         return -1
-    c = p[i]
-    if c == 0x22:
-        i = scan_string(p, i + 1, n)
-        return -1 if i < 0 else i + 1
-    if c == 0x5B or c == 0x7B:
-        i += 1
-        if i < n and p[i] == (c + 2):  # ] or }
-            return i + 1
-        while True:
-            if c == 0x7B:
-                if i >= n or p[i] != 0x22:
-                    return -1
-                i = scan_string(p, i + 1, n)
-                if i < 0 or i + 1 >= n or p[i + 1] != 0x3A:
-                    return -1
-                i += 2
-            i = skip_value(p, i, n, depth + 1)
-            if i < 0 or i >= n:
+    i = scan_string(p, i + 1, n)
+    if i < 0 or i + 1 >= n or p[i + 1] != 0x3A:
+        return -1
+    return i + 2
+
+
+cdef Py_ssize_t skip_value(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """The index past the compact JSON value at p[i], or -1. Iterative: a stack of one
+    bit per open bracket (set for an object), so any nesting the cores accept."""
+    cdef uint64_t kinds[64]  # MAX_SKIP_DEPTH bits
+    cdef int depth = 0
+    cdef unsigned char c
+    cdef bint obj
+    while True:
+        # a value at p[i]
+        if i >= n:
+            return -1
+        c = p[i]
+        if c == 0x22:
+            i = scan_string(p, i + 1, n)
+            if i < 0:
                 return -1
+            i += 1
+        elif c == 0x5B or c == 0x7B:
+            if depth >= MAX_SKIP_DEPTH:
+                return -1
+            if c == 0x7B:
+                kinds[depth >> 6] |= (<uint64_t>1) << (depth & 63)
+            else:
+                kinds[depth >> 6] &= ~((<uint64_t>1) << (depth & 63))
+            depth += 1
+            i += 1
+            if i < n and p[i] == c + 2:  # empty
+                depth -= 1
+                i += 1
+            else:
+                if c == 0x7B:
+                    i = skip_key(p, i, n)
+                    if i < 0:
+                        return -1
+                continue  # its first element
+        elif is_number_byte(c):
+            while i < n and is_number_byte(p[i]):
+                i += 1
+        else:
+            i = skip_literal(p, i, n)
+            if i < 0:
+                return -1
+        # after a value: close what ends here, then the next element
+        while True:
+            if depth == 0:
+                return i
+            if i >= n:
+                return -1
+            obj = (kinds[(depth - 1) >> 6] >> ((depth - 1) & 63)) & 1
             if p[i] == 0x2C:
                 i += 1
-            elif p[i] == c + 2:
-                return i + 1
-            else:
-                return -1
-    if is_number_byte(c):
-        while i < n and is_number_byte(p[i]):
-            i += 1
-        return i
-    return skip_literal(p, i, n)
+                if obj:
+                    i = skip_key(p, i, n)
+                    if i < 0:
+                        return -1
+                break
+            if p[i] == (0x7D if obj else 0x5D):
+                depth -= 1
+                i += 1
+                continue
+            return -1
 
 
 # ---------------------------------------------------------------- a span's fields
@@ -474,7 +517,7 @@ cdef int error_member(const unsigned char* p, Py_ssize_t n, const char* text, si
         if ke < 0 or ke + 1 >= n or p[ke + 1] != 0x3A:
             return FALLBACK
         vs = ke + 2
-        ve = skip_value(p, vs, n, 1)
+        ve = skip_value(p, vs, n)
         if ve < 0 or ve >= n:
             return FALLBACK
         if ke - ks == 5 and memcmp(p + ks, b"error", 5) == 0:
@@ -830,9 +873,24 @@ cdef int otlp_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t n, Buf* 
     cdef unsigned char c
     cdef int code
     cdef bint first
-    if i >= n or depth > MAX_DEPTH:
+    if i >= n:
         return FALLBACK
     c = p[i]
+    if (c == 0x5B or c == 0x7B) and depth > MAX_VALUE_DEPTH:
+        # too deep for AnyValues: the stringValue of its JSON text (still escaped)
+        s = skip_value(p, i, n)
+        if s < 0:
+            return FALLBACK
+        if not reserve(b, 17):
+            return NO_MEMORY
+        put(b, b'{"stringValue":', 15)
+        if not put_string(b, <const char*>(p + i), s - i):
+            return NO_MEMORY
+        if not reserve(b, 1):
+            return NO_MEMORY
+        put_byte(b, b'}')
+        pos[0] = s
+        return OK
     if c == 0x22:
         s = i
         i = scan_string(p, i + 1, n)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
@@ -344,9 +345,28 @@ def dump_attrs(attrs: dict[str, Any]) -> bytes:
 
 def _dump_deep(attrs: dict[str, Any]) -> bytes:
     """dump_attrs with an explicit stack instead of json's recursive encoder."""
+    return _dump_deep_text(attrs).encode("utf-8")
+
+
+def dump_value(value: Any) -> str:
+    """The canonical JSON text (as in ``dump_attrs``) of one decoded value, at any depth:
+    what the value's bytes are inside canonical attribute bytes."""
+    try:
+        return _ENCODER.encode(value)
+    except RecursionError:
+        return _dump_deep_text(value)
+
+
+def _dump_deep_text(value: Any) -> str:
     enc = _ENCODER.encode
-    out = ["{"]
-    stack: list[tuple[Any, bool, str]] = [(iter(attrs.items()), True, "}")]
+    if isinstance(value, dict):
+        out = ["{"]
+        stack: list[tuple[Any, bool, str]] = [(iter(value.items()), True, "}")]
+    elif isinstance(value, list):
+        out = ["["]
+        stack = [(iter(value), False, "]")]
+    else:
+        return enc(value)
     firsts = [True]
     while stack:
         it, is_dict, closer = stack[-1]
@@ -355,27 +375,104 @@ def _dump_deep(attrs: dict[str, Any]) -> bytes:
                 out.append(",")
             firsts[-1] = False
             if is_dict:
-                key, value = item
+                key, item = item
                 out.append(enc(key))
                 out.append(":")
-            else:
-                value = item
-            if isinstance(value, dict):
+            if isinstance(item, dict):
                 out.append("{")
-                stack.append((iter(value.items()), True, "}"))
+                stack.append((iter(item.items()), True, "}"))
                 firsts.append(True)
                 break
-            if isinstance(value, list):
+            if isinstance(item, list):
                 out.append("[")
-                stack.append((iter(value), False, "]"))
+                stack.append((iter(item), False, "]"))
                 firsts.append(True)
                 break
-            out.append(enc(value))
+            out.append(enc(item))
         else:
             out.append(closer)
             stack.pop()
             firsts.pop()
-    return "".join(out).encode("utf-8")
+    return "".join(out)
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET_OR_QUOTE = re.compile(rb'["\[\]{}]')
+_SCALAR_END = re.compile(rb"[,}\] \t\n\r]")
+_WHITESPACE = re.compile(rb"[ \t\n\r]*")
+
+
+def attr_members(attrs_json: bytes) -> list[tuple[str, bytes]]:
+    """(name, raw JSON text of the value) of each member of a JSON object, in order,
+    repeats included, values left undecoded: a value nested deeper than
+    ``json.loads`` goes (about 990 levels; the cores accept up to 1,023) is read too.
+    ValueError when the bytes are not one object (values are checked only for their
+    strings and brackets)."""
+    data = attrs_json
+    n = len(data)
+    i = _WHITESPACE.match(data, 0).end()  # type: ignore[union-attr]
+    if i >= n or data[i] != 0x7B:
+        raise ValueError("not a JSON object")
+    i = _WHITESPACE.match(data, i + 1).end()  # type: ignore[union-attr]
+    out: list[tuple[str, bytes]] = []
+    if i < n and data[i] == 0x7D:
+        if _WHITESPACE.match(data, i + 1).end() != n:  # type: ignore[union-attr]
+            raise ValueError("data after the object")
+        return out
+    while True:
+        m = _JSON_STRING.match(data, i)
+        if m is None:
+            raise ValueError(f"a member name expected at {i}")
+        key = json.loads(m.group())
+        i = _WHITESPACE.match(data, m.end()).end()  # type: ignore[union-attr]
+        if i >= n or data[i] != 0x3A:
+            raise ValueError(f"':' expected at {i}")
+        i = _WHITESPACE.match(data, i + 1).end()  # type: ignore[union-attr]
+        end = _value_end(data, i)
+        out.append((key, data[i:end]))
+        i = _WHITESPACE.match(data, end).end()  # type: ignore[union-attr]
+        if i < n and data[i] == 0x2C:
+            i = _WHITESPACE.match(data, i + 1).end()  # type: ignore[union-attr]
+            continue
+        if i < n and data[i] == 0x7D and _WHITESPACE.match(data, i + 1).end() == n:  # type: ignore[union-attr]
+            return out
+        raise ValueError(f"',' or '}}' expected at {i}")
+
+
+def _value_end(data: bytes, i: int) -> int:
+    """The index just past the JSON value at ``i``, with an explicit depth count."""
+    n = len(data)
+    if i >= n:
+        raise ValueError("a value expected")
+    c = data[i]
+    if c == 0x22:
+        m = _JSON_STRING.match(data, i)
+        if m is None:
+            raise ValueError(f"unterminated string at {i}")
+        return m.end()
+    if c != 0x5B and c != 0x7B:
+        m = _SCALAR_END.search(data, i)
+        end = m.start() if m is not None else n
+        if end == i:
+            raise ValueError(f"a value expected at {i}")
+        return end
+    depth = 0
+    while True:
+        m = _BRACKET_OR_QUOTE.search(data, i)
+        if m is None:
+            raise ValueError("unclosed array or object")
+        i = m.start()
+        c = data[i]
+        if c == 0x22:
+            s = _JSON_STRING.match(data, i)
+            if s is None:
+                raise ValueError(f"unterminated string at {i}")
+            i = s.end()
+            continue
+        depth += 1 if c == 0x5B or c == 0x7B else -1
+        i += 1
+        if depth == 0:
+            return i
 
 
 def with_pairing(attrs_json: bytes, pairing: int) -> bytes:

@@ -66,6 +66,12 @@ SINK_COUNTERS = (
     ),
     ("failed_sends", "sink_export_failures", "Batches handed to the sink that were not delivered in full"),
     (
+        "unencodable",
+        "sink_spans_unencodable",
+        "Spans the sink dropped because they could not be encoded (part of failed; each logged "
+        "with its request id)",
+    ),
+    (
         "retries",
         "sink_retries",
         "Sends the sink repeated after a transient failure (no answer, timeout, 429 or 5xx)",

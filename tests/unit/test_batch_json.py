@@ -333,7 +333,6 @@ def test_floats_in_orjson_form() -> None:
         b'{"bad":"\xff"}',  # not UTF-8
         b'{"bad":"\xed\xa0\x80"}',  # an encoded surrogate
         b"[1]",
-        b'{"deep":' + b"[" * 80 + b"]" * 80 + b"}",
     ],
 )
 def test_odd_json_is_left_to_python(raw: bytes) -> None:

@@ -278,3 +278,369 @@ def test_buffer_changed_by_another_thread_during_a_gil_free_feed(switch_often: N
     assert core.counters()["lines"] > 0
     core.feed(ev("response", "x", T0))
     assert only(core.drain()).request_id == "x"
+
+
+# ---------------------------------------------------------------- encoders
+
+
+@pytest.fixture
+def deep_json() -> Any:
+    """json.loads and json.dumps deep enough for what the cores accept (about 1,023)."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 20_000))
+    yield
+    sys.setrecursionlimit(old)
+
+
+def nested(depth: int, leaf: Any = "x\"\\é\n") -> Any:
+    """An array ``depth`` deep holding an object, a string with escapes, a float."""
+    value: Any = [leaf, {"k": [1.5, None, True]}]
+    for _ in range(depth - 1):
+        value = [value, -3]
+    return value
+
+
+def hostile_lines(depth: int) -> bytes:
+    """A paired request/response, an orphan and an unanswered request, each with an
+    array ``depth`` deep and an ``error`` that is not the last top-level key."""
+    value = json.dumps(nested(depth), ensure_ascii=False, separators=(",", ":"))
+
+    def line(kind: str, rid: str, at: str) -> bytes:
+        return (
+            f'{{"time":"{at}","type":"{kind}","error":"boom","request":{{"id":"{rid}","operation":"update",'
+            f'"mount_point":"secret/","data":{{"deep":{value},"n":1}}}},"auth":{{"policies":["a"]}}}}\n'
+        ).encode()
+
+    return (
+        line("request", ID1, T0)
+        + line("response", ID1, t(1))
+        + line("response", "orphan-id", t(2))
+        + line("request", "waits-forever", t(3))
+    )
+
+
+def encoders() -> list[tuple[str, Any, Any]]:
+    """(name, compiled, Python) encoder pairs of every sink, as callables batch -> bytes."""
+    from vault_observe import __version__
+    from vault_observe.sinks import honeycomb, otlp, zipkin, zipkin_proto_py
+
+    pairs: list[tuple[str, Any, Any]] = []
+    fast_zipkin, why = zipkin.proto_encoder_class()
+    if why is None:
+        pairs.append(
+            (
+                "zipkin-proto",
+                fast_zipkin("vault", zipkin.SCOPE_NAME, __version__).encode,
+                zipkin_proto_py.ProtoEncoder("vault", zipkin.SCOPE_NAME, __version__).encode,
+            )
+        )
+    json_encoder = zipkin.JsonEncoder("vault", zipkin.SCOPE_NAME, __version__)
+    pairs.append(("zipkin-json", json_encoder.encode, json_encoder.encode))
+    hc_fast, hc_py = honeycomb.BatchEncoder("vault"), honeycomb.BatchEncoder("vault", compiled=False)
+    ot_fast, ot_py = otlp.BodyEncoder("vault"), otlp.BodyEncoder("vault", compiled=False)
+    pairs.append(("honeycomb", lambda s: hc_fast.encode(s).body, lambda s: hc_py.encode(s).body))
+    pairs.append(("otlp", lambda s: ot_fast.encode(s).body, lambda s: ot_py.encode(s).body))
+    return pairs
+
+
+def decode(name: str, body: bytes) -> list[Any]:
+    from tests.receivers import decode_zipkin_proto
+
+    if name == "zipkin-proto":
+        return decode_zipkin_proto(body)
+    document = json.loads(body)
+    if name == "otlp":
+        return list(document["resourceSpans"][0]["scopeSpans"][0]["spans"])
+    assert isinstance(document, list)
+    return document
+
+
+@pytest.mark.parametrize("depth", [20, 33, 84, 300, 990, 1015])
+def test_deep_values_are_encoded_alike_by_every_encoder(impl: str, depth: int, deep_json: None) -> None:
+    """Findings 1-3: OTLP failed from 84 levels, the native Honeycomb sink (an error not
+    last) and the Python Zipkin encoder from about 990; a whole batch went with them."""
+    from vault_observe.sinks.stdout import encode_line
+
+    core = core_class(impl)()
+    core.feed(hostile_lines(depth) + ev("response", "plain-id", t(4)))
+    core.flush()
+    spans = core.drain_spans()
+    assert len(spans) == 4 and core.counters()["malformed"] == 0
+    records = list(spans)
+    for name, fast, ref in encoders():
+        body = fast(spans)
+        assert body == ref(records), name  # packed or records, compiled or Python: same bytes
+        decoded = decode(name, body)
+        assert len(decoded) == 4, name
+    lines = b"".join(encode_line(record) for record in records)
+    assert [json.loads(x)["request_id"] for x in lines.splitlines()] == [s.request_id for s in records]
+
+
+def otlp_attr(span: dict[str, Any], key: str) -> Any:
+    return next(a["value"] for a in span["attributes"] if a["key"] == key)
+
+
+@pytest.mark.parametrize("depth", [32, 33, 500])
+def test_otlp_writes_values_beyond_the_depth_limit_as_their_json_text(depth: int, deep_json: None) -> None:
+    from vault_observe.sinks import otlp
+
+    core = core_class("c")() if _compiled() else core_class("py")()
+    value = nested(depth)
+    core.feed(raw('"v":' + json.dumps(value, ensure_ascii=False, separators=(",", ":"))))
+    spans = core.drain_spans()
+    body = otlp.BodyEncoder("vault").encode(spans).body
+    assert body == otlp.BodyEncoder("vault", compiled=False).encode(list(spans)).body
+    any_value = otlp_attr(decode("otlp", body)[0], "v")
+    level = 1
+    while "arrayValue" in any_value:
+        any_value = any_value["arrayValue"]["values"][0]
+        level += 1
+    assert level == min(depth, otlp.MAX_VALUE_DEPTH) + 1
+    if depth > otlp.MAX_VALUE_DEPTH:
+        inner = value
+        for _ in range(otlp.MAX_VALUE_DEPTH):
+            inner = inner[0]
+        assert json.loads(any_value["stringValue"]) == inner
+    else:
+        assert any_value == {"stringValue": value_leaf(value)}
+
+
+def value_leaf(value: Any) -> Any:
+    while isinstance(value, list):
+        value = value[0]
+    return value
+
+
+def _compiled() -> bool:
+    try:
+        from vault_observe import _fast  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_honeycomb_error_not_last_with_a_deep_value(impl: str, deep_json: None) -> None:
+    """The error member is found without decoding the attributes: one ``error``."""
+    from vault_observe.sinks import honeycomb
+
+    core = core_class(impl)()
+    core.feed(hostile_lines(1000))
+    core.flush()
+    spans = core.drain_spans()
+    for compiled in (True, False):
+        body = honeycomb.BatchEncoder("vault", compiled=compiled).encode(spans).body
+        events = json.loads(body, object_pairs_hook=lambda items: items)
+        for event in events:
+            data = dict(event)["data"]
+            assert [v for k, v in data if k == "error"] == ["boom"]
+    # another text under "error" than the span's: the span's wins, once
+    record = next(iter(spans))
+    other = type(record)(
+        record.trace_id,
+        record.span_id,
+        0,
+        record.name,
+        record.start_ns,
+        record.end_ns,
+        "mine",
+        record.pairing,
+        record.request_id,
+        record.attrs_json,
+    )
+    event = honeycomb.EventEncoder("vault").encode(other)
+    data = dict(json.loads(event, object_pairs_hook=lambda items: items))["data"]
+    assert [v for k, v in data if k == "error"] == ["mine"]
+
+
+def test_one_pairing_key_in_every_encoder(impl: str) -> None:
+    """Finding 4: an entry's own vault_observe.pairing gave two, in some encoders."""
+    core = core_class(impl)(max_pending=1)
+    mark = {"vault_observe.pairing": "orphan", "vault_observe": {"pairing": "paired"}}
+    core.feed(
+        ev("request", "a-1", T0, **mark)  # evicted by the next
+        + ev("request", "a-2", t(1), **mark)
+        + ev("response", "a-2", t(2), **mark)  # paired
+        + ev("response", "a-3", t(3), **mark)  # orphan
+        + ev("request", "a-4", t(4), **mark)  # unanswered
+    )
+    core.flush()
+    spans = core.drain_spans()
+    expected = {"a-1": "evicted", "a-2": None, "a-3": "orphan", "a-4": "unanswered"}
+    assert {s.request_id: s.attributes().get(PAIRING_KEY) for s in spans} == expected
+    for name, fast, ref in encoders():
+        body = fast(spans)
+        assert body == ref(list(spans)), name
+        for span in decode(name, body):
+            if name.startswith("zipkin"):
+                keys = [k for k in span["tags"] if k == PAIRING_KEY]  # a map: see the bytes below
+                assert body.count(PAIRING_KEY.encode()) == 3
+            elif name == "otlp":
+                keys = [a["key"] for a in span["attributes"] if a["key"] == PAIRING_KEY]
+            else:
+                keys = [k for k in span["data"] if k == PAIRING_KEY]
+            assert len(keys) <= 1, (name, span)
+        if name in ("honeycomb", "otlp"):
+            assert body.count(PAIRING_KEY.encode()) == 3, name  # evicted, orphan, unanswered
+
+
+# ---------------------------------------------------------------- a span that cannot be encoded
+
+
+class FailsOn:
+    """An encoder that raises for any batch holding the span of request id ``bad``
+    (standing in for a bug, or for a record no core would make)."""
+
+    def __init__(self, inner: Any, bad: str = "bad") -> None:
+        self.inner = inner
+        self.bad = bad
+        self.calls = 0
+        self.content_type = getattr(inner, "content_type", "")
+
+    def encode(self, spans: Any) -> Any:
+        self.calls += 1
+        if any(span.request_id == self.bad for span in spans):
+            raise RecursionError("maximum recursion depth exceeded (injected)")
+        return self.inner.encode(spans)
+
+
+def packed_batch(impl: str, ids: list[str]) -> Any:
+    """The spans of ``ids`` as the daemon hands them to a sink: a SpanBatch of chunks."""
+    from vault_observe.model import SpanBatch
+
+    chunks = []
+    core = core_class(impl)()
+    for k in range(0, len(ids), 7):
+        core.feed(b"".join(ev("response", rid, t(i + k)) for i, rid in enumerate(ids[k : k + 7])))
+        chunks.append(core.drain_spans())
+    return SpanBatch(chunks)
+
+
+def fast_retry() -> Any:
+    from vault_observe.sinks.http import RetryPolicy
+
+    return RetryPolicy(initial=0.02, maximum=0.1, jitter=0.0)
+
+
+@pytest.mark.parametrize("sink_name", ["otlp", "honeycomb", "zipkin-native", "zipkin-json"])
+def test_a_span_that_cannot_be_encoded_costs_only_itself(
+    impl: str, sink_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.receivers import HoneycombReceiver, OtlpReceiver, ZipkinReceiver
+    from vault_observe.sinks.honeycomb import HoneycombSink
+    from vault_observe.sinks.otlp import OtlpSink
+    from vault_observe.sinks.zipkin import ZipkinSink
+
+    ids = [f"id-{i}" for i in range(40)]
+    ids[5] = ids[23] = "bad"
+    batch = packed_batch(impl, ids)
+    receiver: Any
+    if sink_name == "otlp":
+        receiver = OtlpReceiver()
+    elif sink_name == "honeycomb":
+        receiver = HoneycombReceiver()
+    else:
+        receiver = ZipkinReceiver()
+    with receiver:
+        sink: Any
+        if sink_name == "otlp":
+            sink = OtlpSink(receiver.url, retry=fast_retry())
+            sink.encoder = wrapped = FailsOn(sink.encoder)
+        elif sink_name == "honeycomb":
+            sink = HoneycombSink("test-key", api_host=receiver.base_url, retry=fast_retry())
+            sink._impl.encoder = wrapped = FailsOn(sink._impl.encoder)
+        else:
+            sink = ZipkinSink(receiver.url, encoder=sink_name.split("-")[1])
+            sink._body = wrapped = FailsOn(sink._body)
+        try:
+            failed = sink.send(batch, time.monotonic() + 30)
+        finally:
+            sink.close()
+        received = receiver.events if sink_name == "honeycomb" else receiver.spans
+        assert not receiver.errors
+    assert failed == 2
+    assert len(received) == 38  # in one request: the good runs' bodies merged
+    assert len(receiver.requests) == 1
+    stats = sink.stats()
+    assert stats["unencodable"] == 2 and stats["failed"] == 2 and stats["sent"] == 38
+    assert wrapped.calls <= 2 * 2 * 6 + 1  # halves: about 2 log2(n) encodes per bad span
+    logged = [r.getMessage() for r in caplog.records if "cannot be encoded" in r.getMessage()]
+    assert logged and "request id 'bad'" in logged[0] and "RecursionError" in logged[0]
+
+
+def test_every_span_unencodable_sends_nothing() -> None:
+    from tests.receivers import OtlpReceiver
+    from vault_observe.sinks.otlp import OtlpSink
+
+    with OtlpReceiver() as receiver:
+        sink = OtlpSink(receiver.url, retry=fast_retry())
+        sink.encoder = FailsOn(sink.encoder, bad="id-1")
+        spans = spans_of(core_class("py")(), ev("response", "id-1", T0) * 3)
+        assert sink.send(spans, time.monotonic() + 10) == 3
+        sink.close()
+        assert receiver.requests == []
+    assert sink.stats()["unencodable"] == 3
+
+
+def test_split_keeps_packed_chunks_and_joins_bodies_in_order(impl: str) -> None:
+    from vault_observe.sinks.http import JoinedBody
+    from vault_observe.sinks.isolate import slice_spans
+    from vault_observe.sinks.otlp import BodyEncoder
+
+    ids = [f"id-{i}" for i in range(30)]
+    batch = packed_batch(impl, ids)
+    encoder = BodyEncoder("vault")
+    whole = encoder.encode(batch)
+    cuts = [0, 3, 7, 8, 20, 30]
+    parts = [slice_spans(batch, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+    assert [s.request_id for p in parts for s in p] == ids
+    if impl == "c":
+        assert all(type(c).__name__ == "PackedSpans" for p in parts for c in p.chunks)
+    joined = JoinedBody.concat([encoder.encode(p) for p in parts])
+    assert joined.body == whole.body and joined.ends == whole.ends
+    assert [joined.item(i) for i in range(len(joined))] == [whole.item(i) for i in range(len(whole))]
+
+
+def test_unencodable_is_a_metric_per_sink(tmp_path: Any) -> None:
+    from tests.sinks import CollectingSink
+
+    from .test_metrics import metrics_config, scrape, value
+
+    class Counting(CollectingSink):
+        def stats(self) -> dict[str, int]:
+            return {"sent": len(self.spans), "unencodable": 3}
+
+    from vault_observe.pipeline import Daemon
+
+    daemon = Daemon(metrics_config(tmp_path), [Counting("otlp")])
+    daemon.start()
+    try:
+        samples = scrape(daemon)
+    finally:
+        daemon.stop()
+    assert value(samples, "vault_observe_sink_spans_unencodable_total", sink="otlp") == 3
+    assert value(samples, "vault_observe_reserved_keys_total") == 0
+
+
+def test_replay_with_a_deeply_nested_line_delivers_every_span(tmp_path: Any, sample_log: Any) -> None:
+    """Finding 1 end to end: one line with an array 300 deep in a replay to OTLP."""
+    import os
+    import subprocess
+
+    from tests.receivers import OtlpReceiver
+
+    log = tmp_path / "audit.jsonl"
+    sample = sample_log.read_bytes()
+    log.write_bytes(sample + hostile_lines(300))
+    expected = len(spans_of(core_class("py")(ttl_s=1e9), log.read_bytes()))
+    with OtlpReceiver() as receiver:
+        result = subprocess.run(
+            [sys.executable, "-m", "vault_observe", "--input", str(log), "--otlp", receiver.url],
+            capture_output=True,
+            timeout=300,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        assert receiver.wait_for(lambda: len(receiver.spans) >= expected, 30)
+        assert not receiver.errors
+    assert len(receiver.spans) == expected
+    assert b"failed=0" in result.stderr and b"unencodable=0" in result.stderr

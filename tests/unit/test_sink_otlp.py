@@ -301,7 +301,14 @@ def test_server_error_then_recovery_loses_nothing(sample_spans: list[SpanRecord]
         sink = sink_for(rx, max_batch_spans=100)
         assert sink.send(sample_spans[:250], deadline(30)) == 0
     assert [s["traceId"] for s in rx.spans] == [r.trace_id.hex() for r in sample_spans[:250]]
-    assert sink.stats() | {"bytes": 0} == {"sent": 250, "failed": 0, "retries": 3, "batches": 3, "bytes": 0}
+    assert sink.stats() | {"bytes": 0} == {
+        "sent": 250,
+        "failed": 0,
+        "unencodable": 0,
+        "retries": 3,
+        "batches": 3,
+        "bytes": 0,
+    }
 
 
 def test_client_error_is_final(sample_spans: list[SpanRecord]) -> None:

@@ -452,7 +452,14 @@ def test_retryable_status_then_recovery_loses_nothing(
     assert sink.send(sample_spans[:50], time.monotonic() + 10) == 0
     assert [s["id"] for s in receiver.spans] == [f"{s.span_id:016x}" for s in sample_spans[:50]]
     assert len(receiver.requests) == 3
-    assert sink.stats() | {"bytes": 0} == {"sent": 50, "failed": 0, "retries": 2, "batches": 1, "bytes": 0}
+    assert sink.stats() | {"bytes": 0} == {
+        "sent": 50,
+        "failed": 0,
+        "retries": 2,
+        "batches": 1,
+        "bytes": 0,
+        "unencodable": 0,
+    }
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
@@ -469,7 +476,14 @@ def test_client_error_is_permanent_and_logged_once(
         for _ in range(3):
             assert sink.send(sample_spans[:10], time.monotonic() + 10) == 10
     assert len(receiver.requests) == 3  # one request per send: no retry
-    assert sink.stats() | {"bytes": 0} == {"sent": 0, "failed": 30, "retries": 0, "batches": 0, "bytes": 0}
+    assert sink.stats() | {"bytes": 0} == {
+        "sent": 0,
+        "failed": 30,
+        "retries": 0,
+        "batches": 0,
+        "bytes": 0,
+        "unencodable": 0,
+    }
     ours = [r for r in caplog.records if r.name == "vault_observe.zipkin"]
     assert len(ours) == 1 and "400" in ours[0].getMessage()
 

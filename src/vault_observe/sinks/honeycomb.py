@@ -40,7 +40,7 @@ from urllib.parse import quote
 import orjson
 
 from .. import __version__
-from .._core_py import dump_attrs
+from .._core_py import attr_members, dump_attrs
 from ..errors import ConfigError
 from ..model import PAIRED, PAIRING_KEY, PAIRING_NAMES, SpanRecord
 from .compression import Compressor
@@ -57,6 +57,7 @@ from .http import (
     json_str,
     rfc3339_ns,
 )
+from .isolate import EncodeGuard
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ class EventEncoder:
         # Rare: an ``error`` key elsewhere (nested, or not last): decode to be sure.
         try:
             decoded = json.loads(attrs)
+        except RecursionError:  # a value nested deeper than json reads: its members undecoded
+            return EventEncoder._error_deep(record, needle)
         except ValueError:
             return attrs, b"," + needle
         if decoded.get("error") == record.error:
@@ -178,6 +181,29 @@ class EventEncoder:
             del decoded["error"]
             attrs = dump_attrs(decoded)
         return attrs, b"," + needle
+
+    @staticmethod
+    def _error_deep(record: SpanRecord, needle: bytes) -> tuple[bytes, bytes]:
+        """``_error`` on the top-level members with their values as raw JSON text: the
+        same bytes for canonical attributes (json.loads keeps a repeated key's last
+        value at its first place, and dump_attrs writes values as they were)."""
+        attrs = record.attrs_json
+        try:
+            members: dict[str, bytes] = {}
+            for key, raw in attr_members(attrs):
+                members[key] = raw
+        except ValueError:
+            return attrs, b"," + needle
+        own = members.get("error")
+        if own is None:
+            return attrs, b"," + needle
+        if own[:1] == b'"' and json.loads(own) == record.error:
+            return attrs, b""
+        del members["error"]
+        body = b",".join(
+            _canonical_str(key).encode("utf-8", "surrogatepass") + b":" + raw for key, raw in members.items()
+        )
+        return b"{" + body + b"}", b"," + needle
 
 
 class BatchEncoder:
@@ -249,6 +275,7 @@ class _NativeSender:
         self._log = safelog
         self._max_bytes = max_batch_bytes
         self._max_events = max_batch_events
+        self.guard = EncodeGuard("honeycomb", safelog)
         self._headers = {"X-Honeycomb-Team": api_key, "Content-Type": "application/json"}
         if self._compressor.header:
             self._headers["Content-Encoding"] = self._compressor.header
@@ -258,8 +285,13 @@ class _NativeSender:
         self.batches = 0
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
-        batch = self.encoder.encode(spans)
-        failed = 0
+        outcome = self.guard.encode(self.encoder.encode, spans, JoinedBody.concat)
+        encoded, failed = outcome
+        if encoded is None:
+            with self._count_lock:
+                self.failed += failed
+            return failed
+        batch = encoded
         for run in batch.runs(self._max_bytes, self._max_events):
             if len(run) == 1 and batch.ends[run[0]] - batch.start(run[0]) + 2 > self._max_bytes:
                 failed += 1
@@ -273,7 +305,7 @@ class _NativeSender:
                 continue
             failed += self._post(batch, run, deadline)
         with self._count_lock:  # two senders may finish at once
-            self.sent += len(batch) - failed
+            self.sent += len(spans) - failed
             self.failed += failed
         return failed
 
@@ -361,6 +393,7 @@ class _NativeSender:
         return {
             "sent": self.sent,
             "failed": self.failed,
+            "unencodable": self.guard.unencodable,
             "retries": self._poster.retries,
             "batches": self.batches,
             "bytes": self._poster.bytes,
@@ -439,6 +472,7 @@ class _LibhoneySender:
         self._service_name = service_name
         self._retry = retry or RetryPolicy()
         self._log = safelog
+        self.guard = EncodeGuard("honeycomb", safelog)
         self._limit = max_pending
         self._xmit = CountingTransmission(
             max_concurrent_batches=concurrency,
@@ -476,6 +510,14 @@ class _LibhoneySender:
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         refused = 0
         for record in spans:
+            try:
+                fields = event_fields(record, self._service_name)
+            except Exception as exc:  # a value json cannot decode (nested about 990 deep)
+                self.guard.drop(record, exc)
+                with self._cond:
+                    self.failed += 1
+                refused += 1
+                continue
             with self._cond:
                 # libhoney drops events when its queue is full: wait for room instead.
                 while self._outstanding >= self._limit and not self._closing:
@@ -489,9 +531,7 @@ class _LibhoneySender:
                     continue
                 self._outstanding += 1
             created_at = _EPOCH + datetime.timedelta(microseconds=record.start_ns // 1000)
-            self._queue(
-                _Pending(event_fields(record, self._service_name), created_at, deadline, record.sample_rate)
-            )
+            self._queue(_Pending(fields, created_at, deadline, record.sample_rate))
         if refused:
             self._log(
                 "full",
@@ -607,6 +647,7 @@ class _LibhoneySender:
             return {
                 "sent": self.sent,
                 "failed": self.failed,
+                "unencodable": self.guard.unencodable,
                 "retries": self.retries,
                 "batches": self.batches,
                 "bytes": self.bytes,

@@ -112,6 +112,25 @@ class JoinedBody:
             ends.append(at)
         return cls(head + b",".join(items) + tail, ends, len(head), len(tail))
 
+    @classmethod
+    def concat(cls, parts: Sequence[JoinedBody]) -> JoinedBody:
+        """One body of the items of ``parts`` (same envelope), in order."""
+        first = parts[0]
+        head = first.body[: first.head_len]
+        tail = first.body[len(first.body) - first.tail_len :]
+        pieces = []
+        ends: list[int] = []
+        at = len(head) - 1  # the comma before the next item
+        for part in parts:
+            if not part.ends:
+                continue
+            inner = part.body[part.head_len : len(part.body) - part.tail_len]
+            shift = at + 1 - part.head_len
+            ends.extend(end + shift for end in part.ends)
+            pieces.append(inner)
+            at += 1 + len(inner)
+        return cls(head + b",".join(pieces) + tail, ends, len(head), len(tail))
+
     def __len__(self) -> int:
         return len(self.ends)
 

@@ -8,7 +8,10 @@ flattened attribute as an ``AnyValue`` that keeps its JSON type: strings, 64-bit
 integers (as decimal strings, per the mapping), doubles, booleans, arrays as
 ``arrayValue`` and objects inside arrays as ``kvlistValue``. A JSON null inside an
 array becomes an empty ``AnyValue``; an integer outside int64 (JSON allows up to
-uint64 here) a ``stringValue`` with its exact decimal text.
+uint64 here) a ``stringValue`` with its exact decimal text. Values nest as AnyValues
+``MAX_VALUE_DEPTH`` (32) levels deep at most: an array or object deeper than that
+becomes a ``stringValue`` holding its JSON text (a client sets the nesting of the
+request body it sends to Vault, up to the cores' limit of about 1,000 levels).
 Spans with an error get ``status {code: 2 (ERROR), message}``. The body is written
 by the compiled ``_batch_json`` when it is built; the functions below are the
 reference it matches byte for byte, and its fallback.
@@ -29,6 +32,7 @@ from typing import Any
 import orjson
 
 from .. import __version__
+from .._core_py import dump_value
 from ..errors import ConfigError
 from ..model import SpanRecord
 from .compression import Compressor
@@ -41,6 +45,7 @@ from .http import (
     describe,
     parse_headers,
 )
+from .isolate import EncodeGuard
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +60,13 @@ MAX_BATCH_SPANS = 512
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
+# An array or object nested deeper than this (a top-level value is at 1) is written as
+# the stringValue of its JSON text; the compiled encoder has the same limit.
+MAX_VALUE_DEPTH = 32
 
 
-def any_value(value: Any) -> dict[str, Any]:
-    """A decoded JSON value as an OTLP ``AnyValue`` (JSON mapping)."""
+def any_value(value: Any, depth: int = 1) -> dict[str, Any]:
+    """A decoded JSON value as an OTLP ``AnyValue`` (JSON mapping), at nesting ``depth``."""
     if isinstance(value, str):
         return {"stringValue": value}
     if isinstance(value, bool):  # before int: bool is an int
@@ -69,22 +77,21 @@ def any_value(value: Any) -> dict[str, Any]:
         return {"stringValue": str(value)}
     if isinstance(value, float):
         return {"doubleValue": value}
+    if isinstance(value, (list, dict)) and depth > MAX_VALUE_DEPTH:
+        return {"stringValue": dump_value(value)}
     if isinstance(value, list):
-        return {"arrayValue": {"values": [any_value(item) for item in value]}}
+        return {"arrayValue": {"values": [any_value(item, depth + 1) for item in value]}}
     if isinstance(value, dict):
-        return {"kvlistValue": {"values": [{"key": str(k), "value": any_value(v)} for k, v in value.items()]}}
+        return {
+            "kvlistValue": {
+                "values": [{"key": str(k), "value": any_value(v, depth + 1)} for k, v in value.items()]
+            }
+        }
     return {}  # null
 
 
 def attributes(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for key, value in attrs.items():
-        try:
-            converted = any_value(value)
-        except RecursionError:  # absurd nesting: keep the value, as its JSON text
-            converted = {"stringValue": orjson.dumps(value).decode()}
-        out.append({"key": key, "value": converted})
-    return out
+    return [{"key": key, "value": any_value(value)} for key, value in attrs.items()]
 
 
 def encode_span(record: SpanRecord) -> dict[str, Any]:
@@ -250,6 +257,7 @@ class OtlpSink:
         self._max_bytes = max_batch_bytes
         self._max_spans = max_batch_spans
         self.encoder = BodyEncoder(service_name)
+        self._guard = EncodeGuard(self.name, self._log)
         self.implementation = self.encoder.implementation
         self.load_error = self.encoder.load_error
         self.sent = 0
@@ -259,9 +267,13 @@ class OtlpSink:
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         if not spans:
             return 0
-        batch = self.encoder.encode(spans)
+        outcome = self._guard.encode(self.encoder.encode, spans, JoinedBody.concat)
+        encoded, failed = outcome
+        if encoded is None:
+            self.failed += failed
+            return failed
+        batch = encoded
         overhead = batch.head_len + batch.tail_len
-        failed = 0
         for run in batch.runs(self._max_bytes, self._max_spans):
             if len(run) == 1 and batch.ends[run[0]] - batch.start(run[0]) + overhead > self._max_bytes:
                 failed += 1
@@ -323,6 +335,7 @@ class OtlpSink:
         return {
             "sent": self.sent,
             "failed": self.failed,
+            "unencodable": self._guard.unencodable,
             "retries": self._poster.retries,
             "batches": self.batches,
             "bytes": self._poster.bytes,

@@ -40,6 +40,7 @@ from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
 from . import zipkin_proto_py
 from .compression import gzip_compress
+from .isolate import EncodeGuard
 from .transport import TRANSIENT_ERRORS, Transport
 from .zipkin_proto_py import build_tags, loads_attrs, scope_tags
 
@@ -117,10 +118,11 @@ class JsonEncoder:
         return orjson.dumps(self._span(span))
 
 
-def _join(content_type: str, parts: list[bytes]) -> bytes:
-    if content_type == "application/json":
-        return b"[" + b",".join(parts) + b"]"
-    return zipkin_proto_py.wrap_spans(parts)
+def _merge(content_type: str, bodies: list[bytes]) -> bytes:
+    """One body of the spans of several (consecutive runs of one batch)."""
+    if content_type == "application/json":  # arrays: their items joined
+        return b"[" + b",".join(body[1:-1] for body in bodies if len(body) > 2) + b"]"
+    return b"".join(bodies)  # ListOfSpans: a repeated field, so bodies concatenate
 
 
 class HttpPoster:
@@ -327,6 +329,7 @@ class ZipkinSink:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._log = rate_log or RateLimitedLog(log, 60.0)
+        self._guard = EncodeGuard(self.name, self._log)
         self._closing = threading.Event()
         self._counts = {"sent": 0, "failed": 0, "retries": 0, "batches": 0, "bytes": 0}
         self._lock = threading.Lock()  # senders may run in several threads at once
@@ -377,26 +380,20 @@ class ZipkinSink:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counts)
+            return {**self._counts, "unencodable": self._guard.unencodable}
 
     # -- internals
 
     def _send_body(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         assert self._body is not None and self._poster is not None
         body_encoder, poster = self._body, self._poster
-        try:
-            payload = body_encoder.encode(spans)
-            count = len(spans)
-        except Exception:
-            parts = []
-            for span in spans:
-                try:
-                    parts.append(body_encoder.encode_span(span))
-                except Exception as exc:
-                    self._unencodable(repr(span), exc)
-            payload = _join(body_encoder.content_type, parts)
-            count = len(parts)
-        if not count:
+        payload, dropped = self._guard.encode(
+            body_encoder.encode, spans, functools.partial(_merge, body_encoder.content_type)
+        )
+        if dropped:
+            self._count(failed=dropped)
+        count = len(spans) - dropped
+        if payload is None or not count:
             return 0
         body = poster.body(payload)
         return self._deliver(lambda timeout: poster.post(body, timeout), len(body), count, deadline)
@@ -409,7 +406,7 @@ class ZipkinSink:
             try:
                 readables.append(sdk.readable(span))
             except Exception as exc:
-                self._unencodable(repr(span), exc)
+                self._unencodable(span, exc)
         while readables:
             post = functools.partial(sdk.post, readables)
             try:
@@ -420,7 +417,9 @@ class ZipkinSink:
                     if sdk.encodable(readable):
                         good.append(readable)
                     else:
-                        self._unencodable(f"{readable.name!r} ({readable.context.trace_id:032x})", exc)
+                        self._unencodable(
+                            None, exc, f"{readable.name!r}, trace id {readable.context.trace_id:032x}"
+                        )
                 readables = good
         return 0
 
@@ -431,9 +430,9 @@ class ZipkinSink:
         if "failed" in amounts:
             self._local.failed = getattr(self._local, "failed", 0) + amounts["failed"]
 
-    def _unencodable(self, span: str, exc: BaseException) -> None:
+    def _unencodable(self, span: SpanRecord | None, exc: BaseException, what: str | None = None) -> None:
         self._count(failed=1)
-        self._log("encode", logging.ERROR, "zipkin: cannot encode span %s: %s", span, exc)
+        self._guard.drop(span, exc, what)
 
     def _deliver(
         self, post: Callable[[float], int], size: int | Callable[[], int], count: int, deadline: float

@@ -29,6 +29,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .._core_py import attr_members
 from ..model import SpanRecord
 
 CONTENT_TYPE = "application/x-protobuf"
@@ -62,10 +63,29 @@ def _len_field(tag: int, payload: bytes) -> bytes:
 
 
 def loads_attrs(attrs_json: bytes) -> dict[str, Any]:
+    """The attributes decoded, for ``build_tags``. A value nested deeper than json
+    reads (about 990 levels; the cores accept up to 1,023) comes as its tag text: an
+    array is tagged with its JSON text anyway, which is its bytes in canonical
+    attributes."""
     # json, not orjson: orjson reads an integer past 64 bits as a float
-    attrs = json.loads(attrs_json)
+    try:
+        attrs = json.loads(attrs_json)
+    except RecursionError:
+        return _loads_deep(attrs_json)
     if not isinstance(attrs, dict):
         raise ValueError("attrs_json is not a JSON object")
+    return attrs
+
+
+def _loads_deep(attrs_json: bytes) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for key, raw in attr_members(attrs_json):
+        if raw[:1] == b"[":
+            attrs[key] = raw.decode("utf-8", "surrogatepass")
+        elif raw[:1] == b"{":
+            attrs[key] = None  # no tag, as for a decoded object
+        else:
+            attrs[key] = json.loads(raw)
     return attrs
 
 
