@@ -4,6 +4,13 @@ simdjson is compiled from the sources that the pinned ``pysimdjson`` wheel ships
 (``simdjson/simdjson.h`` and ``simdjson/simdjson.cpp``), so nothing of simdjson is
 vendored here. If the extension cannot be built, the package still installs and
 runs on the pure-Python reference core, unless VAULT_OBSERVE_REQUIRE_EXTENSIONS=1.
+
+VAULT_OBSERVE_SANITIZE=address,undefined (either or both) builds every extension,
+simdjson included, with AddressSanitizer and UndefinedBehaviorSanitizer instead of
+the optimised flags: -O1 -g, no recovery from a report. Build such a copy apart from
+the installed one, for example ``python setup.py build --build-base build/sanitize``,
+and run it as tests/fuzz/README.md shows (CPython is not built with ASan, so its
+runtime is preloaded).
 """
 
 from __future__ import annotations
@@ -39,8 +46,30 @@ def simdjson_dir() -> Path | None:
     return folder if (folder / "simdjson.cpp").exists() else None
 
 
-# -g0: no debug info in the shipped module (Python's own CFLAGS ask for -g)
-COMPILE_ARGS = ["-O3", "-g0", "-std=c++17", "-DNDEBUG", "-Wno-unused-function"]
+SANITIZERS = ("address", "undefined")
+
+
+def sanitizers() -> list[str]:
+    names = [n.strip() for n in os.environ.get("VAULT_OBSERVE_SANITIZE", "").split(",") if n.strip()]
+    unknown = sorted(set(names) - set(SANITIZERS))
+    if unknown:
+        raise SystemExit(
+            f"VAULT_OBSERVE_SANITIZE: unknown sanitizer(s) {', '.join(unknown)}; use {','.join(SANITIZERS)}"
+        )
+    return names
+
+
+SANITIZE = sanitizers()
+if SANITIZE:
+    _flag = "-fsanitize=" + ",".join(SANITIZE)
+    # -O1 and frame pointers for usable reports; every report ends the process
+    COMPILE_ARGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", _flag]
+    COMPILE_ARGS += ["-std=c++17", "-Wno-unused-function"]
+    LINK_ARGS = [_flag]
+else:
+    # -g0: no debug info in the shipped module (Python's own CFLAGS ask for -g)
+    COMPILE_ARGS = ["-O3", "-g0", "-std=c++17", "-DNDEBUG", "-Wno-unused-function"]
+    LINK_ARGS = []
 
 
 class OptionalBuildExt(build_ext):
@@ -68,7 +97,8 @@ class OptionalBuildExt(build_ext):
         if not sources:
             return
         source = Path(sources[0])
-        out_dir = Path(self.build_temp) / "simdjson-object"
+        # one object per set of flags: a sanitized build never links the optimised one
+        out_dir = Path(self.build_temp) / ("simdjson-object-" + "-".join(SANITIZE) if SANITIZE else "simdjson-object")
         objects = self.compiler.object_filenames([str(source)], output_dir=str(out_dir))
         obj = Path(objects[0])
         if self.force or not obj.exists() or obj.stat().st_mtime < source.stat().st_mtime:
@@ -106,6 +136,7 @@ def extensions() -> list:  # type: ignore[type-arg]
             depends=[SPANS_PXD],
             language="c++",
             extra_compile_args=COMPILE_ARGS,
+            extra_link_args=LINK_ARGS,
         )
     ]
     if ZIPKIN_PYX.exists():  # the native Zipkin encoder needs nothing but a C++ compiler
@@ -116,6 +147,7 @@ def extensions() -> list:  # type: ignore[type-arg]
                 depends=[BYTEBUF, SPANS_PXD],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
+                extra_link_args=LINK_ARGS,
             )
         )
     if BATCH_JSON_PYX.exists():  # the Honeycomb and OTLP body encoders: a C++ compiler only
@@ -126,6 +158,7 @@ def extensions() -> list:  # type: ignore[type-arg]
                 depends=[BYTEBUF, SPANS_PXD],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
+                extra_link_args=LINK_ARGS,
             )
         )
     sj = simdjson_dir() if PYX.exists() else None
@@ -143,6 +176,7 @@ def extensions() -> list:  # type: ignore[type-arg]
                 depends=[str((PYX.parent / "_fast_json.h").relative_to(HERE)), SPANS_PXD],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
+                extra_link_args=LINK_ARGS,
             )
         )
     return cythonize(
