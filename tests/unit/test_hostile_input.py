@@ -644,3 +644,25 @@ def test_replay_with_a_deeply_nested_line_delivers_every_span(tmp_path: Any, sam
         assert not receiver.errors
     assert len(receiver.spans) == expected
     assert b"failed=0" in result.stderr and b"unencodable=0" in result.stderr
+
+
+@pytest.mark.parametrize("encoder", ["native", "json", "sdk"])
+def test_zipkin_sinks_deliver_a_span_nested_1000_deep(impl: str, encoder: str, deep_json: None) -> None:
+    from tests.receivers import ZipkinReceiver
+    from vault_observe.sinks.zipkin import ZipkinSink
+
+    core = core_class(impl)()
+    core.feed(hostile_lines(1000))
+    core.flush()
+    spans = core.drain_spans()
+    with ZipkinReceiver() as receiver:
+        sink = ZipkinSink(receiver.url, encoder=encoder)
+        try:
+            assert sink.send(spans, time.monotonic() + 30) == 0
+        finally:
+            sink.close()
+        assert not receiver.errors
+        tags = [span["tags"] for span in receiver.spans]
+    assert len(tags) == 3 and sink.stats()["unencodable"] == 0
+    deep = json.loads(tags[0]["request.data.deep"])
+    assert deep == nested(1000)

@@ -235,9 +235,11 @@ class SdkPath:
             parent = self._SpanContext(
                 trace_id, record.parent_span_id, is_remote=False, trace_flags=self._sampled
             )
+        # loads_attrs reads any nesting the cores accept (json.loads stops near 990 levels)
         attributes = {
             key: _dumps(value) if isinstance(value, list) else value
-            for key, value in record.attributes().items()
+            for key, value in loads_attrs(record.attrs_json).items()
+            if value is not None
         }
         status = self._Status(self._ERROR, record.error) if record.error else self._unset
         return ReadableSpan(
