@@ -396,7 +396,7 @@ def _dump_deep_text(value: Any) -> str:
     return "".join(out)
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKET_OR_QUOTE = re.compile(rb'["\[\]{}]')
 _SCALAR_END = re.compile(rb"[,}\] \t\n\r]")
 _WHITESPACE = re.compile(rb"[ \t\n\r]*")
