@@ -8,10 +8,12 @@ memory) or fed a buffer that another thread changes meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -283,13 +285,21 @@ def test_buffer_changed_by_another_thread_during_a_gil_free_feed(switch_often: N
 # ---------------------------------------------------------------- encoders
 
 
-@pytest.fixture
-def deep_json() -> Any:
-    """json.loads and json.dumps deep enough for what the cores accept (about 1,023)."""
+@contextlib.contextmanager
+def deep_recursion() -> Iterator[None]:
+    """json and == deep enough for what the cores accept (about 1,023 levels), for the
+    test's own checks only: the encoders run at the default recursion limit."""
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old, 20_000))
-    yield
-    sys.setrecursionlimit(old)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def loads(data: Any, **kw: Any) -> Any:
+    with deep_recursion():
+        return json.loads(data, **kw)
 
 
 def nested(depth: int, leaf: Any = "x\"\\é\n") -> Any:
@@ -303,7 +313,8 @@ def nested(depth: int, leaf: Any = "x\"\\é\n") -> Any:
 def hostile_lines(depth: int) -> bytes:
     """A paired request/response, an orphan and an unanswered request, each with an
     array ``depth`` deep and an ``error`` that is not the last top-level key."""
-    value = json.dumps(nested(depth), ensure_ascii=False, separators=(",", ":"))
+    with deep_recursion():
+        value = json.dumps(nested(depth), ensure_ascii=False, separators=(",", ":"))
 
     def line(kind: str, rid: str, at: str) -> bytes:
         return (
@@ -348,7 +359,7 @@ def decode(name: str, body: bytes) -> list[Any]:
 
     if name == "zipkin-proto":
         return decode_zipkin_proto(body)
-    document = json.loads(body)
+    document = loads(body)
     if name == "otlp":
         return list(document["resourceSpans"][0]["scopeSpans"][0]["spans"])
     assert isinstance(document, list)
@@ -356,7 +367,7 @@ def decode(name: str, body: bytes) -> list[Any]:
 
 
 @pytest.mark.parametrize("depth", [20, 33, 84, 300, 990, 1015])
-def test_deep_values_are_encoded_alike_by_every_encoder(impl: str, depth: int, deep_json: None) -> None:
+def test_deep_values_are_encoded_alike_by_every_encoder(impl: str, depth: int) -> None:
     """Findings 1-3: OTLP failed from 84 levels, the native Honeycomb sink (an error not
     last) and the Python Zipkin encoder from about 990; a whole batch went with them."""
     from vault_observe.sinks.stdout import encode_line
@@ -373,7 +384,7 @@ def test_deep_values_are_encoded_alike_by_every_encoder(impl: str, depth: int, d
         decoded = decode(name, body)
         assert len(decoded) == 4, name
     lines = b"".join(encode_line(record) for record in records)
-    assert [json.loads(x)["request_id"] for x in lines.splitlines()] == [s.request_id for s in records]
+    assert [loads(x)["request_id"] for x in lines.splitlines()] == [s.request_id for s in records]
 
 
 def otlp_attr(span: dict[str, Any], key: str) -> Any:
@@ -381,12 +392,13 @@ def otlp_attr(span: dict[str, Any], key: str) -> Any:
 
 
 @pytest.mark.parametrize("depth", [32, 33, 500])
-def test_otlp_writes_values_beyond_the_depth_limit_as_their_json_text(depth: int, deep_json: None) -> None:
+def test_otlp_writes_values_beyond_the_depth_limit_as_their_json_text(depth: int) -> None:
     from vault_observe.sinks import otlp
 
     core = core_class("c")() if _compiled() else core_class("py")()
     value = nested(depth)
-    core.feed(raw('"v":' + json.dumps(value, ensure_ascii=False, separators=(",", ":"))))
+    with deep_recursion():
+        core.feed(raw('"v":' + json.dumps(value, ensure_ascii=False, separators=(",", ":"))))
     spans = core.drain_spans()
     body = otlp.BodyEncoder("vault").encode(spans).body
     assert body == otlp.BodyEncoder("vault", compiled=False).encode(list(spans)).body
@@ -400,7 +412,8 @@ def test_otlp_writes_values_beyond_the_depth_limit_as_their_json_text(depth: int
         inner = value
         for _ in range(otlp.MAX_VALUE_DEPTH):
             inner = inner[0]
-        assert json.loads(any_value["stringValue"]) == inner
+        with deep_recursion():
+            assert json.loads(any_value["stringValue"]) == inner
     else:
         assert any_value == {"stringValue": value_leaf(value)}
 
@@ -419,7 +432,7 @@ def _compiled() -> bool:
     return True
 
 
-def test_honeycomb_error_not_last_with_a_deep_value(impl: str, deep_json: None) -> None:
+def test_honeycomb_error_not_last_with_a_deep_value(impl: str) -> None:
     """The error member is found without decoding the attributes: one ``error``."""
     from vault_observe.sinks import honeycomb
 
@@ -429,7 +442,7 @@ def test_honeycomb_error_not_last_with_a_deep_value(impl: str, deep_json: None) 
     spans = core.drain_spans()
     for compiled in (True, False):
         body = honeycomb.BatchEncoder("vault", compiled=compiled).encode(spans).body
-        events = json.loads(body, object_pairs_hook=lambda items: items)
+        events = loads(body, object_pairs_hook=lambda items: items)
         for event in events:
             data = dict(event)["data"]
             assert [v for k, v in data if k == "error"] == ["boom"]
@@ -448,7 +461,7 @@ def test_honeycomb_error_not_last_with_a_deep_value(impl: str, deep_json: None) 
         record.attrs_json,
     )
     event = honeycomb.EventEncoder("vault").encode(other)
-    data = dict(json.loads(event, object_pairs_hook=lambda items: items))["data"]
+    data = dict(loads(event, object_pairs_hook=lambda items: items))["data"]
     assert [v for k, v in data if k == "error"] == ["mine"]
 
 
@@ -647,7 +660,7 @@ def test_replay_with_a_deeply_nested_line_delivers_every_span(tmp_path: Any, sam
 
 
 @pytest.mark.parametrize("encoder", ["native", "json", "sdk"])
-def test_zipkin_sinks_deliver_a_span_nested_1000_deep(impl: str, encoder: str, deep_json: None) -> None:
+def test_zipkin_sinks_deliver_a_span_nested_1000_deep(impl: str, encoder: str) -> None:
     from tests.receivers import ZipkinReceiver
     from vault_observe.sinks.zipkin import ZipkinSink
 
@@ -664,5 +677,5 @@ def test_zipkin_sinks_deliver_a_span_nested_1000_deep(impl: str, encoder: str, d
         assert not receiver.errors
         tags = [span["tags"] for span in receiver.spans]
     assert len(tags) == 3 and sink.stats()["unencodable"] == 0
-    deep = json.loads(tags[0]["request.data.deep"])
-    assert deep == nested(1000)
+    with deep_recursion():
+        assert json.loads(tags[0]["request.data.deep"]) == nested(1000)
