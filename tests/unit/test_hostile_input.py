@@ -103,8 +103,8 @@ def test_flatten_drops_reserved_names() -> None:
 # ---------------------------------------------------------------- trace ids
 
 
-@pytest.mark.parametrize("rid", [NIL, NIL.upper().replace("0", "0")])
-def test_nil_uuid_request_id_is_hashed_never_a_zero_trace_id(core: Any, rid: str) -> None:
+def test_nil_uuid_request_id_is_hashed_never_a_zero_trace_id(core: Any) -> None:
+    rid = NIL
     spans = spans_of(core, ev("request", rid, T0) + ev("response", rid, t(1)))
     span = only(spans)
     assert span.pairing == PAIRED
