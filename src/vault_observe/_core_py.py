@@ -573,6 +573,13 @@ class Core:
         self._watermark = 0
         self._bad_samples: dict[str, tuple[str, bytes]] = {}
 
+    def set_filters(self, *, include: Sequence[str] = (), exclude: Sequence[str] = (), sample_rate: int = 1) -> None:
+        """Change --include, --exclude and --sample-rate for the lines fed from now on (a reload)."""
+        if sample_rate < 1:
+            raise ValueError("sample_rate must be at least 1")
+        self.key_filter = KeyFilter(include, exclude) if include or exclude else None
+        self.sample_rate = sample_rate
+
     # -- public API
 
     @property

@@ -633,6 +633,27 @@ cdef class Core:
         self._busy = True
         return 0
 
+    def set_filters(self, *, sample_rate=1, **filters):
+        """Change --include, --exclude and --sample-rate for the lines fed from now on (a reload)."""
+        include_ = filters.pop("include", ())
+        exclude = filters.pop("exclude", ())
+        if filters:
+            raise TypeError(f"set_filters() got an unexpected keyword argument {next(iter(filters))!r}")
+        if sample_rate < 1:
+            raise ValueError("sample_rate must be at least 1")
+        self.key_filter = _core_py.KeyFilter(include_, exclude) if include_ or exclude else None
+        self._fl.filter = NULL
+        if self._filter != NULL:
+            del self._filter
+            self._filter = NULL
+        if self.key_filter is not None:
+            self._filter = new KeyCache(self.key_filter.keep)
+            self._fl.filter = self._filter
+        self.sample_rate = sample_rate
+        self._sampling = sample_rate > 1
+        self._rate_c = self._sampling and type(sample_rate) is int and sample_rate <= 0xFFFFFFFFFFFFFFFF
+        self._rate = sample_rate if self._rate_c else 1
+
     def __dealloc__(self):
         cdef uint32_t i
         if self._extras != NULL:

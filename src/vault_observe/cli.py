@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from . import core, logs
 from .config import Config, describe, load_config, version_text
 from .errors import ConfigError
+from .sinks.factory import build_checked_sinks
 
 if TYPE_CHECKING:
     from .sinks.base import Sink
@@ -25,17 +26,6 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 def _config_error(message: object) -> int:
     sys.stderr.write(f"vault-observe: error: {message}\n")
     return EXIT_CONFIG
-
-
-def build_checked_sinks(config: Config, env: Mapping[str, str] | None = None) -> list[Sink]:
-    """The sinks ``config`` asks for; a setting they refuse is a ConfigError that names
-    it as the user wrote it. ``--check-config`` and start-up both come through here."""
-    from .sinks.factory import build_sinks
-
-    try:
-        return build_sinks(config, env)
-    except ConfigError as exc:
-        raise ConfigError(config.explain(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _close(sinks)
         return _config_error(config.explain(exc))
+    # SIGHUP: the same flags and variables, the config file read again, the same checks.
+    daemon.reload_config = lambda: load_config(argv)[0]
     try:
         return daemon.run()
     except ConfigError as exc:  # for example a socket passed by systemd that cannot be used

@@ -11,7 +11,7 @@ from .errors import ConfigError
 from .logs import SUMMARY_FIELDS, SUMMARY_TITLE
 
 if TYPE_CHECKING:
-    from .pipeline import Daemon
+    from .pipeline import Daemon, SinkWorker
 
 log = logging.getLogger("vault_observe")
 
@@ -49,15 +49,14 @@ class Summary:
                 # The latency histogram is fed like a sink, but it is not one to an operator.
                 out["latency"] = {**worker.counts, "queue_depth": worker.depth, **worker.sink.stats()}
                 continue
-            stats = dict(worker.counts)
-            stats["queue_depth"] = worker.depth
-            stats["queue_bytes"] = worker.queued_bytes
-            try:
-                for key, value in worker.sink.stats().items():
-                    stats.setdefault(key, value)
-            except Exception:
-                log.debug("stats of %s failed", worker.name, exc_info=True)
-            sinks[worker.name] = stats
+            sinks[worker.name] = _worker_stats(worker)
+        # A sink set that a reload replaced still counts (the counters only grow).
+        for worker in getattr(daemon, "retired_workers", ()):
+            stats = _worker_stats(worker)
+            current = sinks.setdefault(worker.name, dict.fromkeys(stats, 0))
+            for key, value in stats.items():
+                if isinstance(value, int | float):
+                    current[key] = current.get(key, 0) + value
         out["sinks"] = sinks
         return out
 
@@ -90,6 +89,18 @@ class Summary:
             format_counters(counters),
             extra={SUMMARY_TITLE: title, SUMMARY_FIELDS: fields},
         )
+
+
+def _worker_stats(worker: SinkWorker) -> dict[str, int]:
+    stats = dict(worker.counts)
+    stats["queue_depth"] = worker.depth
+    stats["queue_bytes"] = worker.queued_bytes
+    try:
+        for key, value in worker.sink.stats().items():
+            stats.setdefault(key, value)
+    except Exception:
+        log.debug("stats of %s failed", worker.name, exc_info=True)
+    return stats
 
 
 def is_internal(sink: object) -> bool:

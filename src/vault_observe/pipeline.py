@@ -516,25 +516,12 @@ class Daemon:
             self.metrics_server = MetricsServer(self)  # binds in serve/replay
             sinks = [*sinks, self.metrics_server.sink]
         self.framing = FramingCounters()
-        queue_size = config.queue_size
-        if config.follow:
-            # The file is the buffer: the queue only has to keep the senders busy, and
-            # its memory stays that small however long a sink is down.
-            queue_size = min(queue_size, FOLLOW_QUEUE_BATCHES * config.batch_size)
-        self.workers = [
-            SinkWorker(
-                sink,
-                queue_size=queue_size,
-                queue_bytes=config.queue_bytes,
-                batch_size=config.batch_size,
-                flush_interval=config.flush_interval,
-                retry_window=config.retry_window,
-                block_when_full=config.input is not None,
-                # follow mode: the file is the buffer, so a batch waits for its sink
-                retry_forever=config.follow,
-            )
-            for sink in sinks
-        ]
+        self.workers = self.make_workers(sinks, config)
+        # workers of sink sets a reload replaced: draining, then kept for their counts
+        self.retired_workers: list[SinkWorker] = []
+        # SIGHUP: a new Config from the same flags, variables and (re-read) config file
+        self.reload_config: Callable[[], Config] | None = None
+        self._reload_requested = False
         self.source: SocketSource | None = None
         self.follower: FileFollower | None = None
         self.progress: FollowProgress | None = None
@@ -550,12 +537,35 @@ class Daemon:
         self.result: dict[str, Any] | None = None
         self._next_summary = time.monotonic() + config.summary_interval
 
+    @staticmethod
+    def make_workers(sinks: Sequence[Sink], config: Config) -> list[SinkWorker]:
+        queue_size = config.queue_size
+        if config.follow:
+            # The file is the buffer: the queue only has to keep the senders busy, and
+            # its memory stays that small however long a sink is down.
+            queue_size = min(queue_size, FOLLOW_QUEUE_BATCHES * config.batch_size)
+        return [
+            SinkWorker(
+                sink,
+                queue_size=queue_size,
+                queue_bytes=config.queue_bytes,
+                batch_size=config.batch_size,
+                flush_interval=config.flush_interval,
+                retry_window=config.retry_window,
+                block_when_full=config.input is not None,
+                # follow mode: the file is the buffer, so a batch waits for its sink
+                retry_forever=config.follow,
+            )
+            for sink in sinks
+        ]
+
     # -- running
 
     def run(self) -> int:
-        """Serve until SIGINT/SIGTERM (sockets) or the end of the input; return the exit code."""
+        """Serve until SIGINT/SIGTERM (sockets) or the end of the input; return the exit code.
+        SIGHUP reloads the settings (see ``reload``) and never ends the daemon."""
         previous = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous[signum] = signal.signal(signum, self._on_signal)
         # Hand the GIL over sooner: the sink threads wake right after compressing or
         # sending (C code that released it) instead of waiting out the default 5 ms.
@@ -629,8 +639,17 @@ class Daemon:
             worker.abandon_waiting()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.request_reload()
+            return
         log.info("received %s: finishing", signal.Signals(signum).name)
         self.request_stop()
+
+    def request_reload(self) -> None:
+        """Reload the settings on the reader's thread, between two reads (SIGHUP)."""
+        self._reload_requested = True
+        if self.source is not None:
+            self.source.wake()
 
     def serve(self) -> None:
         from .sources.sockets import SocketSource
@@ -729,7 +748,13 @@ class Daemon:
         )
 
     def _tick(self) -> None:
-        """Between reads, in every mode: the periodic summary with progress figures."""
+        """Between reads, in every mode: a requested reload; the periodic summary with
+        progress figures."""
+        if self._reload_requested:
+            self._reload_requested = False
+            from .reload import reload
+
+            reload(self)
         now = time.monotonic()
         if now >= self._next_summary:
             self._next_summary = now + self.config.summary_interval
@@ -841,6 +866,13 @@ class Daemon:
             worker.start()
         self.started.set()
 
+    def reopen_capture(self) -> None:
+        """Close the --capture file and open it again (after logrotate moved it)."""
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+        self._open_capture()
+
     def _open_capture(self) -> None:
         if self.config.capture:
             try:
@@ -912,6 +944,8 @@ class Daemon:
         for worker in self.workers:
             worker.begin_stop(deadline)
         for worker in self.workers:
+            worker.join()
+        for worker in self.retired_workers:  # sink sets a reload replaced, maybe still draining
             worker.join()
         if self._capture is not None:
             self._capture.close()

@@ -213,3 +213,24 @@ def test_unanswered_span_takes_the_requests_trace_context(Core: Any) -> None:  #
     assert (evicted.trace_id.hex(), evicted.parent_span_id) == (TRACE, int(PARENT, 16))
     assert (paired.trace_id.hex(), paired.parent_span_id) == (TRACE, int("1" * 16, 16))
     assert paired.span_id != evicted.span_id
+
+
+def test_set_filters_applies_to_the_lines_fed_after_it(Core: Any) -> None:  # noqa: N803
+    """A reload (SIGHUP) changes the filters and the sample rate of a running core."""
+    core = Core()
+    core.feed(pair(RID))
+    [before] = core.drain()
+    assert "auth.client_token" in before.attributes() or len(before.attributes()) > 4
+    core.set_filters(include=["request.*"], exclude=["request.path"], sample_rate=1000)
+    ids = [f"{i:08x}-3333-4333-8333-333333333333" for i in range(50)]
+    core.feed(b"".join(pair(rid) for rid in ids))
+    kept = core.drain()
+    assert len(kept) < 10 and core.counters()["sampled_out"] == 50 - len(kept)
+    for span in kept:
+        assert all(key.startswith("request.") and key != "request.path" for key in span.attributes())
+    core.set_filters()  # back to everything
+    core.feed(pair("aaaaaaaa-3333-4333-8333-333333333333"))
+    [after] = core.drain()
+    assert after.attributes().keys() == before.attributes().keys()
+    with pytest.raises(ValueError):
+        core.set_filters(sample_rate=0)

@@ -6,9 +6,19 @@ import os
 from collections.abc import Mapping
 
 from ..config import Config
+from ..errors import ConfigError
 from .base import Sink
 
 DEFAULT_TIMEOUT = 10.0
+
+
+def build_checked_sinks(config: Config, environ: Mapping[str, str] | None = None) -> list[Sink]:
+    """The sinks ``config`` asks for; a setting they refuse is a ConfigError that names
+    it as the user wrote it. ``--check-config``, start-up and a reload come through here."""
+    try:
+        return build_sinks(config, environ)
+    except ConfigError as exc:
+        raise ConfigError(config.explain(exc)) from None
 
 
 def build_sinks(config: Config, environ: Mapping[str, str] | None = None) -> list[Sink]:
