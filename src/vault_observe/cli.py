@@ -43,7 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_error(exc)
     if args.check_config:
         return check_config(config, sinks)
-    logs.configure(config.log_level, config.log_format)
+    # The demo's own summary says what the daemon's info lines would: they stay quiet
+    # unless a log level was asked for.
+    quiet = demo and "log_level" not in config.origins
+    logs.configure("warning" if quiet else config.log_level, config.log_format)
     if core.IMPLEMENTATION != "c":
         log.warning("running on the pure-Python core (%s): expect far lower throughput", core.LOAD_ERROR)
     if demo:

@@ -16,11 +16,12 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from .model import PAIRED, SpanRecord
 from .openbao import BaoError, BaoNotFound, Client, DevServer
 
 if TYPE_CHECKING:
@@ -186,6 +187,70 @@ def run_workload(server: DevServer, *, clients: int = 4, rounds: int = 5) -> Wor
     return workload
 
 
+class SpanTable:
+    """A sink that keeps, per span name, the count, the errors and the durations of
+    paired spans, for the table the demo ends with."""
+
+    name = "demo-table"
+    internal = True  # the demo's own: not in the sinks' counters
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rows: dict[str, list[Any]] = {}  # name -> [count, errors, durations in ms]
+
+    def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
+        with self._lock:
+            for span in spans:
+                row = self.rows.setdefault(span.name, [0, 0, []])
+                row[0] += 1
+                row[1] += 1 if span.error else 0
+                if span.pairing == PAIRED:
+                    row[2].append((span.end_ns - span.start_ns) / 1e6)
+        return 0
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def render(self) -> str:
+        """The table, busiest span names first; p50/p99 of paired spans (nearest rank)."""
+        header = ("span", "count", "errors", "p50 ms", "p99 ms")
+        body = []
+        with self._lock:
+            rows = sorted(self.rows.items(), key=lambda item: (-item[1][0], item[0]))
+            for name, (count, errors, durations) in rows:
+                body.append(
+                    (name, str(count), str(errors), _percentile(durations, 50), _percentile(durations, 99))
+                )
+            total = (
+                "all spans",
+                str(sum(row[0] for row in self.rows.values())),
+                str(sum(row[1] for row in self.rows.values())),
+                _percentile([d for row in self.rows.values() for d in row[2]], 50),
+                _percentile([d for row in self.rows.values() for d in row[2]], 99),
+            )
+        width = max(len(row[0]) for row in [header, *body, total])
+        lines = []
+        for row in [header, *body, total]:
+            lines.append(f"  {row[0]:<{width}}  {row[1]:>5}  {row[2]:>6}  {row[3]:>7}  {row[4]:>7}")
+        lines.insert(1, "  " + "-" * (width + 33))
+        lines.insert(len(lines) - 1, "  " + "-" * (width + 33))
+        return "\n".join(lines)
+
+
+def _percentile(values: list[float], percent: int) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    rank = max(1, -(-percent * len(ordered) // 100))  # nearest rank: ceil(p/100 * n)
+    return f"{ordered[rank - 1]:.2f}"
+
+
 def wait_until_quiet(read_bytes: Callable[[], int], quiet: float = 0.2, timeout: float = 5.0) -> None:
     """Wait until a byte counter has stopped growing for ``quiet`` seconds."""
     deadline = time.monotonic() + timeout
@@ -209,6 +274,7 @@ def run_demo(config: Config, *, err: IO[str] | None = None) -> int:
     from .config import Listener
     from .errors import VaultObserveError
     from .pipeline import Daemon
+    from .sinks.factory import build_checked_sinks
 
     err = err or sys.stderr
     started = time.monotonic()
@@ -227,7 +293,8 @@ def run_demo(config: Config, *, err: IO[str] | None = None) -> int:
     try:
         server.start(timeout=30)
         version = (server.request("GET", "sys/health", token=None).json() or {}).get("version", "?")
-        daemon = Daemon(demo_config)
+        table = SpanTable()
+        daemon = Daemon(demo_config, [*build_checked_sinks(demo_config), table])
         daemon.start()
         server.enable_socket_audit(socket_path)
         workload = run_workload(server)
@@ -252,7 +319,7 @@ def run_demo(config: Config, *, err: IO[str] | None = None) -> int:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     sys.stdout.flush()
-    lost = _summary(err, version, server, workload, counters, time.monotonic() - started)
+    lost = _summary(err, version, server, workload, counters, time.monotonic() - started, table)
     return 1 if lost else 0
 
 
@@ -263,8 +330,10 @@ def _summary(
     workload: Workload,
     counters: dict[str, Any],
     seconds: float,
+    table: SpanTable | None = None,
 ) -> int:
-    """Write the summary; return how many audit lines never reached the daemon."""
+    """Write the summary, the table of spans last; return how many audit lines never
+    reached the daemon."""
     statuses = ", ".join(f"{status}x{count}" for status, count in sorted(workload.statuses.items()))
     expected_lines = workload.audit_lines + 2  # the device's test entry and the enable call's response
     lines = int(counters.get("lines", 0))
@@ -282,8 +351,11 @@ def _summary(
             f"  sink {name}: {stats.get('delivered', 0)} delivered, {stats.get('failed', 0)} failed, "
             f"{stats.get('dropped_queue_full', 0) + stats.get('dropped_shutdown', 0)} dropped\n"
         )
-    err.write(f"  the spans are on stdout, one JSON object per line; {seconds:.1f} s in all\n")
+    err.write(f"  the spans are on stdout above, one JSON object per line; {seconds:.1f} s in all\n")
     lost = max(0, expected_lines - lines)
     if lost:
         err.write(f"  error: {lost} audit lines did not reach the daemon\n")
+    if table is not None:
+        err.write("\nspans by name (p50/p99: request to response, paired spans only):\n")
+        err.write(table.render() + "\n")
     return lost

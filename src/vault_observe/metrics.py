@@ -47,7 +47,9 @@ class Summary:
         for worker in daemon.workers:
             if is_internal(worker.sink):
                 # The latency histogram is fed like a sink, but it is not one to an operator.
-                out["latency"] = {**worker.counts, "queue_depth": worker.depth, **worker.sink.stats()}
+                key = getattr(worker.sink, "summary_key", None)
+                if key:
+                    out[key] = {**worker.counts, "queue_depth": worker.depth, **worker.sink.stats()}
                 continue
             sinks[worker.name] = _worker_stats(worker)
         # A sink set that a reload replaced still counts (the counters only grow).

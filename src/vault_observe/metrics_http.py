@@ -159,6 +159,7 @@ class MetricsSink(Collector):
 
     name = "metrics"
     internal = True  # not a sink to an operator: no sink series, no health entry
+    summary_key = "latency"  # its counters in the summary
 
     def __init__(self, registry: CollectorRegistry | None = None, max_series: int = MAX_SERIES) -> None:
         self._series: dict[tuple[str, str, str], _Series] = {}

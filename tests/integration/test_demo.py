@@ -52,3 +52,19 @@ def test_demo_prints_spans_and_sends_to_the_given_sinks(bao_binary: str) -> None
     assert any(s["duration_ms"] > 0 for s in spans)
     assert "vault-observe demo: OpenBao" in stderr
     assert "error:" not in stderr.split("vault-observe demo: OpenBao", 1)[1]
+    # The summary ends with a table of the spans by name: count, errors, p50/p99.
+    table = stderr.split("spans by name", 1)[1].splitlines()[1:]
+    assert table[0].split() == ["span", "count", "errors", "p50", "ms", "p99", "ms"]
+    rows = {}
+    for line in table[2:-2]:
+        name, count, errors_, p50, p99 = line.strip().rsplit(None, 4)
+        rows[name] = (int(count), int(errors_), p50, p99)
+    total = table[-1].split()
+    assert total[:4] == ["all", "spans", str(len(spans)), str(len(errors))]
+    for name in names:
+        of_name = [s for s in spans if s["name"] == name]
+        count, errors_, p50, p99 = rows[name]
+        assert (count, errors_) == (len(of_name), sum(1 for s in of_name if s.get("error")))
+        if any(s["pairing"] == "paired" for s in of_name):
+            assert float(p50) <= float(p99)
+    assert stderr.rstrip().endswith(table[-1].rstrip())  # the table is the last thing printed
