@@ -23,10 +23,17 @@ fallback where the extension is not built. The rules both follow:
   to its own; any other response an ORPHAN span of zero length.
 * ``expire(now_ns)`` turns every pending request with ``deadline <= now_ns`` into an
   UNANSWERED span, in (deadline, arrival) order; ``flush()`` does it for all.
-* A pending request keeps its time, its span name, and (only when it carries an
-  ``error`` or its id is not a canonical lower-case UUID) its flattened attributes;
-  otherwise an unanswered span's attributes are ``type``, ``request.id`` and the
-  pairing marker. This keeps a pending request at tens of bytes in the compiled core.
+* A pending request keeps its time, its span name and what its UNANSWERED or
+  EVICTED span needs for its attributes: those a response would have (flattened,
+  after ``include``/``exclude``) plus the pairing marker. It keeps its line when the
+  line is at most ``pending_attrs_bytes`` long, else its attributes cut to that size.
+  Attributes over ``pending_attrs_bytes`` (the compact JSON object's length) are cut
+  down: first the keys of ``PENDING_FIRST`` in its order, then the others in
+  document order, each whole and only while the object stays within the cap,
+  written in document order. An UNANSWERED or EVICTED span whose attributes were cut
+  is counted ``attrs_trimmed``.
+* ``expire(now_ns, limit)`` and ``flush(limit)`` emit at most ``limit`` spans a call
+  (all when ``limit`` is None), so a caller can send a mass expiry in chunks.
 """
 
 from __future__ import annotations
@@ -68,12 +75,38 @@ COUNTER_NAMES = (
     "oversize",
     "sampled_out",
     "reserved_keys",
+    "attrs_trimmed",
 )
 
 # Attribute names of the daemon's own (the pairing marker): an entry's keys under this
 # prefix are dropped and counted (``reserved_keys``), so the daemon's appear once.
 RESERVED_PREFIX = "vault_observe."
 RESERVED_REASON = "entry key under 'vault_observe.' dropped (reserved for the daemon's attributes)"
+
+# What an unanswered span keeps first when its request's attributes are over the
+# cap: who called what, where. A name ending in ".*" stands for every key under it.
+PENDING_FIRST = (
+    "time",
+    "type",
+    "request.id",
+    "error",
+    "request.operation",
+    "request.path",
+    "request.mount_point",
+    "request.mount_type",
+    "request.namespace.*",
+    "request.remote_address",
+    "request.remote_port",
+    "auth.display_name",
+    "auth.entity_id",
+    "auth.policies",
+    "auth.token_policies",
+    "auth.token_type",
+    "auth.metadata.*",
+    "request.client_id",
+    "request.headers.*",
+)
+DEFAULT_PENDING_ATTRS_BYTES = 2048
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _LOWER_HEX = frozenset(b"0123456789abcdef")
@@ -494,10 +527,12 @@ class _Pending:
         "mark",
         "name",
         "parent",
+        "raw",
         "request_id",
         "seq",
         "start_ns",
         "trace_id",
+        "trimmed",
     )
 
     def __init__(
@@ -509,9 +544,11 @@ class _Pending:
         seq: int,
         name: str,
         error: str,
-        attrs_json: bytes | None,
+        attrs_json: bytes,
         parent: tuple[bytes, int] | None,
-        mark: int = 0,
+        mark: int,
+        trimmed: bool,
+        raw: bool,
     ) -> None:
         self.trace_id = trace_id  # the id's own 16 bytes (UUID or hash)
         self.request_id = request_id
@@ -523,6 +560,8 @@ class _Pending:
         self.attrs_json = attrs_json
         self.parent = parent  # (trace id, parent span id) from a traceparent header
         self.mark = mark  # the mark of the feed() call that stored it
+        self.trimmed = trimmed  # attrs_json was cut to the cap
+        self.raw = raw  # attrs_json holds the request's line, not its attributes
 
 
 class Core:
@@ -543,6 +582,7 @@ class Core:
         sample_rate: int = 1,
         trace_context: bool = True,
         release_gil: bool = False,
+        pending_attrs_bytes: int = DEFAULT_PENDING_ATTRS_BYTES,
     ) -> None:
         # The compiled core may parse big chunks without the GIL, for the threads
         # that wait for it; this one cannot, and keeps the setting for the same API.
@@ -551,6 +591,7 @@ class Core:
             raise ValueError("max_pending must be at least 1")
         if sample_rate < 1:
             raise ValueError("sample_rate must be at least 1")
+        self.pending_attrs_bytes = check_pending_attrs_bytes(pending_attrs_bytes)
         self.key_filter = KeyFilter(include, exclude) if include or exclude else None
         self.sample_rate = sample_rate
         self.trace_context = trace_context
@@ -634,20 +675,28 @@ class Core:
         self._marks_sorted = all(a < b for a, b in zip(keys, keys[1:], strict=False))
         return min(keys)
 
-    def expire(self, now_ns: int) -> int:
+    def expire(self, now_ns: int, limit: int | None = None) -> int:
+        """Pending requests due by ``now_ns`` become UNANSWERED spans (at most ``limit``);
+        return how many spans are ready."""
         heap = self._heap
-        while heap and heap[0][0] <= now_ns:
+        left = check_limit(limit)
+        while heap and heap[0][0] <= now_ns and left:
             _deadline, seq, key = heap[0]
             pending = self._pending.get(key)
             if pending is None or pending.seq != seq:
                 heapq.heappop(heap)  # stale: answered or replaced
                 continue
             self._pop_oldest(UNANSWERED)
+            left -= 1
         return len(self._ready)
 
-    def flush(self) -> int:
-        while self._heap:
+    def flush(self, limit: int | None = None) -> int:
+        """Pending requests become UNANSWERED spans (at most ``limit``); return how many
+        spans are ready."""
+        left = check_limit(limit)
+        while self._pending and left:
             self._pop_oldest(UNANSWERED)
+            left -= 1
         return len(self._ready)
 
     def drain(self) -> list[SpanRecord]:
@@ -720,8 +769,9 @@ class Core:
                 self._bad("no_id", "request without request.id", line)
                 return
             key = request_id.encode("utf-8", "surrogatepass")
-            keep_attrs = bool(error) or not is_canonical_uuid(key)
-            attrs_json = self._attrs_json(entry, line) if keep_attrs else None
+            # the line when it fits the cap: flattened only if no response comes
+            raw = len(line) <= self.pending_attrs_bytes
+            attrs_json, trimmed = (line, False) if raw else self._pending_attrs(entry, line)
             self._store(
                 key,
                 request_id,
@@ -730,6 +780,8 @@ class Core:
                 name,
                 error,
                 attrs_json,
+                trimmed,
+                raw,
                 self._parent(request),
             )
             return
@@ -764,7 +816,7 @@ class Core:
         # Only the head of the line: with log_raw=true, lines hold secrets.
         self._bad_samples[counter] = (reason, line[:BAD_SAMPLE_BYTES])
 
-    def _attrs_json(self, entry: dict[str, Any], line: bytes) -> bytes:
+    def _attrs(self, entry: dict[str, Any], line: bytes) -> dict[str, Any]:
         attrs, reserved = flatten_counted(entry, self.flatten_arrays)
         if reserved:
             self._counts["reserved_keys"] += reserved
@@ -772,7 +824,20 @@ class Core:
         if self.key_filter is not None:
             keep = self.key_filter.keep
             attrs = {key: value for key, value in attrs.items() if keep(key)}
-        return dump_attrs(attrs)
+        return attrs
+
+    def _attrs_json(self, entry: dict[str, Any], line: bytes) -> bytes:
+        return dump_attrs(self._attrs(entry, line))
+
+    def _pending_attrs(self, entry: dict[str, Any], line: bytes) -> tuple[bytes, bool]:
+        """A request's attribute bytes as it waits (cut to the cap), and whether cut."""
+        attrs = self._attrs(entry, line)
+        whole = dump_attrs(attrs)
+        if len(whole) <= self.pending_attrs_bytes:
+            return whole, False
+        return trim_attrs(
+            [dump_attrs({k: v})[1:-1] for k, v in attrs.items()], list(attrs), self.pending_attrs_bytes
+        ), True
 
     def _store(
         self,
@@ -782,7 +847,9 @@ class Core:
         deadline: int,
         name: str,
         error: str,
-        attrs_json: bytes | None,
+        attrs_json: bytes,
+        trimmed: bool,
+        raw: bool,
         parent: tuple[bytes, int] | None,
     ) -> None:
         replaced = self._pending.pop(key, None)
@@ -794,7 +861,18 @@ class Core:
         self._seq += 1
         mark = self._mark
         self._pending[key] = _Pending(
-            trace_id_for(key), request_id, time_ns, deadline, self._seq, name, error, attrs_json, parent, mark
+            trace_id_for(key),
+            request_id,
+            time_ns,
+            deadline,
+            self._seq,
+            name,
+            error,
+            attrs_json,
+            parent,
+            mark,
+            trimmed,
+            raw,
         )
         heapq.heappush(self._heap, (deadline, self._seq, key))
         marks = self._marks
@@ -814,6 +892,12 @@ class Core:
             marks[mark] = count
         else:
             del marks[mark]
+            if not marks:
+                # The table is empty: give back what a burst grew (a dict keeps its
+                # size when emptied; the heap may hold stale entries).
+                self._pending = {}
+                self._heap = []
+                self._marks = OrderedDict()
 
     def _pop_oldest(self, pairing: int) -> None:
         """Remove the live pending entry with the smallest (deadline, seq)."""
@@ -825,10 +909,11 @@ class Core:
                 continue  # stale: answered or replaced
             del self._pending[key]
             self._unmark(pending.mark)
-            if pending.attrs_json is not None:
-                attrs = pending.attrs_json
-            else:
-                attrs = dump_attrs({"type": "request", "request.id": pending.request_id})
+            attrs_json, trimmed = pending.attrs_json, pending.trimmed
+            if pending.raw:
+                attrs_json, trimmed = self._pending_attrs(orjson.loads(attrs_json), attrs_json)
+            if trimmed:
+                self._counts["attrs_trimmed"] += 1
             self._emit(
                 pending.trace_id,
                 pending.request_id,
@@ -837,7 +922,7 @@ class Core:
                 pending.start_ns,
                 pending.error,
                 pairing,
-                attrs,
+                attrs_json,
                 pending.parent,
             )
             return
@@ -884,6 +969,45 @@ class Core:
                 sample_rate,
             )
         )
+
+
+def _pending_first_rank(key: str) -> int:
+    """The place of a key in PENDING_FIRST, else len(PENDING_FIRST)."""
+    for rank, name in enumerate(PENDING_FIRST):
+        if key == name or (name.endswith(".*") and key.startswith(name[:-1]) and len(key) > len(name) - 1):
+            return rank
+    return len(PENDING_FIRST)
+
+
+def trim_attrs(members: list[bytes], keys: list[str], cap: int) -> bytes:
+    """The JSON object of the members (``"key":value`` each, in document order) that
+    fit in ``cap`` bytes: those of PENDING_FIRST first, in its order, then the rest in
+    document order; each whole and only if it still fits."""
+    order = sorted(range(len(members)), key=lambda i: (_pending_first_rank(keys[i]), i))
+    budget = cap - 1  # "{" and, per member, its length and a "," or the closing "}"
+    chosen = []
+    for i in order:
+        cost = len(members[i]) + 1
+        if cost <= budget:
+            budget -= cost
+            chosen.append(i)
+    chosen.sort()
+    return b"{" + b",".join(members[i] for i in chosen) + b"}"
+
+
+def check_pending_attrs_bytes(cap: int) -> int:
+    if isinstance(cap, bool) or not isinstance(cap, int) or not 2 <= cap < 1 << 31:
+        raise ValueError("pending_attrs_bytes must be an int from 2 to 2**31 - 1")
+    return cap
+
+
+def check_limit(limit: int | None) -> int:
+    """A limit of expire() or flush(): None for all, else a positive int."""
+    if limit is None:
+        return -1  # counts down without reaching 0
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError("limit must be None or a positive int")
+    return limit
 
 
 MARK_LIMIT = 1 << 64

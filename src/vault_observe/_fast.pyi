@@ -30,6 +30,8 @@ class Core:
     def trace_context(self) -> bool: ...
     @property
     def release_gil(self) -> bool: ...
+    @property
+    def pending_attrs_bytes(self) -> int: ...
     def __init__(
         self,
         *,
@@ -43,6 +45,7 @@ class Core:
         sample_rate: int = 1,
         trace_context: bool = True,
         release_gil: bool = False,
+        pending_attrs_bytes: int = 2048,
     ) -> None: ...
     @property
     def pending(self) -> int: ...
@@ -57,11 +60,15 @@ class Core:
         meanwhile remembers ``mark``, for ``oldest_pending_mark``."""
     def oldest_pending_mark(self) -> int | None:
         """The smallest mark among the requests still pending; None when none is."""
-    def expire(self, now_ns: int) -> int: ...
+    def expire(self, now_ns: int, limit: int | None = None) -> int:
+        """Pending requests due by ``now_ns`` become UNANSWERED spans (at most ``limit``);
+        return how many spans are ready."""
     def set_filters(
         self, *, include: Sequence[str] = (), exclude: Sequence[str] = (), sample_rate: int = 1
     ) -> None: ...
-    def flush(self) -> int: ...
+    def flush(self, limit: int | None = None) -> int:
+        """Pending requests become UNANSWERED spans (at most ``limit``); return how many
+        spans are ready."""
     def drain(self) -> list[SpanRecord]: ...
     def drain_spans(self) -> PackedSpans:
         """The ready spans as one packed sequence (what the daemon queues for the sinks)."""

@@ -19,7 +19,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.object cimport PyTypeObject
-from libc.stdint cimport INT64_MAX, INT64_MIN, SIZE_MAX, int64_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, SIZE_MAX, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
@@ -127,13 +127,14 @@ cdef enum:
     C_OVERSIZE
     C_SAMPLED_OUT
     C_RESERVED_KEYS
+    C_ATTRS_TRIMMED
     N_COUNTERS
 
 COUNTER_NAMES = _core_py.COUNTER_NAMES
 if COUNTER_NAMES != (
     "lines", "requests", "responses", "spans", "paired", "orphans", "unanswered", "evicted",
     "duplicates", "probes", "no_id", "malformed", "invalid", "unknown_type", "oversize",
-    "sampled_out", "reserved_keys",
+    "sampled_out", "reserved_keys", "attrs_trimmed",
 ):
     raise ImportError("the counters of _core_py changed; update the compiled core")
 
@@ -160,6 +161,9 @@ cdef size_t BIG_LINE = 4 << 20
 cdef uint32_t F_CANON = 1     # id is a lower-case UUID: its text is rebuilt from the key
 cdef uint32_t F_IN_HEAP = 2   # in the out-of-order heap, not in the sorted list
 cdef uint32_t F_WIDE = 4      # start or deadline does not fit 64 bits: exact values in the extra
+cdef uint32_t F_TRIMMED = 8   # its attributes were cut to pending_attrs_bytes
+# An empty table bigger than this many entries or slots gives its arrays back.
+cdef size_t SMALL_TABLE = 4096
 # Times a PackedSpan holds (the encoders' arithmetic on them cannot overflow); a
 # span beyond them is kept as its SpanRecord.
 cdef i128 PACK_TIME_LIMIT = (<i128> 1) << 62  # about the year 2116
@@ -179,6 +183,38 @@ cdef str _RESERVED_REASON = _core_py.RESERVED_REASON
 cdef object _dump_attrs = _core_py.dump_attrs
 cdef object _parse_traceparent = _core_py.parse_traceparent
 cdef object _check_mark = _core_py.check_mark
+
+
+cdef inline size_t _key_length(const char *p, size_t n) noexcept:
+    """Length of the key that starts at ``p`` (after its opening quote)."""
+    cdef size_t i = 0
+    while i < n:
+        if p[i] == 92:
+            i += 2
+            continue
+        if p[i] == 34:
+            return i
+        i += 1
+    return n
+
+
+cdef int64_t _check_limit(object limit) except? -2:
+    """_core_py.check_limit: -1 (never reaches 0 counting down) for None."""
+    return <int64_t> _core_py.check_limit(limit) if limit is not None else -1
+
+
+# PENDING_FIRST as C strings: (text, length, ends in ".*" and so is a prefix with its dot)
+cdef list _FIRST_BYTES = [(n[:-1] if n.endswith(".*") else n).encode() for n in _core_py.PENDING_FIRST]
+cdef size_t N_FIRST = len(_FIRST_BYTES)
+cdef const char *_first_p[64]
+cdef size_t _first_n[64]
+cdef bint _first_prefix[64]
+if N_FIRST > 64:
+    raise ImportError("PENDING_FIRST is longer than the compiled core allows")
+for _i, _name in enumerate(_core_py.PENDING_FIRST):
+    _first_p[_i] = PyBytes_AS_STRING(_FIRST_BYTES[_i])
+    _first_n[_i] = <size_t> PyBytes_GET_SIZE(_FIRST_BYTES[_i])
+    _first_prefix[_i] = _name.endswith(".*")
 cdef object _sample_hash = _core_py.sample_hash
 cdef Py_ssize_t BAD_SAMPLE_BYTES = _core_py.BAD_SAMPLE_BYTES
 cdef object _orjson_loads = orjson.loads
@@ -380,6 +416,7 @@ cdef extern from "_fast_json.h" namespace "vo":
         uint32_t next
         uint32_t name
         uint32_t extra
+        char *attrs
 
 ctypedef struct HeapItem:
     int64_t deadline
@@ -398,7 +435,6 @@ ctypedef struct MarkRun:
 ctypedef struct Extra:
     PyObject *request_id  # str; NULL for canonical ids
     PyObject *error       # str; NULL for none
-    PyObject *attrs       # bytes; NULL when the reference keeps none
     PyObject *name        # str; NULL when interned
     i128 start
     i128 deadline
@@ -444,13 +480,10 @@ cdef inline int _kind_of(Envelope &env) noexcept nogil:
     return KIND_UNKNOWN
 
 
-cdef inline bint _keeps_attrs(Envelope &env) noexcept nogil:
-    """A request keeps its attributes when it has an error or a non-canonical id
-    (its response may never come, or pair by that id)."""
-    cdef uint64_t hi, lo
-    if env.is_probe or not env.has_id or env.id_len == 0:
-        return False
-    return (env.has_error and env.error_len > 0) or not _trace_for(env.id, env.id_len, &hi, &lo)
+cdef inline bint _keeps_attrs(Envelope &env, size_t n, size_t cap) noexcept nogil:
+    """A request that can wait for its response keeps its line (``n`` bytes) for the
+    span made should none come; flattened and cut only when the line is over ``cap``."""
+    return not env.is_probe and env.has_id and env.id_len > 0 and n > cap
 
 
 cdef inline int64_t _sat(i128 v) noexcept:
@@ -479,6 +512,7 @@ cdef class Core:
     cdef readonly object sample_rate
     cdef readonly bint trace_context
     cdef readonly bint release_gil
+    cdef readonly object pending_attrs_bytes
 
     cdef KeyCache *_filter
     cdef bint _sampling   # sample_rate > 1
@@ -489,6 +523,15 @@ cdef class Core:
     cdef i128 _ttl
     cdef int64_t _max_line
     cdef uint64_t _max_pending
+    cdef size_t _attrs_cap     # pending_attrs_bytes
+    cdef size_t *_members      # (start, length, rank) of each member while trimming
+    cdef size_t _members_cap
+    cdef bint _trimmed         # the last _attrs_blob cut its attributes
+    cdef char *_tbuf           # the attributes as cut, before they are packed
+    cdef size_t _tbuf_cap
+    cdef char *_popbuf         # a popped request's blob, unpacked (padded for simdjson)
+    cdef size_t _popbuf_cap
+    cdef object _pop_attrs     # its attributes, when the reference logic made them
     cdef dom_parser *_parser
     cdef Flattener *_fl
     cdef NameTable *_names
@@ -559,6 +602,8 @@ cdef class Core:
         self._ttl = 10_000_000_000
         self._max_pending = 1_000_000
         self._max_line = 16 * 1024 * 1024
+        self._attrs_cap = _core_py.DEFAULT_PENDING_ATTRS_BYTES
+        self.pending_attrs_bytes = _core_py.DEFAULT_PENDING_ATTRS_BYTES
         self.prefix = b""
 
     def __init__(
@@ -572,17 +617,19 @@ cdef class Core:
         sample_rate=1,
         trace_context=True,
         release_gil=False,
+        pending_attrs_bytes=_core_py.DEFAULT_PENDING_ATTRS_BYTES,
         **filters,
     ):
         self._enter()
         try:
             self._configure(ttl_s, max_pending, max_line_bytes, prefix, flatten_arrays, sample_rate,
-                            trace_context, release_gil, filters)
+                            trace_context, release_gil, pending_attrs_bytes, filters)
         finally:
             self._busy = False
 
     cdef int _configure(self, ttl_s, max_pending, max_line_bytes, prefix, flatten_arrays,
-                        sample_rate, trace_context, release_gil, dict filters) except -1:
+                        sample_rate, trace_context, release_gil, pending_attrs_bytes,
+                        dict filters) except -1:
         # ``include`` is a word of Cython's own, so the filters come as **filters
         include_ = filters.pop("include", ())
         exclude = filters.pop("exclude", ())
@@ -593,6 +640,8 @@ cdef class Core:
         if sample_rate < 1:
             raise ValueError("sample_rate must be at least 1")
         cdef int sign = 0
+        self.pending_attrs_bytes = _core_py.check_pending_attrs_bytes(pending_attrs_bytes)
+        self._attrs_cap = <size_t> self.pending_attrs_bytes
         self.key_filter = _core_py.KeyFilter(include_, exclude) if include_ or exclude else None
         self._fl.filter = NULL
         if self._filter != NULL:
@@ -660,7 +709,13 @@ cdef class Core:
             for i in range(self._ext_used):
                 self._clear_extra(i)
             free(self._extras)
+        if self._entries != NULL:
+            for i in range(self._ent_used):
+                free(self._entries[i].attrs)  # NULL in free entries
         free(self._entries)
+        free(self._members)
+        free(self._tbuf)
+        free(self._popbuf)
         free(self._slots)
         free(self._heap)
         free(self._runs)
@@ -738,43 +793,51 @@ cdef class Core:
                 low = runs[i].mark
         return low
 
-    def expire(self, now_ns) -> int:
+    def expire(self, now_ns, limit=None) -> int:
+        """Pending requests due by ``now_ns`` become UNANSWERED spans (at most ``limit``);
+        return how many spans are ready."""
         self._enter()
         try:
-            return self._expire(now_ns)
+            return self._expire(now_ns, limit)
         finally:
             self._busy = False
 
-    cdef object _expire(self, object now_ns):
+    cdef object _expire(self, object now_ns, object limit):
         cdef i128 now = 0
         cdef int sign = 0
         cdef uint32_t idx
+        cdef int64_t left = _check_limit(limit)
         if py_to_i128(now_ns, &now, 120, &sign) != 0:
             # beyond any deadline the core can hold
             now = (<i128> 1) << 121
             if sign < 0:
                 now = -now
-        while True:
+        while left:
             idx = self._oldest()
             if idx == NONE or self._deadline_of(idx) > now:
                 break
             self._pop(idx, UNANSWERED)
+            left -= 1
         return self._spans.n
 
-    def flush(self) -> int:
+    def flush(self, limit=None) -> int:
+        """Pending requests become UNANSWERED spans (at most ``limit``); return how many
+        spans are ready."""
         self._enter()
         try:
-            return self._flush()
+            return self._flush(limit)
         finally:
             self._busy = False
 
-    cdef object _flush(self):
+    cdef object _flush(self, object limit):
         cdef uint32_t idx
-        while True:
+        cdef int64_t left = _check_limit(limit)
+        while left:
             idx = self._oldest()
             if idx == NONE:
                 break
             self._pop(idx, UNANSWERED)
+            left -= 1
         return self._spans.n
 
     def drain(self) -> list:
@@ -903,12 +966,13 @@ cdef class Core:
         pass flattened it already (``_attrs_p``)."""
         cdef bint keep
         cdef Parent par
+        cdef const char *line
         if env.has_parent:
             par.hi = env.parent_hi
             par.lo = env.parent_lo
             par.span = env.parent_span
         if kind == KIND_REQUEST:
-            keep = _keeps_attrs(env)
+            keep = _keeps_attrs(env, n, self._attrs_cap)
             if keep and root != NULL:
                 if self._flatten_root(root) == FALLBACK:
                     return self._line_slow(p, n, has_now, now)
@@ -924,8 +988,11 @@ cdef class Core:
                 self._counts[C_NO_ID] += 1
                 self._bad_line("no_id", "request without request.id", p, n)
                 return 0
-            self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl, keep,
-                               &par if env.has_parent else NULL)
+            line = p
+            if keep:
+                line = NULL  # stored flattened
+            self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl,
+                               line, n, &par if env.has_parent else NULL)
             return 0
         if root != NULL:
             if self._flatten_root(root) == FALLBACK:
@@ -1036,7 +1103,7 @@ cdef class Core:
         kind = _kind_of(env)
         if kind == KIND_UNKNOWN:
             return False
-        rec.flattened = kind == KIND_RESPONSE or _keeps_attrs(env)
+        rec.flattened = kind == KIND_RESPONSE or _keeps_attrs(env, n, self._attrs_cap)
         if rec.flattened:
             if flatten_gil_free(self._fl[0], root, self.flatten_arrays) != OK:
                 return False
@@ -1167,17 +1234,15 @@ cdef class Core:
             return <object> self._names.get(idx)
         return _text(s, n)  # raises what made the table refuse it, if anything
 
-    cdef int _request_fast(self, Envelope &env, i128 time_ns, i128 deadline, bint keep,
-                           const Parent *par) except -1:
-        cdef object attrs = None
+    cdef int _request_fast(self, Envelope &env, i128 time_ns, i128 deadline, const char *line,
+                           size_t line_n, const Parent *par) except -1:
+        """Store a request: its ``line``, or with ``line`` NULL the flattener's output."""
         cdef object error = None
-        if keep:
-            attrs = PyBytes_FromStringAndSize(self._attrs_p, <Py_ssize_t> self._attrs_n)
         if env.has_error and env.error_len:
             error = _text(env.error, env.error_len)
         name = self._name_fast(env, KIND_REQUEST)
         return self._store(env.id, env.id_len, None, time_ns, deadline, name, self._name_idx,
-                           error, attrs, par)
+                           error, None, line, line_n, par)
 
     cdef int _line_slow(self, const char *p, size_t n, bint has_now, i128 now) except -1:
         """The reference logic on orjson's objects, for the lines simdjson leaves."""
@@ -1191,6 +1256,7 @@ cdef class Core:
         cdef uint32_t name_idx
         cdef Parent par
         cdef bint has_parent
+        cdef const char *raw_line
         try:
             entry = _orjson_loads(line)
         except _JSONDecodeError as exc:
@@ -1252,11 +1318,15 @@ cdef class Core:
                 return 0
             key = (<str> request_id).encode("utf-8", "surrogatepass")
             canon = _trace_for(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), &hi, &lo)
-            attrs = self._dump(entry, p, n) if (error or not canon) else None
+            attrs = None
+            raw_line = p
+            if n > self._attrs_cap:  # stored flattened
+                attrs = self._dump(entry, p, n)
+                raw_line = NULL
             has_parent = self._slow_parent(request, &par)
             return self._store(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
                                time_ns, (now if has_now else time_ns) + self._ttl, name,
-                               name_idx, error if error else None, attrs,
+                               name_idx, error if error else None, attrs, raw_line, n,
                                &par if has_parent else NULL)
         attrs = self._dump(entry, p, n)
         has_parent = self._slow_parent(request, &par)
@@ -1336,21 +1406,42 @@ cdef class Core:
 
     cdef int _store(self, const char *id, size_t id_len, object request_id, i128 time_ns,
                     i128 deadline, object name, uint32_t name_idx, object error,
-                    object attrs, const Parent *par) except -1:
+                    object attrs, const char *line, size_t line_n, const Parent *par) except -1:
+        """Store a request with its ``line`` (at most the cap), else its attributes:
+        ``attrs`` (bytes) or the flattener's output. They are in a blob before an
+        eviction, which may reuse the parser and the flattener."""
         cdef uint64_t hi, lo
         cdef bint canon = _trace_for(id, id_len, &hi, &lo)
         cdef uint32_t idx = self._find(hi, lo, canon, id, id_len)
         cdef Entry *e
         cdef Extra *x
+        cdef char *blob
+        if line != NULL:
+            blob = self._attrs_blob(line, line_n, True, time_ns, canon, hi, lo)
+        elif attrs is None:
+            blob = self._attrs_blob(self._attrs_p, self._attrs_n, False, time_ns, canon, hi, lo)
+        else:
+            blob = self._attrs_blob(PyBytes_AS_STRING(attrs), <size_t> PyBytes_GET_SIZE(attrs),
+                                    False, time_ns, canon, hi, lo)
+        cdef bint trimmed = self._trimmed
+        if not canon and request_id is None:
+            try:
+                request_id = _text(id, id_len)
+            except BaseException:
+                free(blob)
+                raise
+        # ``id`` may point into the parsed line: not used past here
         if idx != NONE:
             self._counts[C_DUPLICATES] += 1
             self._detach(idx)
             self._release(idx)
         elif self._count >= self._max_pending:
             self._pop(self._oldest(), EVICTED)
-        if not canon and request_id is None:
-            request_id = _text(id, id_len)
-        idx = self._alloc_entry()
+        try:
+            idx = self._alloc_entry()
+        except MemoryError:
+            free(blob)
+            raise
         e = &self._entries[idx]
         e.k0 = hi
         e.k1 = lo
@@ -1363,7 +1454,10 @@ cdef class Core:
         e.name = name_idx
         e.flags = F_CANON if canon else 0
         e.extra = 0
-        if (not canon or error is not None or attrs is not None or name_idx == NONE
+        e.attrs = blob
+        if trimmed:
+            e.flags |= F_TRIMMED
+        if (not canon or error is not None or name_idx == NONE
                 or e.start != time_ns or e.deadline != deadline or par != NULL):
             e.extra = self._alloc_extra() + 1
             e = &self._entries[idx]
@@ -1374,9 +1468,6 @@ cdef class Core:
             if error is not None:
                 Py_INCREF(error)
                 x.error = <PyObject *> error
-            if attrs is not None:
-                Py_INCREF(attrs)
-                x.attrs = <PyObject *> attrs
             if name_idx == NONE:
                 Py_INCREF(name)
                 x.name = <PyObject *> name
@@ -1400,9 +1491,12 @@ cdef class Core:
         cdef Extra *x = NULL
         cdef uint64_t hi = e.k0, lo = e.k1
         cdef i128 start = self._start_of(idx)
-        cdef object request_id, name, error, attrs
+        cdef object request_id, name, error
         cdef Parent par
         cdef const Parent *pp = NULL
+        cdef char *blob = e.attrs
+        cdef const char *saved_p = self._attrs_p
+        cdef size_t saved_n = self._attrs_n
         if e.extra:
             x = &self._extras[e.extra - 1]
             if x.has_parent:
@@ -1419,14 +1513,25 @@ cdef class Core:
         else:
             name = <object> x.name
         error = <object> x.error if x != NULL and x.error != NULL else _EMPTY
-        if x != NULL and x.attrs != NULL:
-            attrs = _with_marker(PyBytes_AS_STRING(<object> x.attrs),
-                                 <size_t> PyBytes_GET_SIZE(<object> x.attrs), pairing)
-        else:
-            attrs = _with_marker_plain(request_id, pairing)
+        if e.flags & F_TRIMMED:
+            self._counts[C_ATTRS_TRIMMED] += 1
+        e.attrs = NULL  # the span takes the attributes from the blob, freed below
         self._detach(idx)
         self._release(idx)
-        return self._emit(hi, lo, request_id, name, start, start, error, pairing, attrs, False, pp)
+        # As "the attributes at hand", which an eviction in the middle of storing a
+        # request must give back.
+        try:
+            self._attrs_n = self._unpack_blob(blob, hi, lo, start)
+            self._attrs_p = self._popbuf
+            if (<uint8_t> blob[8]) & BLOB_RAW:
+                self._attrs_of_line()
+            return self._emit(hi, lo, request_id, name, start, start, error, pairing, None, True,
+                              pp)
+        finally:
+            self._attrs_p = saved_p
+            self._attrs_n = saved_n
+            self._pop_attrs = None
+            free(blob)
 
     cdef int _emit(self, uint64_t hi, uint64_t lo, object request_id, object name, i128 start,
                    i128 end, object error, int pairing, object attrs, bint raw,
@@ -1679,11 +1784,9 @@ cdef class Core:
         cdef Extra *x = &self._extras[i]
         Py_XDECREF(x.request_id)
         Py_XDECREF(x.error)
-        Py_XDECREF(x.attrs)
         Py_XDECREF(x.name)
         x.request_id = NULL
         x.error = NULL
-        x.attrs = NULL
         x.name = NULL
 
     cdef void _release(self, uint32_t idx) noexcept:
@@ -1691,6 +1794,8 @@ cdef class Core:
         cdef Entry *e = &self._entries[idx]
         cdef uint32_t x
         self._mark_remove(e.seq)
+        free(e.attrs)
+        e.attrs = NULL
         if e.extra:
             x = e.extra - 1
             e.extra = 0
@@ -1700,6 +1805,32 @@ cdef class Core:
         e.next = self._free
         self._free = idx
         self._count -= 1
+        if self._count == 0 and (self._ent_cap > SMALL_TABLE or self._nslots > SMALL_TABLE):
+            self._shrink_table()
+
+    cdef void _shrink_table(self) noexcept:
+        """The table is empty: give back its arrays, which a burst may have grown."""
+        cdef uint32_t *slots
+        cdef uint32_t i
+        for i in range(self._ext_used):
+            self._clear_extra(i)  # all free already; NULLs
+        free(self._extras)
+        self._extras = NULL
+        self._ext_cap = self._ext_used = 0
+        self._ext_free = NONE
+        free(self._entries)
+        self._entries = NULL
+        self._ent_cap = self._ent_used = 0
+        self._free = NONE
+        self._head = self._tail = NONE
+        slots = <uint32_t *> malloc(1024 * sizeof(uint32_t))
+        if slots != NULL:
+            memset(slots, 0, 1024 * sizeof(uint32_t))
+            free(self._slots)
+            self._slots = slots
+            self._nslots = 1024
+        else:
+            memset(self._slots, 0, self._nslots * sizeof(uint32_t))
 
     cdef void _detach(self, uint32_t idx) noexcept:
         """Take an entry out of the table and the expiry order."""
@@ -1749,6 +1880,186 @@ cdef class Core:
         if self._before(top.deadline, top.seq, top.idx, e.deadline, e.seq, h):
             return top.idx
         return h
+
+    # -- attributes
+
+    cdef char *_attrs_blob(self, const char *p, size_t n, bint raw, i128 time_ns, bint canon,
+                           uint64_t hi, uint64_t lo) except NULL:
+        """A waiting request's blob (see _pack_blob): its line (``raw``), else its
+        attributes cut to the cap (``_trimmed`` says whether)."""
+        self._trimmed = not raw and n > self._attrs_cap
+        if self._trimmed:
+            n = self._trim(p, n)
+            p = self._tbuf
+        return _pack_blob(p, n, raw, time_ns, canon, hi, lo)
+
+    cdef int _attrs_of_line(self) except -1:
+        """The attributes of the request line at hand (_attrs_p), flattened as a
+        response's are and cut to the cap (counted), as the attributes at hand."""
+        cdef const char *line = self._attrs_p
+        cdef size_t line_n = self._attrs_n
+        cdef simdjson_result[element] res = self._parser.parse(line, line_n, False)
+        cdef int r = FALLBACK
+        cdef const char *p
+        cdef size_t n
+        if res.error() == SUCCESS:
+            r = self._fl.flatten(res.value_unsafe(), self.flatten_arrays)
+            if r != OK and r != FALLBACK:
+                return _flatten_failed()
+        if r == OK:
+            p = self._fl.out.p
+            n = self._fl.out.n
+            if self._fl.reserved:
+                self._reserved(self._fl.reserved, line, line_n)
+        else:
+            self._pop_attrs = self._dump(_orjson_loads(
+                PyBytes_FromStringAndSize(line, <Py_ssize_t> line_n)), line, line_n)
+            p = PyBytes_AS_STRING(self._pop_attrs)
+            n = <size_t> PyBytes_GET_SIZE(self._pop_attrs)
+        if n > self._attrs_cap:
+            n = self._trim(p, n)
+            p = self._tbuf
+            self._counts[C_ATTRS_TRIMMED] += 1
+        self._attrs_p = p
+        self._attrs_n = n
+        return 0
+
+    cdef size_t _trim(self, const char *p, size_t n) except? 0:
+        """_core_py.trim_attrs of the flat JSON object ``p`` into _tbuf; its length."""
+        cdef size_t i, r, k, m, start, klen, used, budget, cost
+        cdef size_t *mem
+        cdef char *d
+        m = self._split_members(p, n)
+        mem = self._members
+        # rank: the place of the member's key in PENDING_FIRST, else N_FIRST
+        for i in range(m):
+            start = mem[3 * i]
+            klen = _key_length(p + start + 1, mem[3 * i + 1] - 1)
+            mem[3 * i + 2] = N_FIRST
+            for r in range(N_FIRST):
+                if _first_prefix[r]:
+                    if klen > _first_n[r] and memcmp(p + start + 1, _first_p[r], _first_n[r]) == 0:
+                        mem[3 * i + 2] = r
+                        break
+                elif klen == _first_n[r] and memcmp(p + start + 1, _first_p[r], klen) == 0:
+                    mem[3 * i + 2] = r
+                    break
+        # choose by (rank, place): a chosen member's rank becomes N_FIRST + 1
+        budget = self._attrs_cap - 1
+        for r in range(N_FIRST + 1):
+            for i in range(m):
+                if mem[3 * i + 2] == r:
+                    cost = mem[3 * i + 1] + 1
+                    if cost <= budget:
+                        budget -= cost
+                        mem[3 * i + 2] = N_FIRST + 1
+        used = self._attrs_cap - 1 - budget
+        if used + 2 > self._tbuf_cap:
+            d = <char *> realloc(self._tbuf, used + 2)
+            if d == NULL:
+                raise MemoryError()
+            self._tbuf = d
+            self._tbuf_cap = used + 2
+        d = self._tbuf
+        d[0] = 123  # {
+        k = 1
+        for i in range(m):
+            if mem[3 * i + 2] == N_FIRST + 1:
+                memcpy(d + k, p + mem[3 * i], mem[3 * i + 1])
+                k += mem[3 * i + 1]
+                d[k] = 44  # ,
+                k += 1
+        if k == 1:
+            d[1] = 125
+            k = 2
+        else:
+            d[k - 1] = 125  # the last "," becomes "}"
+        return k
+
+    cdef size_t _unpack_blob(self, const char *blob, uint64_t hi, uint64_t lo,
+                             i128 start) except? 0:
+        """The attribute bytes a blob was packed from, into _popbuf; their length."""
+        cdef uint32_t n, id_at
+        cdef uint8_t head = <uint8_t> blob[8]
+        cdef size_t total, k = 0
+        cdef const char *body = blob + BLOB_HEAD
+        cdef char *d
+        cdef char tbuf[32]
+        cdef size_t tl = 0
+        memcpy(&n, blob, 4)
+        memcpy(&id_at, blob + 4, 4)
+        head &= BLOB_DIGITS
+        total = n
+        if head:
+            tl = _format_time(start, head - 1, tbuf)
+            total += 9 + tl + 18
+        if id_at:
+            total += 36
+        if total + SIMDJSON_PADDING > self._popbuf_cap:
+            d = <char *> realloc(self._popbuf, total + SIMDJSON_PADDING)
+            if d == NULL:
+                raise MemoryError()
+            self._popbuf = d
+            self._popbuf_cap = total + SIMDJSON_PADDING
+        d = self._popbuf
+        if head:
+            memcpy(d, b'{"time":"', 9)
+            memcpy(d + 9, tbuf, tl)
+            memcpy(d + 9 + tl, b'","type":"request"', 18)
+            k = 9 + tl + 18
+        if id_at:
+            memcpy(d + k, body, id_at - 1)
+            k += id_at - 1
+            _uuid_into(hi, lo, d + k)
+            k += 36
+            memcpy(d + k, body + id_at - 1, n - (id_at - 1))
+            k += n - (id_at - 1)
+        else:
+            memcpy(d + k, body, n)
+            k += n
+        memset(d + k, 32, SIMDJSON_PADDING)
+        return k
+
+    cdef size_t _split_members(self, const char *p, size_t n) except? 0:
+        """(start, length) of each ``"key":value`` of the flat JSON object ``p`` into
+        _members (three slots each); their number."""
+        cdef size_t i = 1, end = n - 1, start, m = 0, cap
+        cdef size_t *grown
+        cdef int depth
+        cdef bint in_string
+        cdef char c
+        while i < end:
+            start = i
+            depth = 0
+            in_string = False
+            while i < end:
+                c = p[i]
+                if in_string:
+                    if c == 92:  # backslash: the next byte is escaped
+                        i += 1
+                    elif c == 34:
+                        in_string = False
+                elif c == 34:
+                    in_string = True
+                elif c == 91 or c == 123:
+                    depth += 1
+                elif c == 93 or c == 125:
+                    depth -= 1
+                elif c == 44 and depth == 0:
+                    break
+                i += 1
+            if 3 * (m + 1) > self._members_cap:
+                cap = self._members_cap * 2 + 3 * 64
+                grown = <size_t *> realloc(self._members, cap * sizeof(size_t))
+                if grown == NULL:
+                    raise MemoryError()
+                self._members = grown
+                self._members_cap = cap
+            self._members[3 * m] = start
+            self._members[3 * m + 1] = i - start
+            m += 1
+            i += 1  # the comma
+        return m
 
     # -- marks
 
@@ -1895,6 +2206,141 @@ cdef class Core:
             self._heap_cap = 0
 
 
+# A waiting request's line or attributes: a malloc'd blob of a 9-byte head (uint32_t
+# length of the body; uint32_t 1 + where the 36 characters of its canonical id go
+# back into it, 0 for nowhere; uint8_t: BLOB_RAW for a line, and in BLOB_DIGITS 1 +
+# the digits of the second's fraction when the body starts after '{"time":"<the
+# request's time>","type":"request"', else 0), then the body. What the entry holds
+# already (its time, its id) is left out of the body where writing it again gives
+# the same bytes; _unpack_blob puts it back.
+cdef size_t BLOB_HEAD = 9
+cdef uint8_t BLOB_DIGITS = 0x0F
+cdef uint8_t BLOB_RAW = 0x10
+
+
+cdef char *_pack_blob(const char *p, size_t n, bint raw, i128 time_ns, bint canon, uint64_t hi,
+                      uint64_t lo) except NULL:
+    cdef char tbuf[32]
+    cdef char idbuf[36]
+    cdef size_t hl = 0, tl, q, id_at = 0, body_n
+    cdef int digits = -1
+    cdef const char *close
+    cdef char *blob
+    cdef char *d
+    cdef uint32_t u32
+    # the head: '{"time":"' T '","type":"request"' then "," or "}"
+    if n > 9 + 20 + 18 and memcmp(p, b'{"time":"', 9) == 0:
+        close = <const char *> memchr(p + 9, 34, n - 9)
+        if close != NULL:
+            tl = <size_t> (close - (p + 9))
+            if tl == 20:
+                digits = 0
+            elif 22 <= tl <= 30:
+                digits = <int> (tl - 21)
+            if (digits >= 0 and 9 + tl + 18 < n
+                    and _format_time(time_ns, digits, tbuf) == tl and memcmp(tbuf, p + 9, tl) == 0
+                    and memcmp(p + 9 + tl, b'","type":"request"', 18) == 0
+                    and (p[9 + tl + 18] == 44 or p[9 + tl + 18] == 125)):
+                hl = 9 + tl + 18
+            else:
+                digits = -1
+    # the id: its first place as a string's whole text
+    if canon:
+        _uuid_into(hi, lo, idbuf)
+        q = hl
+        while q + 38 <= n:
+            close = <const char *> memchr(p + q, 34, n - q)
+            if close == NULL:
+                break
+            q = <size_t> (close - p)
+            if q + 38 <= n and p[q + 37] == 34 and memcmp(p + q + 1, idbuf, 36) == 0:
+                id_at = q + 1 - hl + 1
+                break
+            q += 1
+    body_n = n - hl - (36 if id_at else 0)
+    blob = <char *> malloc(BLOB_HEAD + body_n)
+    if blob == NULL:
+        raise MemoryError()
+    u32 = <uint32_t> body_n
+    memcpy(blob, &u32, 4)
+    u32 = <uint32_t> id_at
+    memcpy(blob + 4, &u32, 4)
+    blob[8] = <char> ((digits + 1 if hl else 0) | (BLOB_RAW if raw else 0))
+    d = blob + BLOB_HEAD
+    if id_at:
+        memcpy(d, p + hl, id_at - 1)
+        memcpy(d + id_at - 1, p + hl + id_at - 1 + 36, n - hl - (id_at - 1) - 36)
+    else:
+        memcpy(d, p + hl, n - hl)
+    return blob
+
+
+cdef size_t _format_time(i128 ns, int digits, char *out) noexcept:
+    """``YYYY-MM-DDTHH:MM:SS[.f{digits}]Z`` of Unix nanoseconds from 1970 to 9999 (the
+    first ``digits`` digits of the fraction); 0 outside those years."""
+    cdef int64_t secs, frac, days, sod, y, m, d, era, doe, yoe, doy, mp, v
+    cdef int i
+    if ns < 0 or ns >= (<i128> 253402300800) * 1000000000:
+        return 0
+    secs = <int64_t> (ns // 1000000000)
+    frac = <int64_t> (ns % 1000000000)
+    days = secs // 86400
+    sod = secs % 86400
+    # civil_from_days (H. Hinnant), days >= 0 here
+    days += 719468
+    era = days // 146097
+    doe = days - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    if m <= 2:
+        y += 1
+    _digits_into(out, y, 4)
+    out[4] = 45
+    _digits_into(out + 5, m, 2)
+    out[7] = 45
+    _digits_into(out + 8, d, 2)
+    out[10] = 84
+    _digits_into(out + 11, sod // 3600, 2)
+    out[13] = 58
+    _digits_into(out + 14, (sod // 60) % 60, 2)
+    out[16] = 58
+    _digits_into(out + 17, sod % 60, 2)
+    if digits == 0:
+        out[19] = 90
+        return 20
+    out[19] = 46
+    v = frac
+    for i in range(9 - digits):
+        v //= 10
+    _digits_into(out + 20, v, digits)
+    out[20 + digits] = 90
+    return <size_t> (21 + digits)
+
+
+cdef inline void _digits_into(char *out, int64_t v, int width) noexcept:
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        out[i] = <char> (48 + v % 10)
+        v //= 10
+
+
+cdef void _uuid_into(uint64_t hi, uint64_t lo, char *d) noexcept:
+    """The canonical text of a UUID's 16 bytes, 36 characters at ``d``."""
+    cdef int i, pos = 0
+    cdef uint64_t w
+    for i in range(32):
+        if i == 8 or i == 12 or i == 16 or i == 20:
+            d[pos] = 45
+            pos += 1
+        w = hi if i < 16 else lo
+        d[pos] = _HEXDIGITS[(w >> (60 - 4 * (i & 15))) & 15]
+        pos += 1
+
+
 cdef int _flatten_failed() except -1:
     """After the flattener failed: its Python exception, else out of memory."""
     if PyErr_Occurred() == NULL:
@@ -1945,19 +2391,3 @@ cdef bytes _with_marker(const char *p, size_t n, int pairing):
     d[keep] = 44
     memcpy(d + keep + 1, PyBytes_AS_STRING(marker), mn)
     return out
-
-
-cdef bytes _PLAIN_HEAD = b'{"type":"request","request.id":"'
-
-
-cdef bytes _with_marker_plain(object request_id, int pairing):
-    """Attributes of a request kept without its own (a canonical id, so nothing to
-    escape): type, request.id and the marker."""
-    cdef char buf[160]
-    cdef size_t n = <size_t> PyBytes_GET_SIZE(_PLAIN_HEAD)
-    memcpy(buf, PyBytes_AS_STRING(_PLAIN_HEAD), n)
-    memcpy(buf + n, PyUnicode_DATA(request_id), 36)
-    n += 36
-    buf[n] = 34
-    buf[n + 1] = 125
-    return _with_marker(buf, n + 2, pairing)

@@ -1118,8 +1118,9 @@ struct Entry {
     uint32_t next;          // also the free-list link
     uint32_t name;          // interned span name, or none when the extra holds it
     uint32_t extra;         // 1 + index into the extras, 0 = none
+    char *attrs;            // malloc'd: uint32_t length, then the attribute bytes
 };
-static_assert(sizeof(Entry) == 56, "pending entry size");
+static_assert(sizeof(Entry) == 64, "pending entry size");
 
 // ------------------------------------------------------------------ 128-bit ints
 

@@ -299,6 +299,12 @@ class DaemonCollector(Collector):
             "Requests whose id was already waiting for a response (the newer one replaces it)",
             get("duplicates", 0),
         )
+        yield _counter(
+            "vault_observe_pending_attrs_trimmed",
+            "Unanswered or evicted spans that carry only part of their request's attributes "
+            "(over --pending-attrs-bytes)",
+            get("attrs_trimmed", 0),
+        )
 
         # -- correlation
         spans = CounterMetricFamily(

@@ -49,6 +49,9 @@ log = logging.getLogger("vault_observe")
 POLL_SECONDS = 0.2
 SWITCH_INTERVAL = 0.0005
 EXPIRE_EVERY_NS = 200_000_000
+# Expiry and the final flush hand the sinks at most this many spans at a time, so a
+# mass expiry never holds all its spans at once.
+EMIT_CHUNK = 8192
 BAD_LINE_COUNTERS = ("malformed", "invalid", "oversize", "unknown_type", "no_id")
 # After a queue that held this many bytes drains, give the freed heap back to the system.
 TRIM_AFTER_BYTES = 8 << 20
@@ -506,6 +509,7 @@ class Daemon:
             exclude=config.exclude,
             sample_rate=config.sample_rate,
             trace_context=config.trace_context,
+            pending_attrs_bytes=config.pending_attrs_bytes,
             # sender threads then run while the reader parses
             release_gil=bool(sinks),
         )
@@ -533,6 +537,7 @@ class Daemon:
         self._capture: IO[bytes] | None = None
         self._bad_log = RateLimitedLog(log, 10.0)
         self._bad_seen = dict.fromkeys((*BAD_LINE_COUNTERS, "truncated", "reserved_keys"), 0)
+        self._trimmed_seen = 0
         self.started = threading.Event()  # set once every listener is bound
         self.result: dict[str, Any] | None = None
         self._next_summary = time.monotonic() + config.summary_interval
@@ -669,7 +674,6 @@ class Daemon:
                 "no sink is configured (--stdout, --zipkin, --honeycomb, --otlp): spans are "
                 "counted and discarded"
             )
-        core = self.core
         last_expire = time.monotonic_ns()
         try:
             self._begin()
@@ -680,7 +684,7 @@ class Daemon:
                 for chunk in chunks:
                     self._feed(chunk, now)
                 if now - last_expire >= EXPIRE_EVERY_NS:
-                    core.expire(now)
+                    self._expire(now)
                     last_expire = now
                 self._dispatch()
                 self._tick()
@@ -717,7 +721,7 @@ class Daemon:
                     config.input, max_line_bytes=config.max_line_bytes, counters=self.framing
                 ):
                     self._feed(chunk, None)
-                    core.expire(core.watermark_ns)
+                    self._expire(core.watermark_ns)
                     self._dispatch()
                     if bar is not None:
                         bar.update(self.framing.bytes - bar.n)
@@ -816,7 +820,10 @@ class Daemon:
                 else:
                     now = time.time_ns()  # idle: the file's times are Vault's wall clock
                 pending = core.pending
-                core.expire(now)
+                if chunk is not None and chunk.replay:
+                    core.expire(now)
+                else:
+                    self._expire(now)
                 if core.pending < pending:
                     # Only an expiry that took requests out matters to a replay.
                     expired_ns = max(expired_ns, now)
@@ -885,6 +892,16 @@ class Daemon:
             self._capture.write(chunk)
         self.core.feed(chunk, now_ns, mark)
 
+    def _expire(self, now_ns: int) -> None:
+        """Requests due by ``now_ns`` become spans, handed on a chunk at a time."""
+        core = self.core
+        while True:
+            before = core.pending
+            core.expire(now_ns, EMIT_CHUNK)
+            if before - core.pending < EMIT_CHUNK:
+                return
+            self._dispatch()
+
     def _dispatch(self) -> None:
         spans = self.core.drain_spans()
         if spans:
@@ -930,6 +947,18 @@ class Daemon:
                 self._bad_log(
                     name, logging.WARNING, "skipped %d %s line(s) (%d in all)", now - seen, name, now
                 )
+        trimmed = counts["attrs_trimmed"]
+        if trimmed != self._trimmed_seen:
+            self._bad_log(
+                "attrs_trimmed",
+                logging.WARNING,
+                "%d unanswered or evicted span(s) carry only part of their request's attributes "
+                "(over --pending-attrs-bytes %d; %d in all)",
+                trimmed - self._trimmed_seen,
+                self.config.pending_attrs_bytes,
+                trimmed,
+            )
+            self._trimmed_seen = trimmed
 
     def _finish(self) -> None:
         """End of input or stop: every pending request becomes a span; flush every sink.
@@ -938,7 +967,11 @@ class Daemon:
         where they were read, and the next run reads them again.
         """
         if not (self.config.follow and self.config.checkpoint):
-            self.core.flush()
+            while True:
+                self.core.flush(EMIT_CHUNK)
+                self._dispatch()
+                if not self.core.pending:
+                    break
         self._dispatch()
         deadline = time.monotonic() + self.config.shutdown_timeout
         for worker in self.workers:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from vault_observe import _core_py
 from vault_observe.config import DEFAULT_ZIPKIN_URL, Listener, load_config, parse_listen
 from vault_observe.errors import ConfigError
 
@@ -13,9 +14,9 @@ def test_defaults_listen_on_observe_sock() -> None:
     assert config.listeners == [Listener("unix", "observe.sock")]
     assert config.socket_mode == 0o600
     assert config.sink_names() == []
-    assert (
-        config.ttl == 10.0 and config.max_pending == 1_000_000 and config.max_line_bytes == 16 * 1024 * 1024
-    )
+    assert config.ttl == 10.0 and config.max_pending == 40_000 and config.max_line_bytes == 16 * 1024 * 1024
+    # the core's own default, which the README's memory figures are measured with
+    assert config.pending_attrs_bytes == _core_py.DEFAULT_PENDING_ATTRS_BYTES == 2048
 
 
 def test_socket_path_and_listen_urls_combine() -> None:
@@ -100,7 +101,16 @@ def test_service_name_from_env_and_flag() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--ttl", "0"], ["--max-pending", "0"], ["--socket-mode", "999"], ["--max-line-bytes", "-1"]]
+    "argv",
+    [
+        ["--ttl", "0"],
+        ["--max-pending", "0"],
+        ["--socket-mode", "999"],
+        ["--max-line-bytes", "-1"],
+        ["--pending-attrs-bytes", "1"],
+        ["--pending-attrs-bytes", "2147483648"],
+        ["--pending-attrs-bytes", "1x"],
+    ],
 )
 def test_bad_values_are_config_errors(argv: list[str]) -> None:
     with pytest.raises(ConfigError, match=f"^{argv[0]} '{argv[1]}': "):
@@ -126,6 +136,12 @@ def test_config_file_covers_flags(tmp_path) -> None:  # type: ignore[no-untyped-
     assert [str(item) for item in config.listeners] == ["tcp://127.0.0.1:9090", "udp://127.0.0.1:9091"]
     assert config.ttl == 5 and config.stdout and config.zipkin == DEFAULT_ZIPKIN_URL
     assert config.socket_mode == 0o660 and config.max_pending == 10
+    assert (
+        load_config(["--config", write(tmp_path, "pending-attrs-bytes = 300\n")], env={})[
+            0
+        ].pending_attrs_bytes
+        == 300
+    )
     assert config.honeycomb_dataset == "from-file"
 
 

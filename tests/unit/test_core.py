@@ -644,10 +644,12 @@ def test_ttl_expiry_with_injected_clock(make_core: Make) -> None:
     span = only(core.drain())
     assert span.pairing == UNANSWERED and span.request_id == ID1
     assert span.start_ns == span.end_ns == T0_NS
-    assert (
-        span.attrs_json
-        == f'{{"type":"request","request.id":"{ID1}","vault_observe.pairing":"unanswered"}}'.encode()
-    )
+    # the request's own attributes, then the marker
+    assert span.attrs_json == (
+        f'{{"time":"{t(0)}","type":"request","auth.token_type":"service","request.id":"{ID1}",'
+        '"request.operation":"read","request.mount_point":"secret/","request.path":"secret/data/app",'
+        '"vault_observe.pairing":"unanswered"}'
+    ).encode()
     assert span.name == "read secret/"
     assert core.pending == 1
     # a response after expiry is an orphan

@@ -194,13 +194,22 @@ def test_filters_match_keys_that_need_escaping(Core: Any) -> None:  # noqa: N803
     assert span.attributes() == {'q"k': 1, "tab\tx": 2, "back\\slash": 3, "vault_observe.pairing": "orphan"}
 
 
-def test_unanswered_minimal_attributes_are_not_filtered(Core: Any) -> None:  # noqa: N803
-    # A request kept without its attributes reports type and request.id whatever the filters.
+def test_unanswered_attributes_are_filtered(Core: Any) -> None:  # noqa: N803
+    # An unanswered span keeps the request's attributes that the filters keep.
     core = Core(exclude=["type", "request.*"])
     core.feed(entry("request", RID, 1))
     core.flush()
     [span] = core.drain()
-    assert span.attributes() == {"type": "request", "request.id": RID, "vault_observe.pairing": "unanswered"}
+    assert span.attributes() == {
+        "time": "2026-01-01T00:00:01.5Z",
+        "auth.policies": ["a"],
+        "vault_observe.pairing": "unanswered",
+    }
+    core = Core(include=["request.path"])
+    core.feed(entry("request", RID, 1))
+    core.flush()
+    [span] = core.drain()
+    assert span.attrs_json == b'{"request.path":"secret/data/x","vault_observe.pairing":"unanswered"}'
 
 
 def test_unanswered_span_takes_the_requests_trace_context(Core: Any) -> None:  # noqa: N803
