@@ -1904,7 +1904,7 @@ cdef class Core:
         cdef size_t n
         if res.error() == SUCCESS:
             r = self._fl.flatten(res.value_unsafe(), self.flatten_arrays)
-            if r != OK and r != FALLBACK:
+            if r != OK and r != FALLBACK and r != INVALID:  # INVALID: not an object any more
                 return _flatten_failed()
         if r == OK:
             p = self._fl.out.p
@@ -1912,8 +1912,13 @@ cdef class Core:
             if self._fl.reserved:
                 self._reserved(self._fl.reserved, line, line_n)
         else:
-            self._pop_attrs = self._dump(_orjson_loads(
-                PyBytes_FromStringAndSize(line, <Py_ssize_t> line_n)), line, line_n)
+            try:
+                entry = _orjson_loads(PyBytes_FromStringAndSize(line, <Py_ssize_t> line_n))
+            except _JSONDecodeError:
+                entry = None
+            # Only a buffer changed by another thread while a feed read it gives a line
+            # that no longer reads as the request it was: its span then has no attributes.
+            self._pop_attrs = self._dump(entry, line, line_n) if type(entry) is dict else b"{}"
             p = PyBytes_AS_STRING(self._pop_attrs)
             n = <size_t> PyBytes_GET_SIZE(self._pop_attrs)
         if n > self._attrs_cap:
