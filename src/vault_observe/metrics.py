@@ -41,6 +41,8 @@ class Summary:
             out["lost_files"] = follow_stats.lost_files
             out["reread_lines"] = daemon.reread_lines
             out["reread_spans"] = daemon.reread_spans
+            progress = daemon.progress
+            out["checkpoint_errors"] = progress.save_errors if progress is not None else 0
         out["connections"] = source.connections_accepted if source is not None else 0
         out["open_connections"] = source.open_connections if source is not None else 0
         sinks: dict[str, dict[str, int]] = {}

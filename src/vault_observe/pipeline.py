@@ -436,7 +436,10 @@ class FollowProgress:
         self._lock = threading.Lock()
         self._marks: deque[tuple[Saved, tuple[int, ...]]] = deque()
         self.saved = saved
+        self._unsaved: Saved | None = None  # confirmed, but writing it failed
         self.saves = 0
+        self.save_errors = 0
+        self._errlog = RateLimitedLog(log, 60.0)
 
     def mark(self, state: Saved) -> None:
         """The reader has given the sinks every span of the lines before ``state.position``."""
@@ -463,11 +466,29 @@ class FollowProgress:
             workers = self._workers
             while marks and all(w.confirmed >= n for w, n in zip(workers, marks[0][1], strict=True)):
                 done = marks.popleft()[0]
+            if done is None:
+                done = self._unsaved
             if done is None or done == self.saved:
                 return
             if self._checkpoint is not None:
-                self._checkpoint.save(done)
+                try:
+                    self._checkpoint.save(done)
+                except OSError as exc:
+                    # Reading and sending go on; a restart would resume at the last
+                    # checkpoint written, re-sending what was delivered since.
+                    self._unsaved = done
+                    self.save_errors += 1
+                    self._errlog(
+                        "checkpoint",
+                        logging.ERROR,
+                        "cannot write the checkpoint %s: %s (%d failed writes)",
+                        self._checkpoint.path,
+                        exc,
+                        self.save_errors,
+                    )
+                    return
                 self.saves += 1
+            self._unsaved = None
             self.saved = done
 def _share(offset: int, path: str) -> float:
     """How much of the file at ``path`` lies before ``offset`` (1.0 when it is gone)."""

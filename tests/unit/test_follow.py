@@ -560,3 +560,27 @@ def test_metrics_show_a_sink_retried_until_accepted_as_down_and_the_small_queue(
             assert value(scrape(daemon), "vault_observe_sink_up", sink="zipkin") == 1
         finally:
             daemon.stop()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_counted_and_following_goes_on(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_text(pair(0))
+    config = Config(
+        input=str(log),
+        follow=True,
+        checkpoint=str(tmp_path / "missing-folder" / "checkpoint.json"),
+        flush_interval=0.02,
+        ttl=3600,
+    )
+    sink = CollectingSink()
+    daemon = Daemon(config, [sink])
+    daemon.start()
+    try:
+        wait_for(lambda: len(sink.spans) == 1)
+        with log.open("a") as fh:
+            fh.write(pair(1))
+        wait_for(lambda: len(sink.spans) == 2)
+    finally:
+        counters = daemon.stop()
+    assert ids(sink) == [rid(0), rid(1)]
+    assert counters["checkpoint_errors"] >= 2
