@@ -801,7 +801,11 @@ class Daemon:
         checkpoint = Checkpoint(config.checkpoint) if config.checkpoint else None
         saved = checkpoint.load() if checkpoint else None
         follower = FileFollower(
-            config.input, max_line_bytes=config.max_line_bytes, counters=self.framing, start=saved
+            config.input,
+            max_line_bytes=config.max_line_bytes,
+            counters=self.framing,
+            start=saved,
+            ignore=(config.checkpoint,) if config.checkpoint else (),
         )
         self.follower = follower
         self.summary.share_read = lambda: _share(follower.position.offset, config.input or "")

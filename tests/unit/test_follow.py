@@ -584,3 +584,42 @@ def test_a_checkpoint_that_cannot_be_written_is_counted_and_following_goes_on(tm
         counters = daemon.stop()
     assert ids(sink) == [rid(0), rid(1)]
     assert counters["checkpoint_errors"] >= 2
+
+
+def test_two_rotations_while_down_are_read_in_order(tmp_path: Path) -> None:
+    """The checkpoint's file was rotated twice before the restart: the file in between is
+    found among the log's rotated copies (a compressed one and the checkpoint are not)."""
+    log = tmp_path / "audit.log"
+    log.write_text(pair(0))
+    config = Config(
+        input=str(log),
+        follow=True,
+        checkpoint=str(tmp_path / "audit.log.checkpoint"),
+        flush_interval=0.02,
+        ttl=3600,
+    )
+    first = CollectingSink()
+    daemon = Daemon(config, [first])
+    daemon.start()
+    wait_for(lambda: len(first.spans) == 1)
+    daemon.stop()
+    (tmp_path / "audit.log.3.gz").write_bytes(b"\x1f\x8b not a log")
+    with log.open("a") as fh:
+        fh.write(pair(1))
+    log.rename(tmp_path / "audit.log.1")  # first rotation
+    time.sleep(0.02)
+    log.write_text(pair(2))
+    (tmp_path / "audit.log.1").rename(tmp_path / "audit.log.2")  # second rotation
+    log.rename(tmp_path / "audit.log.1")
+    time.sleep(0.02)
+    log.write_text(pair(3))
+    second = CollectingSink()
+    daemon = Daemon(config, [second])
+    daemon.start()
+    try:
+        wait_for(lambda: len(second.spans) == 3)
+        time.sleep(0.3)
+    finally:
+        counters = daemon.stop()
+    assert ids(second) == [rid(1), rid(2), rid(3)]
+    assert counters["rotations"] == 2 and counters["malformed"] == 0

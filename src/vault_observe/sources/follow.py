@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +40,7 @@ log = logging.getLogger("vault_observe.sources")
 # most one piece's spans beyond the batches in flight.
 PIECE_LINES = 100
 KEPT_SEGMENTS = 16  # files remembered for a replay (a rotation or truncation starts one)
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".Z")
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class FileFollower:
         poll_interval: float = 0.2,
         rotate_grace: float = 1.0,
         piece_lines: int = PIECE_LINES,
+        ignore: tuple[str, ...] = (),
     ) -> None:
         self.path = path
         self.max_line_bytes = max_line_bytes
@@ -183,6 +186,8 @@ class FileFollower:
         self._inode = 0
         self._offset = 0  # after the last whole line handed out
         self._framer: StreamFramer | None = None
+        self._ignore = {os.path.abspath(path) for path in ignore}  # e.g. the checkpoint
+        self._between: list[tuple[str, int, int]] = []  # rotated while down, to read next
         self._segments: list[_Segment] = []
         self._base = 0
         self._stream_end = 0  # stream offset after the last whole line handed out
@@ -304,6 +309,33 @@ class FileFollower:
             position.offset,
         )
 
+    def _rotated_between(self) -> list[tuple[str, int, int]]:
+        """Files rotated after the open one while the daemon was down (two rotations before
+        a restart): uncompressed rotated copies of the log (``audit.log.1``,
+        ``audit.log-20261203``) last written after it, oldest first, as (path, dev, inode)."""
+        assert self._file is not None
+        opened = os.fstat(self._file.fileno())
+        skip = {(opened.st_dev, opened.st_ino)}
+        with contextlib.suppress(OSError):
+            current = os.stat(self.path)
+            skip.add((current.st_dev, current.st_ino))
+        folder = Path(self.path).parent
+        base = Path(self.path).name
+        found: list[tuple[int, str, int, int]] = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                name = entry.name
+                if not name.startswith((base + ".", base + "-")) or name.endswith(COMPRESSED):
+                    continue
+                if os.path.abspath(entry.path) in self._ignore or entry.path.endswith(".tmp"):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    ident = (st.st_dev, st.st_ino)
+                    if stat.S_ISREG(st.st_mode) and ident not in skip and st.st_mtime_ns > opened.st_mtime_ns:
+                        found.append((st.st_mtime_ns, entry.path, *ident))
+        return [(path, dev, inode) for _, path, dev, inode in sorted(found)]
+
     # -- reading
 
     @property
@@ -368,6 +400,11 @@ class FileFollower:
         yield from self._replay()
         if self._file is None:
             self._resume()
+        if self._file is not None and self._path_open != self.path:
+            # Resumed in a rotated file: any rotated after it while we were away come next.
+            self._between = self._rotated_between()
+            for path, _dev, _inode in self._between:
+                log.info("%s was rotated after the daemon's file: reading it next", path)
         while self._file is None:
             if stopped():
                 return
@@ -397,11 +434,24 @@ class FileFollower:
                 if final:
                     quiet_since = None
                     continue
-                log.info("%s was rotated: reading the new file", self.path)
                 self.stats.rotations += 1
-                if self._open(self.path, 0):
-                    quiet_since = None
+                while self._between:
+                    path, dev, inode = self._between.pop(0)
+                    if self._open(path, 0, expect=(dev, inode)):
+                        break
+                    moved = _find_inode(Path(self.path).parent, dev, inode)  # renamed again
+                    if moved is not None and self._open(str(moved), 0, expect=(dev, inode)):
+                        break
+                else:
+                    log.info("%s was rotated: reading the new file", self.path)
+                    if self._open(self.path, 0):
+                        quiet_since = None
+                        continue
+                    yield None
+                    time.sleep(self.poll_interval)
                     continue
+                quiet_since = None
+                continue
             elif change == "truncated":
                 log.warning("%s was truncated (copytruncate?): reading it from the start", self.path)
                 self.stats.truncations += 1
