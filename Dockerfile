@@ -11,7 +11,8 @@ COPY --from=build /wheels /wheels
 # /run/vault-observe holds the socket; /var/lib/vault-observe the --checkpoint of follow mode.
 # A named volume mounted on either starts with this owner and mode.
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
-    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+    && groupadd --system --gid 10001 vault-observe \
+    && useradd --system --uid 10001 --gid vault-observe --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin vault-observe \
     && install -d -o vault-observe -g vault-observe -m 0755 /run/vault-observe \
     && install -d -o vault-observe -g vault-observe -m 0750 /var/lib/vault-observe

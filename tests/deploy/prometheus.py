@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,9 +19,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.harness import ObserveProcess
 
 REQUIRE = "VAULT_OBSERVE_REQUIRE_DEPLOY_TOOLS"
 
@@ -46,6 +50,18 @@ def import_yaml() -> Any:
             raise
         pytest.skip("PyYAML is not installed: pip install -e '.[test]'", allow_module_level=True)
     return yaml
+
+
+def metrics_url(daemon: ObserveProcess, timeout: float = 30.0) -> str:
+    """The daemon's /metrics base URL, from its log (``--metrics-address HOST:0`` picks a port)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"serving /metrics and /healthz on (http://[^\s\"]+)", daemon.stderr())
+        if found:
+            return found.group(1)
+        assert daemon.process is None or daemon.process.poll() is None, daemon.stderr()
+        time.sleep(0.05)
+    raise AssertionError(f"the daemon did not say where /metrics is:\n{daemon.stderr()}")
 
 
 def free_port() -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.deploy.prometheus import REQUIRE, import_yaml
+from tests.deploy.prometheus import REQUIRE, import_yaml, metrics_url
 from tests.integration.harness import ObserveProcess
 from tests.receivers import ZipkinReceiver
 from vault_observe.config import build_parser
@@ -149,9 +149,10 @@ def test_images_are_pinned() -> None:
 
 
 def test_daemon_runs_as_the_image_user_and_owns_its_socket_folder() -> None:
-    uid, _ = image_uid_and_group()
+    uid, gid = image_uid_and_group()
     run = " ".join(instruction("RUN"))
-    assert re.search(rf"useradd [^&]*--uid {uid}\b[^&]* vault-observe\b", run), run
+    assert re.search(rf"groupadd [^&]*--gid {gid}\b[^&]* vault-observe\b", run), run
+    assert re.search(rf"useradd [^&]*--uid {uid}\b[^&]*--gid vault-observe\b[^&]* vault-observe\b", run), run
     daemon = service("vault-observe")
     compose_uid = int(str(daemon["user"]).split(":")[0])
     assert compose_uid == uid, "the compose user must be the image's, who owns its folders"
@@ -276,9 +277,7 @@ def test_healthcheck_follows_the_daemon_health(tmp_path: Path, short_socket: Pat
         )  # fmt: skip
         try:
             daemon.start(short_socket)
-            found: list[str] = []
-            wait_for(lambda: bool(found or found.extend(re.findall(r"on (http://\S+)", daemon.stderr()))))
-            url = f"{found[0]}/healthz"
+            url = f"{metrics_url(daemon)}/healthz"
             assert run_healthcheck(url) == 0, daemon.stderr()
             # One span's worth of audit log, so the sink has something to fail on.
             lines = (REPO / "tests" / "data" / "openbao-sample.jsonl").read_bytes().splitlines()[:4]

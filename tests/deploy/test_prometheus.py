@@ -32,6 +32,7 @@ import pytest
 
 from tests.conftest import DATA, REPO, SHARED_CORPUS
 from tests.deploy.prometheus import PrometheusServer, import_yaml, require_tool
+from tests.deploy.prometheus import metrics_url as daemon_metrics_url
 from tests.integration.harness import API_KEY, ObserveProcess
 from tests.receivers import HoneycombReceiver, ZipkinReceiver
 
@@ -200,7 +201,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with zipkin, honeycomb:
         try:
             daemon.start(socket_path)
-            metrics_url = _metrics_url(daemon)
+            metrics_url = daemon_metrics_url(daemon)
             prometheus = PrometheusServer(
                 binary, workdir, [metrics_url.removeprefix("http://")], [RULES]
             ).start()
@@ -227,16 +228,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 prometheus.stop()
             daemon.kill()
             shutil.rmtree(short, ignore_errors=True)
-
-
-def _metrics_url(daemon: ObserveProcess, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(r"serving /metrics and /healthz on (http://\S+)", daemon.stderr())
-        if found:
-            return found.group(1)
-        time.sleep(0.05)
-    raise AssertionError(f"the daemon did not say where /metrics is:\n{daemon.stderr()}")
 
 
 def skip_unless_exported(stack: Stack, expr: str) -> None:
