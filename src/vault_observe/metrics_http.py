@@ -366,6 +366,11 @@ class DaemonCollector(Collector):
         capacity = GaugeMetricFamily(
             "vault_observe_sink_queue_capacity", "Spans the sink's queue holds at most", labels=["sink"]
         )
+        capacity_bytes = GaugeMetricFamily(
+            "vault_observe_sink_queue_capacity_bytes",
+            "Bytes the spans in the sink's queue may keep alive at most (--queue-bytes)",
+            labels=["sink"],
+        )
         up = GaugeMetricFamily(
             "vault_observe_sink_up",
             "1 when the sink's last send succeeded, 0 while it fails",
@@ -384,11 +389,13 @@ class DaemonCollector(Collector):
             if is_internal(worker.sink):
                 continue
             capacity.add_metric([worker.name], worker.queue_size)  # follow mode: a few batches
+            capacity_bytes.add_metric([worker.name], daemon.config.queue_bytes)
             since = worker.failing_since
             up.add_metric([worker.name], 1 if since is None else 0)
             failing.add_metric([worker.name], 0.0 if since is None else max(0.0, now - since))
         yield dropped
         yield capacity
+        yield capacity_bytes
         yield up
         yield failing
         latency = c.get("latency")

@@ -188,6 +188,7 @@ def test_scrape_equals_the_daemon_counters(tmp_path: Path, sample_log: Path) -> 
         assert value(samples, "vault_observe_sink_queue_depth", **labels) == stats["queue_depth"] == 0
         assert value(samples, "vault_observe_sink_queue_bytes", **labels) == stats["queue_bytes"] == 0
         assert value(samples, "vault_observe_sink_queue_capacity", **labels) == daemon.config.queue_size
+        assert value(samples, "vault_observe_sink_queue_capacity_bytes", **labels) == daemon.config.queue_bytes
         assert value(samples, "vault_observe_sink_up", **labels) == 1
         assert value(samples, "vault_observe_sink_failing_seconds", **labels) == 0
     assert value(samples, "vault_observe_sink_spans_delivered_total", sink="collect") == made
