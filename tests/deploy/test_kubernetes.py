@@ -319,16 +319,24 @@ def test_openbao_starts_with_the_declared_devices_and_the_sidecar(
     try:
         socket_path = flag(args, "--socket-path")
         if socket_path:
-            daemon.start(Path(socket_path))  # listening before OpenBao starts, as the startupProbe makes sure
+            # OpenBao starts once the startupProbe passes: run it as the kubelet would.
+            probe = [moved(arg, moves) for arg in container["startupProbe"]["exec"]["command"]]
+            assert probe[0] == "python3"
+            assert subprocess.run([sys.executable, *probe[1:]], capture_output=True).returncode != 0
+            daemon.start(Path(socket_path))
+            deadline = time.monotonic() + 30
+            while subprocess.run([sys.executable, *probe[1:]], capture_output=True).returncode != 0:
+                assert time.monotonic() < deadline, f"the startupProbe never passed:\n{daemon.stderr()}"
+                time.sleep(0.2)
         else:
             _start_follower(daemon)
-        bao.start()  # fails when a declared device cannot be reached
+        bao.start()  # fails when a declared device cannot be reached (the error has OpenBao's log)
         for i in range(5):
             bao.api("POST", f"secret/data/deploy/{i}", {"data": {"i": i}})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and daemon.stdout().count("secret/data/deploy/") < 5:
             time.sleep(0.1)
-        assert daemon.stdout().count('"secret/data/deploy/') >= 5, daemon.stderr()
+        assert daemon.stdout().count('"secret/data/deploy/') >= 5, daemon.stderr() + bao.log_tail()
         assert (audit_folder / "audit.log").stat().st_size > 0  # the file device writes on the audit volume
     finally:
         bao.stop()
