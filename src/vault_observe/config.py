@@ -368,7 +368,7 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         type=_positive_int,
         default=40_000,
         help="requests waiting for a response at most; the oldest is evicted (default 40000: "
-        "about 48 MB with typical requests, 88 MB at most with the default --pending-attrs-bytes)",
+        "about 48 MB with typical requests, 84 MB with requests all over --pending-attrs-bytes)",
     )
     core.add_argument(
         "--pending-attrs-bytes",

@@ -42,6 +42,7 @@ RESTART = (
     "prefix",
     "ttl",
     "max_pending",
+    "pending_attrs_bytes",
     "max_line_bytes",
     "flatten_arrays",
     "trace_context",

@@ -84,3 +84,20 @@ def test_trimmed_spans_are_counted_exported_and_logged(
     daemon = Daemon(Config(input=str(log)), [])
     assert daemon.run() == 0
     assert daemon.result is not None and daemon.result["attrs_trimmed"] == 0
+
+
+def test_a_reload_keeps_the_pending_tables_limits(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The core's cap is set when it is made: SIGHUP says so and keeps the running value."""
+    import dataclasses
+
+    from tests.unit.test_reload import daemon_with
+    from vault_observe.config import Config
+    from vault_observe.reload import reload
+
+    config = Config(input=str(tmp_path / "in.log"))
+    daemon = daemon_with(config, dataclasses.replace(config, pending_attrs_bytes=300, max_pending=7))
+    with caplog.at_level("INFO", logger="vault_observe"):
+        assert reload(daemon) is True
+    assert daemon.config.pending_attrs_bytes == daemon.core.pending_attrs_bytes == 2048
+    assert daemon.config.max_pending == daemon.core.max_pending == 40_000
+    assert "SIGHUP: pending_attrs_bytes changed (2048 -> 300) but needs a restart" in caplog.text
