@@ -103,6 +103,10 @@ class Config:
         return names
 
 
+# where the daemon listens when told nothing (not when systemd passes it sockets)
+DEFAULT_LISTENER = Listener("unix", "observe.sock")
+
+
 def parse_listen(text: str) -> Listener:
     """``unix:///path``, ``tcp://host:port`` or ``udp://host:port``."""
     parts = urlsplit(text)
@@ -515,7 +519,7 @@ def config_from_args(
         # pass spans it has not delivered yet.
         raise ConfigError("--follow needs --honeycomb-encoder native (libhoney confirms deliveries too late)")
     if args.input is None and not listeners:
-        listeners.append(Listener("unix", "observe.sock"))
+        listeners.append(DEFAULT_LISTENER)
     api_key = env.get("HONEYCOMB_API_KEY", "")
     if args.honeycomb and not api_key:
         raise ConfigError("--honeycomb needs the API key in the HONEYCOMB_API_KEY environment variable")

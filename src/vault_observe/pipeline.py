@@ -678,15 +678,20 @@ class Daemon:
             self.source.wake()
 
     def serve(self) -> None:
+        from .config import DEFAULT_LISTENER
         from .sources.sockets import SocketSource
 
         config = self.config
+        passed = sd_notify.listen_fds()  # systemd socket activation
+        listeners = config.listeners
+        if passed and listeners == [DEFAULT_LISTENER]:
+            listeners = []  # told nothing: the passed sockets are the ones
         source = SocketSource(
-            config.listeners,
+            listeners,
             socket_mode=config.socket_mode,
             max_line_bytes=config.max_line_bytes,
             counters=self.framing,
-            passed=sd_notify.listen_fds(),  # systemd socket activation
+            passed=passed,
         )
         source.open()
         self.source = source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests import activation
 from vault_observe.config import Listener
 from vault_observe.errors import ConfigError
 from vault_observe.framing import FramingCounters
 from vault_observe.sources.sockets import SocketSource
 
+REPO = Path(__file__).resolve().parents[2]
 LINE = b'{"time":"2026-01-01T00:00:00Z","type":"request","request":{"id":"%06d"}}\n'
 
 
@@ -185,3 +188,58 @@ def test_the_unix_socket_file_of_an_own_listener_is_removed(tmp_path: Path) -> N
     source.stop_accepting()
     source.close()
     assert not os.path.exists(path)
+
+
+def test_a_configured_tcp_listener_matches_a_passed_socket_by_its_address() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        # "localhost" resolves to the passed socket's address: not bound a second time
+        source = source_for([Listener("tcp", "localhost", port)], [(held.dup(), "tcp")])
+        source.open()
+        try:
+            assert source.bound_addresses() == [f"tcp://127.0.0.1:{port}"]
+        finally:
+            source.close()
+
+
+def test_the_daemon_serves_the_passed_socket_and_no_default_one(tmp_path: Path) -> None:
+    """``vault-observe`` with nothing but a socket from systemd: READY=1, spans, STOPPING=1."""
+    path = tmp_path / "held.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    lines = b"".join(
+        b'{"time":"2026-01-01T00:00:0%dZ","type":"%s","auth":{},"request":{"id":"id-%d","operation":"read","path":"kv/x"}}\n'
+        % (i % 10, kind, i)
+        for i in range(20)
+        for kind in (b"request", b"response")
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "PYTHONPATH": str(REPO / "src")}
+    with held_unix(path) as held, notify:
+        daemon = activation.spawn(
+            [sys.executable, "-m", "vault_observe", "--stdout", "--flush-interval", "0.05"],
+            [(held, "audit")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert notify.recv(4096) == f"READY=1\nSTATUS=listening on unix://{path}".encode()
+            assert not (tmp_path / "observe.sock").exists()
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+                client.sendall(lines)
+                time.sleep(0.5)
+                daemon.terminate()
+                out, err = daemon.communicate(timeout=60)
+            assert notify.recv(4096) == b"STOPPING=1"
+        finally:
+            daemon.kill()
+    assert daemon.returncode == 0, err.decode()
+    assert b"passed by the service manager, audit" in err
+    assert sorted(json.loads(line)["request_id"] for line in out.splitlines()) == sorted(
+        f"id-{i}" for i in range(20)
+    )
