@@ -12,8 +12,9 @@ from tests.integration.socket_restarts import run
 pytestmark = pytest.mark.integration
 
 
-def test_restarts_with_socket_activation_lose_no_response(bao_binary: str, tmp_path: Path) -> None:
-    outcome = run(bao_binary, tmp_path, activated=True, seconds_between=3.0, rate=300.0)
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+def test_restarts_with_socket_activation_lose_no_response(bao_binary: str, tmp_path: Path, tcp: bool) -> None:
+    outcome = run(bao_binary, tmp_path, activated=True, seconds_between=3.0, rate=300.0, tcp=tcp)
     print(outcome.line())
     assert outcome.requests_sent > 500 and outcome.client_errors == 0, outcome.line()
     assert outcome.responses >= outcome.requests_sent, outcome.line()
