@@ -243,3 +243,27 @@ def test_the_daemon_serves_the_passed_socket_and_no_default_one(tmp_path: Path) 
     assert sorted(json.loads(line)["request_id"] for line in out.splitlines()) == sorted(
         f"id-{i}" for i in range(20)
     )
+
+
+def test_the_socket_path_appears_only_once_it_accepts_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client finding the path (Vault dialling again after a restart) is never refused."""
+    path = tmp_path / "audit.sock"
+    seen_at_listen: list[bool] = []
+    listen = socket.socket.listen
+
+    def watch(self: socket.socket, *args: int) -> None:
+        seen_at_listen.append(path.exists())
+        listen(self, *args)
+
+    monkeypatch.setattr(socket.socket, "listen", watch)
+    source = source_for([Listener("unix", str(path))])
+    source.open()
+    try:
+        assert seen_at_listen == [False]
+        assert path.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["audit.sock"]
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+    finally:
+        source.close()

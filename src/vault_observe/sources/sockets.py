@@ -34,6 +34,7 @@ from ..framing import FramingCounters, LineFramer
 log = logging.getLogger("vault_observe.sources")
 
 RECV_BYTES = 1 << 20
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
 MAX_DATAGRAMS_PER_WAKEUP = 1024
 
 
@@ -171,15 +172,31 @@ class SocketSource:
             path = listener.address
             _remove_stale_socket(path)
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # Bound under a temporary name and renamed once listening: a client (Vault
+            # dialling again, a start-up check) that finds the path never finds it
+            # refusing connections (bind comes before listen).
+            temporary = os.path.join(os.path.dirname(path), f".vault-observe-{os.getpid()}.sock")
+            if len(os.fsencode(temporary)) > UNIX_PATH_MAX:
+                temporary = path  # no room for the longer name: bind in place
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)  # left by a killed process that had our pid
             # Create the file with the right mode from the start: no window with a wider one.
             old_umask = os.umask(0o777 & ~self.socket_mode)
             try:
-                server.bind(path)
+                server.bind(temporary)
             finally:
                 os.umask(old_umask)
-            os.chmod(path, self.socket_mode)
+            try:
+                os.chmod(temporary, self.socket_mode)
+                server.listen(socket.SOMAXCONN)
+                if temporary != path:
+                    os.rename(temporary, path)
+            except BaseException:
+                server.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                raise
             self._unix_paths.append(path)
-            server.listen(socket.SOMAXCONN)
             return server
         family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
         if listener.kind == "tcp":
