@@ -189,7 +189,9 @@ class Mutator:
         pool = self.nested.setdefault(depth, [])
         if len(pool) < 4:  # a few shapes per depth, made once (the values are only read)
             pool.append(nested(depth, self.rng))
-        spot[self.rng.choice(["deep", "data", "x.y", "error_detail"])] = self.rng.choice(pool)
+        # in a fresh list: later mutations of this line pick objects to write into
+        # (``where``) and must never reach a pooled value, or the pool would change
+        spot[self.rng.choice(["deep", "data", "x.y", "error_detail"])] = [self.rng.choice(pool)]
         if self.rng.random() < 0.5 and "error" not in entry:
             entry["error"] = "permission denied"  # an error before the deep value's key
             entry.update({k: entry.pop(k) for k in list(entry) if k != "error"})
