@@ -2,13 +2,16 @@
 
 Each runs a ThreadingHTTPServer on 127.0.0.1 with an ephemeral port, keeps what it
 decoded, and can be told to fail (``fail_with``), to stall (``delay``), or to answer
-a number of requests with an error before it recovers (``fail_next``).
+a number of requests with an error before it recovers (``fail_next``). To refuse
+connections, close it and later start another on the same ``port``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +22,7 @@ from typing import Any, Self
 class Receiver:
     """Base: an HTTP server on 127.0.0.1 that hands each POST body to ``decode``."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []  # path, headers, raw size per request
         self.fail_with: int | None = None  # answer every request with this status
@@ -27,6 +30,9 @@ class Receiver:
         self.fail_status = 500
         self.delay = 0.0  # seconds to wait before answering
         self.errors: list[str] = []  # decode errors (a test should assert this stays empty)
+        self.connections: set[socket.socket] = set()  # open keep-alive connections
+        self.busy: set[socket.socket] = set()  # ... that are in a request
+        self.closed = False
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,12 +41,30 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(length)
-                receiver.handle(self, body)
+            def setup(self) -> None:
+                super().setup()
+                with receiver.lock:
+                    receiver.connections.add(self.connection)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            def finish(self) -> None:
+                with receiver.lock:
+                    receiver.connections.discard(self.connection)
+                super().finish()
+
+            def do_POST(self) -> None:
+                with receiver.lock:
+                    receiver.busy.add(self.connection)
+                try:
+                    length = int(self.headers.get("Content-Length", "0"))
+                    body = self.rfile.read(length)
+                    receiver.handle(self, body)
+                finally:
+                    with receiver.lock:
+                        receiver.busy.discard(self.connection)
+                        if receiver.closed:  # answered; now like the others
+                            self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -59,6 +83,14 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+        # and the keep-alive connections, which their handler threads would go on serving
+        # (one in a request is answered first, then closed)
+        with self.lock:
+            self.closed = True
+            connections = list(self.connections - self.busy)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         if self.delay:
@@ -115,8 +147,8 @@ class ZipkinReceiver(Receiver):
     ``zipkin_pb2``) or JSON v2. ``spans`` holds one dict per span in JSON v2 shape
     (ids as lower-case hex)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(port)
         self.spans: list[dict[str, Any]] = []
         self.content_types: list[str] = []
 

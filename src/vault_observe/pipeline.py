@@ -54,7 +54,7 @@ EXPIRE_EVERY_NS = 200_000_000
 EMIT_CHUNK = 8192
 BAD_LINE_COUNTERS = ("malformed", "invalid", "oversize", "unknown_type", "no_id")
 # After a queue that held this many bytes drains, give the freed heap back to the system.
-TRIM_AFTER_BYTES = 8 << 20
+TRIM_AFTER_BYTES = 4 << 20
 # "Retry until accepted" is a deadline this far away: finite, because lock and
 # condition waits refuse an infinite timeout.
 NO_DEADLINE_SECONDS = 10 * 365 * 86400.0
