@@ -49,6 +49,8 @@ class Plan:
     keys: int = 1  # keys of each secret written: each is an attribute of the write's and the read's spans
     warmup: float = 30.0
     refuse: float = 180.0
+    refuse_until_bytes: float = 0.0  # ... and on until the queue holds this many bytes (0: no)
+    refuse_max: float = 120.0  # ... but no longer than this
     fail: float = 60.0  # seconds of 503 after the refusals
     settle: float = 30.0  # seconds watched after the queue drained
     settle_within: float = 0.0  # MiB: stop watching once RSS is this close to the warm-up's (0: watch on)
@@ -325,6 +327,11 @@ def run(plan: Plan, workdir: Path, bao_binary: str | None = None) -> Result:
         phase = "refuse"  # nothing listens on the receiver's port
         receiver.__exit__(None, None, None)
         time.sleep(plan.refuse)
+        deadline = time.monotonic() + max(0.0, plan.refuse_max - plan.refuse)
+        while plan.refuse_until_bytes and time.monotonic() < deadline:
+            if result.samples and result.samples[-1].queue_bytes >= plan.refuse_until_bytes:
+                break
+            time.sleep(plan.sample_every)
         phase = "fail"
         receiver = ZipkinReceiver(port=zipkin_port)
         receivers.append(receiver)

@@ -360,7 +360,8 @@ class DaemonCollector(Collector):
         dropped = CounterMetricFamily(
             "vault_observe_sink_spans_dropped",
             "Spans dropped before the sink saw them: queue_full (the sink fell behind by "
-            "--queue-size spans), shutdown (still queued at the end of the shutdown timeout)",
+            "--queue-size spans or --queue-bytes), shutdown (still queued at the end of the "
+            "shutdown timeout)",
             labels=["sink", "reason"],
         )
         capacity = GaugeMetricFamily(

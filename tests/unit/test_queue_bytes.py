@@ -136,8 +136,9 @@ def test_queue_bytes_bound_drops_and_counts_what_does_not_fit(
         # what is queued is counted as it is: the sum of what its chunks keep alive
         with worker._cond:
             queued = list(worker._queue)
+            queued_bytes = worker.queued_bytes
         stores = {id(getattr(c, "store", c)): chunk_bytes(c) for c in queued}
-        assert worker.queued_bytes == sum(stores.values())
+        assert queued_bytes == sum(stores.values())
         gate.open.set()
     finally:
         gate.open.set()
