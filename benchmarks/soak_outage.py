@@ -49,7 +49,7 @@ class Plan:
     keys: int = 1  # keys of each secret written: each is an attribute of the write's and the read's spans
     warmup: float = 30.0
     refuse: float = 180.0
-    refuse_until_bytes: float = 0.0  # ... and on until the queue holds this many bytes (0: no)
+    refuse_until_full: bool = False  # ... and on until the queue has dropped spans for want of room
     refuse_max: float = 120.0  # ... but no longer than this
     fail: float = 60.0  # seconds of 503 after the refusals
     settle: float = 30.0  # seconds watched after the queue drained
@@ -69,6 +69,7 @@ class Sample:
     rss_mib: float
     queue_bytes: float = -1.0
     queue_depth: float = -1.0
+    dropped_queue_full: float = -1.0
 
 
 @dataclass
@@ -151,6 +152,14 @@ def scrape(url: str) -> dict[str, float]:
         match = re.search(rf'^{name}{{sink="zipkin"}} ([0-9.e+]+)$', text, re.MULTILINE)
         if match:
             out[name] = float(match[1])
+    match = re.search(
+        r'^vault_observe_sink_spans_dropped_total{(?=[^}]*sink="zipkin")(?=[^}]*reason="queue_full")[^}]*} '
+        r"([0-9.e+]+)$",
+        text,
+        re.MULTILINE,
+    )
+    if match:
+        out["dropped_queue_full"] = float(match[1])
     return out
 
 
@@ -302,6 +311,7 @@ def run(plan: Plan, workdir: Path, bao_binary: str | None = None) -> Result:
                     round(rss, 1),
                     gauges.get("vault_observe_sink_queue_bytes", -1.0),
                     gauges.get("vault_observe_sink_queue_depth", -1.0),
+                    gauges.get("dropped_queue_full", -1.0),
                 )
             )
             stop_sampling.wait(plan.sample_every)
@@ -328,8 +338,8 @@ def run(plan: Plan, workdir: Path, bao_binary: str | None = None) -> Result:
         receiver.__exit__(None, None, None)
         time.sleep(plan.refuse)
         deadline = time.monotonic() + max(0.0, plan.refuse_max - plan.refuse)
-        while plan.refuse_until_bytes and time.monotonic() < deadline:
-            if result.samples and result.samples[-1].queue_bytes >= plan.refuse_until_bytes:
+        while plan.refuse_until_full and time.monotonic() < deadline:
+            if result.samples and result.samples[-1].dropped_queue_full > 0:
                 break
             time.sleep(plan.sample_every)
         phase = "fail"

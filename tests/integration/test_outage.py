@@ -22,7 +22,7 @@ def test_sink_outage_every_span_accounted_memory_bounded_and_given_back(
         keys=32,  # spans of a few KB: the queue reaches its bound within the outage
         warmup=8.0,
         refuse=10.0,
-        refuse_until_bytes=0.9 * QUEUE_MIB * 2**20,  # a loaded machine makes fewer requests
+        refuse_until_full=True,  # a loaded machine makes fewer requests: wait for the bound
         refuse_max=120.0,
         fail=8.0,  # 503 for twice the retry window
         retry_window=4.0,
