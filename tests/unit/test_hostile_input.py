@@ -212,13 +212,19 @@ def test_threads_hammering_one_compiled_core_get_runtime_errors_not_corruption(
     filter (Python) asked about names it has not seen (each line has its own)."""
     core = compiled_core(max_pending=50, **options)
     chunk = big_chunk(300)
-    stop = time.monotonic() + 2.0
+    # At least 2 s, and on until the calls have overlapped (a loaded machine may need
+    # longer for that), at most 30 s.
+    start = time.monotonic()
     refused = [0]
     errors: list[BaseException] = []
 
+    def running() -> bool:
+        elapsed = time.monotonic() - start
+        return elapsed < 2.0 or (refused[0] == 0 and elapsed < 30.0)
+
     def work(op: str) -> None:
         try:
-            while time.monotonic() < stop:
+            while running():
                 try:
                     if op == "feed":
                         core.feed(chunk, 0)
