@@ -12,6 +12,8 @@ from vault_observe.model import SpanRecord
 class CollectingSink:
     """Keeps every span; can be made slow (``delay`` per batch) or failing."""
 
+    concurrency = 1
+
     def __init__(self, name: str = "collect", delay: float = 0.0, fail: bool = False) -> None:
         self.name = name
         self.delay = delay
@@ -31,6 +33,9 @@ class CollectingSink:
             self.spans.extend(spans)
             self.batches += 1
         return 0
+
+    def start(self) -> None:
+        pass
 
     def flush(self, timeout: float) -> None:
         self.flushed = True

@@ -1,14 +1,13 @@
 """Pick the core: the compiled ``_fast`` when it is built, else the reference ``_core_py``.
 
-``VAULT_OBSERVE_NO_EXTENSIONS=1`` forces the reference core.
+``VAULT_OBSERVE_NO_EXTENSIONS=1`` forces the reference core (the switch is ``_compat``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
-from . import _core_py
+from . import _compat, _core_py
 
 if TYPE_CHECKING:
     Core = _core_py.Core
@@ -16,10 +15,10 @@ if TYPE_CHECKING:
     LOAD_ERROR: str | None = None
 else:
     LOAD_ERROR = None
-    if os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1":
+    if not _compat.USE_EXTENSIONS:
         Core = _core_py.Core
         IMPLEMENTATION = "py"
-        LOAD_ERROR = "disabled by VAULT_OBSERVE_NO_EXTENSIONS=1"
+        LOAD_ERROR = _compat.DISABLED_REASON
     else:
         try:
             from ._fast import Core

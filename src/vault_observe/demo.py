@@ -193,10 +193,14 @@ class SpanTable:
 
     name = "demo-table"
     internal = True  # the demo's own: not in the sinks' counters
+    concurrency = 1
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.rows: dict[str, list[Any]] = {}  # name -> [count, errors, durations in ms]
+
+    def start(self) -> None:
+        pass
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         with self._lock:

@@ -161,6 +161,8 @@ class MetricsSink(Collector):
     internal = True  # not a sink to an operator: no sink series, no health entry
     summary_key = "latency"  # its counters in the summary
 
+    concurrency = 1
+
     def __init__(self, registry: CollectorRegistry | None = None, max_series: int = MAX_SERIES) -> None:
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._max_series = max_series
@@ -223,6 +225,9 @@ class MetricsSink(Collector):
                 buckets.append((le, float(cumulative)))
             family.add_metric(list(key), buckets, total)
         yield family
+
+    def start(self) -> None:
+        pass
 
     def flush(self, timeout: float) -> None:
         pass

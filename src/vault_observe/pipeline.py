@@ -136,7 +136,7 @@ class SinkWorker:
         # many senders, so one batch is encoded and compressed while another is in flight.
         self._threads = [
             threading.Thread(target=self._run, name=f"sink-{sink.name}-{i}", daemon=True)
-            for i in range(max(1, int(getattr(sink, "concurrency", 1))))
+            for i in range(max(1, sink.concurrency))
         ]
         self._running = len(self._threads)
         self.counts = {
@@ -241,6 +241,7 @@ class SinkWorker:
         return counts["delivered"] + counts["failed"] + counts["dropped_queue_full"]
 
     def start(self) -> None:
+        self.sink.start()
         for thread in self._threads:
             thread.start()
 

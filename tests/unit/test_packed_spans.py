@@ -145,6 +145,7 @@ class Collecting:
     """A sink that keeps what it is sent."""
 
     name = "collecting"
+    concurrency = 1
 
     def __init__(self) -> None:
         self.batches: list[list[SpanRecord]] = []
@@ -152,6 +153,9 @@ class Collecting:
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         self.batches.append(list(spans))
         return 0
+
+    def start(self) -> None:
+        pass
 
     def flush(self, timeout: float) -> None:
         pass

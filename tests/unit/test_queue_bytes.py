@@ -40,6 +40,7 @@ class Gate:
     """A sink whose sends wait until the test opens it; it samples the queue's bytes."""
 
     name = "gate"
+    concurrency = 1
 
     def __init__(self) -> None:
         self.open = threading.Event()
@@ -53,6 +54,9 @@ class Gate:
         self.peak_bytes = max(self.peak_bytes, self.worker.queued_bytes)
         self.spans += len(spans)
         return 0
+
+    def start(self) -> None:
+        pass
 
     def flush(self, timeout: float) -> None:
         pass

@@ -17,9 +17,17 @@ class Sink(Protocol):
     by ``deadline``, a ``time.monotonic()`` value after which it must give up) and
     must not raise for delivery failures: it counts them. ``flush`` delivers
     whatever the sink buffers itself; ``close`` releases its resources.
+
+    Lifecycle: a constructor only checks settings and builds objects; ``start``
+    starts whatever runs on its own (threads, pools) and is called once, by the
+    worker, before the first ``send``; ``close`` ends it. ``concurrency`` is how
+    many sender threads the worker may run into ``send`` at once.
     """
 
     name: str
+    concurrency: int
+
+    def start(self) -> None: ...
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int: ...
 

@@ -770,6 +770,9 @@ class HoneycombSink:
             return 0
         return self._impl.send(spans, deadline)
 
+    def start(self) -> None:
+        pass
+
     def flush(self, timeout: float) -> None:
         self._impl.flush(timeout)
 

@@ -201,6 +201,8 @@ class OtlpSink:
 
     name = "otlp"
 
+    concurrency = 1
+
     def __init__(
         self,
         endpoint: str | None = None,
@@ -324,6 +326,9 @@ class OtlpSink:
                 message,
             )
         return min(rejected, count)
+
+    def start(self) -> None:
+        pass
 
     def flush(self, timeout: float) -> None:
         pass  # nothing is buffered: ``send`` posts before it returns

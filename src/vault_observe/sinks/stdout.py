@@ -55,6 +55,8 @@ class StdoutSink:
 
     name = "stdout"
 
+    concurrency = 1
+
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self._log = SafeLog(log)
@@ -79,6 +81,9 @@ class StdoutSink:
         self.sent += len(spans)
         self.bytes += len(data)
         return 0
+
+    def start(self) -> None:
+        pass
 
     def flush(self, timeout: float) -> None:
         try:

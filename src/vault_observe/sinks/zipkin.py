@@ -370,6 +370,9 @@ class ZipkinSink:
             self._count(failed=len(spans) - self._local.failed)
         return len(spans) - delivered
 
+    def start(self) -> None:
+        pass
+
     def flush(self, timeout: float) -> None:
         """Nothing is buffered here: ``send`` delivers or gives up before it returns."""
 
