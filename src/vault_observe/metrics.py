@@ -11,7 +11,8 @@ from .errors import ConfigError
 from .logs import SUMMARY_FIELDS, SUMMARY_TITLE
 
 if TYPE_CHECKING:
-    from .pipeline import Daemon, SinkWorker
+    from .pipeline import Daemon
+    from .sink_worker import SinkWorker
 
 log = logging.getLogger("vault_observe")
 

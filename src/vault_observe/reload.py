@@ -28,7 +28,8 @@ from .sinks.factory import build_checked_sinks
 
 if TYPE_CHECKING:
     from .config import Config
-    from .pipeline import Daemon, SinkWorker
+    from .pipeline import Daemon
+    from .sink_worker import SinkWorker
 
 log = logging.getLogger("vault_observe")
 

@@ -12,7 +12,7 @@ import pytest
 
 from vault_observe import __version__, _core_py
 from vault_observe.model import SpanBatch, SpanRecord
-from vault_observe.pipeline import SinkWorker
+from vault_observe.sink_worker import SinkWorker
 
 from .test_core import ID1, ID2, core_class, t
 

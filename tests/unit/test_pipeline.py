@@ -15,7 +15,8 @@ import pytest
 from tests.sinks import CollectingSink
 from vault_observe.config import Config, Listener
 from vault_observe.model import ORPHAN, PAIRED, UNANSWERED
-from vault_observe.pipeline import Daemon, SinkWorker
+from vault_observe.pipeline import Daemon
+from vault_observe.sink_worker import SinkWorker
 
 REQ = b'{"time":"2026-01-01T00:00:00.000000001Z","type":"request","auth":{},"request":{"id":"%s","operation":"read","mount_point":"kv/","path":"kv/x"}}\n'
 RESP = b'{"time":"2026-01-01T00:00:00.250000001Z","type":"response","auth":{},"request":{"id":"%s","operation":"read","mount_point":"kv/","path":"kv/x"},"response":{"data":{"a":1}}}\n'

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from vault_observe.model import SpanRecord
-from vault_observe.pipeline import SinkWorker, records_bytes
+from vault_observe.sink_worker import SinkWorker, records_bytes
 
 from .test_core import core_class
 
