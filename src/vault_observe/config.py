@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from . import __version__
+from .address import parse_address
 from .errors import ConfigError
-from .metrics import parse_address
 
 DEFAULT_ZIPKIN_URL = "http://localhost:9411/api/v2/spans"
 DEFAULT_HONEYCOMB_HOST = "https://api.honeycomb.io"

@@ -1,10 +1,10 @@
 """Prometheus self-metrics and a health check, served over HTTP on their own thread.
 
-Nothing here runs on the reader's path. ``DaemonCollector`` reads the daemon's
-counters (``Summary.counters()``) and the sink workers' state only when Prometheus
-scrapes. The Vault latency histogram is fed by ``MetricsSink``, an ordinary sink
-behind its own bounded queue and worker thread: when it falls behind, its spans
-are dropped and counted like any sink's.
+Nothing here runs on the reader's path. ``DaemonCollector`` reads a snapshot of
+the daemon's counters (``counters.Snapshot``) only when Prometheus scrapes. The
+Vault latency histogram is fed by ``MetricsSink``, an ordinary sink behind its own
+bounded queue and worker thread: when it falls behind, its spans are dropped and
+counted like any sink's.
 
 Endpoints: ``/metrics`` (Prometheus text format, or OpenMetrics when asked for)
 and ``/healthz`` (200, or 503 once a sink has been failing for longer than
@@ -22,7 +22,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -34,13 +34,11 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from . import core as core_module
+from .address import parse_address
+from .counters import Snapshot, SnapshotSource
 from .errors import listen_error
-from .metrics import is_internal, parse_address
 from .model import PAIRED, SpanRecord
 from .ratelog import RateLimitedLog
-
-if TYPE_CHECKING:
-    from .pipeline import Daemon
 
 log = logging.getLogger("vault_observe")
 
@@ -251,15 +249,15 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 
 class DaemonCollector(Collector):
-    """Every counter of a Daemon, read at scrape time."""
+    """Every counter of the daemon, from the snapshot taken at scrape time."""
 
-    def __init__(self, daemon: Daemon, clock: Callable[[], float] = time.monotonic) -> None:
-        self._daemon = daemon
+    def __init__(self, snapshot: SnapshotSource, clock: Callable[[], float] = time.monotonic) -> None:
+        self._snapshot = snapshot
         self._clock = clock
 
     def collect(self) -> Iterable[Metric]:
-        daemon = self._daemon
-        c = daemon.summary.counters()
+        snapshot = self._snapshot()
+        c = snapshot.counters
         get = c.get
 
         info = GaugeMetricFamily(
@@ -328,7 +326,7 @@ class DaemonCollector(Collector):
         yield _gauge(
             "vault_observe_pending_requests_limit",
             "Requests that may wait for their response at most (--max-pending); past it the oldest is evicted",
-            daemon.config.max_pending,
+            snapshot.max_pending,
         )
         yield _gauge(
             "vault_observe_open_connections", "Audit device connections open now", get("open_connections", 0)
@@ -391,14 +389,12 @@ class DaemonCollector(Collector):
             for reason, name in DROP_REASONS:
                 dropped.add_metric([sink, reason], stats.get(name, 0))
         now = self._clock()
-        for worker in daemon.workers:
-            if is_internal(worker.sink):
-                continue
-            capacity.add_metric([worker.name], worker.queue_size)  # follow mode: a few batches
-            capacity_bytes.add_metric([worker.name], daemon.config.queue_bytes)
-            since = worker.failing_since
-            up.add_metric([worker.name], 1 if since is None else 0)
-            failing.add_metric([worker.name], 0.0 if since is None else max(0.0, now - since))
+        for state in snapshot.sinks:
+            capacity.add_metric([state.name], state.queue_capacity)  # follow mode: a few batches
+            capacity_bytes.add_metric([state.name], snapshot.queue_bytes)
+            since = state.failing_since
+            up.add_metric([state.name], 1 if since is None else 0)
+            failing.add_metric([state.name], 0.0 if since is None else max(0.0, now - since))
         yield dropped
         yield capacity
         yield capacity_bytes
@@ -420,23 +416,21 @@ class DaemonCollector(Collector):
 # ---------------------------------------------------------------- health
 
 
-def health(daemon: Daemon, threshold: float, now: float | None = None) -> tuple[int, dict[str, Any]]:
+def health(snapshot: Snapshot, threshold: float, now: float | None = None) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON document): 503 when a sink has failed for over ``threshold`` seconds."""
     now = time.monotonic() if now is None else now
     sinks: dict[str, dict[str, Any]] = {}
     failing: list[str] = []
-    for worker in daemon.workers:
-        if is_internal(worker.sink):
-            continue
-        since = worker.failing_since
+    for state in snapshot.sinks:
+        since = state.failing_since
         seconds = 0.0 if since is None else max(0.0, now - since)
-        sinks[worker.name] = {
+        sinks[state.name] = {
             "up": since is None,
             "failing_seconds": round(seconds, 3),
-            "queue_depth": worker.depth,
+            "queue_depth": state.queue_depth,
         }
         if since is not None and seconds > threshold:
-            failing.append(worker.name)
+            failing.append(state.name)
     if not failing:
         return 200, {"status": "ok", "sinks": sinks}
     message = "; ".join(
@@ -506,18 +500,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` for one Daemon, on a daemon thread of its own.
+    """``/metrics`` and ``/healthz`` of the counters ``snapshot`` gives, on a daemon
+    thread of its own.
 
     Built with the Daemon (which adds ``sink`` to its sinks); binds in ``start``.
     """
 
-    def __init__(self, daemon: Daemon) -> None:
-        config = daemon.config
-        self.host, self.port = parse_address(config.metrics_address or "")
-        self.failure_seconds = config.health_failure_seconds
-        self._daemon = daemon
+    def __init__(self, address: str, failure_seconds: float, snapshot: SnapshotSource) -> None:
+        self.host, self.port = parse_address(address)
+        self.failure_seconds = failure_seconds
+        self._snapshot = snapshot
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(DaemonCollector(daemon))
+        self.registry.register(DaemonCollector(snapshot))
         # process_*: resident and virtual memory, CPU seconds, open and maximum file
         # descriptors, start time (from /proc; absent where there is none); python_info.
         ProcessCollector(registry=self.registry)
@@ -560,7 +554,7 @@ class MetricsServer:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        return health(self._daemon, self.failure_seconds)
+        return health(self._snapshot(), self.failure_seconds)
 
     def stop(self) -> None:
         server, self._server = self._server, None

@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import core as core_module
 from . import sd_notify
 from .config import Config
+from .counters import SinkState, Snapshot
 from .errors import file_error
 from .framing import FramingCounters
 from .metrics import Summary, is_internal, undelivered
@@ -141,6 +142,19 @@ def _redirect_logging(bar: Any) -> Iterator[None]:
         yield
 
 
+def _worker_counters(worker: SinkWorker) -> dict[str, int]:
+    """A sink's counters: its worker's, then the sink's own."""
+    stats = dict(worker.counts)
+    stats["queue_depth"] = worker.depth
+    stats["queue_bytes"] = worker.queued_bytes
+    try:
+        for key, value in worker.sink.stats().items():
+            stats.setdefault(key, value)
+    except Exception:
+        log.debug("stats of %s failed", worker.name, exc_info=True)
+    return stats
+
+
 class Daemon:
     """Reads from sockets (or a file), correlates, and feeds the sink workers."""
 
@@ -168,7 +182,10 @@ class Daemon:
         if config.metrics_address is not None:
             from .metrics_http import MetricsServer
 
-            self.metrics_server = MetricsServer(self)  # binds in serve/replay
+            # binds in serve/replay
+            self.metrics_server = MetricsServer(
+                config.metrics_address, config.health_failure_seconds, self.snapshot
+            )
             sinks = [*sinks, self.metrics_server.sink]
         self.framing = FramingCounters()
         self.workers = self.make_workers(sinks, config)
@@ -182,7 +199,7 @@ class Daemon:
         self.progress: FollowProgress | None = None
         self.reread_lines = 0  # follow mode: lines read again to rebuild pending requests
         self.reread_spans = 0  # ... and the spans they made, delivered before the restart
-        self.summary = Summary(self)
+        self.summary = Summary(self.snapshot)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._capture: IO[bytes] | None = None
@@ -192,6 +209,59 @@ class Daemon:
         self.started = threading.Event()  # set once every listener is bound
         self.result: dict[str, Any] | None = None
         self._next_summary = time.monotonic() + config.summary_interval
+
+    def snapshot(self) -> Snapshot:
+        """Every counter now, as plain data: what the summary, /metrics and /healthz read."""
+        workers = self.workers
+        return Snapshot(
+            counters=self._counters(workers),
+            sinks=tuple(
+                SinkState(worker.name, worker.failing_since, worker.depth, worker.queue_size)
+                for worker in workers
+                if not is_internal(worker.sink)
+            ),
+            max_pending=self.config.max_pending,
+            queue_bytes=self.config.queue_bytes,
+        )
+
+    def _counters(self, workers: Sequence[SinkWorker]) -> dict[str, Any]:
+        """The core's, framing's, sources' and each sink's counters."""
+        out: dict[str, Any] = dict(self.core.counters())
+        out["oversize"] += self.framing.oversize
+        out["bytes"] = self.framing.bytes
+        out["truncated"] = self.framing.truncated
+        out["pending"] = self.core.pending
+        source = self.source
+        follower = self.follower
+        if follower is not None:
+            follow_stats = follower.stats
+            out["rotations"] = follow_stats.rotations
+            out["truncations"] = follow_stats.truncations
+            out["lost_files"] = follow_stats.lost_files
+            out["reread_lines"] = self.reread_lines
+            out["reread_spans"] = self.reread_spans
+            progress = self.progress
+            out["checkpoint_errors"] = progress.save_errors if progress is not None else 0
+        out["connections"] = source.connections_accepted if source is not None else 0
+        out["open_connections"] = source.open_connections if source is not None else 0
+        sinks: dict[str, dict[str, int]] = {}
+        for worker in workers:
+            if is_internal(worker.sink):
+                # The latency histogram is fed like a sink, but it is not one to an operator.
+                key = getattr(worker.sink, "summary_key", None)
+                if key:
+                    out[key] = {**worker.counts, "queue_depth": worker.depth, **worker.sink.stats()}
+                continue
+            sinks[worker.name] = _worker_counters(worker)
+        # A sink set that a reload replaced still counts (the counters only grow).
+        for worker in self.retired_workers:
+            stats = _worker_counters(worker)
+            current = sinks.setdefault(worker.name, dict.fromkeys(stats, 0))
+            for key, value in stats.items():
+                if isinstance(value, int | float):
+                    current[key] = current.get(key, 0) + value
+        out["sinks"] = sinks
+        return out
 
     @staticmethod
     def make_workers(sinks: Sequence[Sink], config: Config) -> list[SinkWorker]:

@@ -19,7 +19,8 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from . import logs
 from .errors import ConfigError
@@ -28,10 +29,28 @@ from .sinks.factory import build_checked_sinks
 
 if TYPE_CHECKING:
     from .config import Config
-    from .pipeline import Daemon
+    from .core import Core
+    from .metrics_http import MetricsServer
     from .sink_worker import SinkWorker
+    from .sinks.base import Sink
 
 log = logging.getLogger("vault_observe")
+
+
+class Reloadable(Protocol):
+    """What a reload reads and changes of the daemon (declared here, so that this
+    module need not import the daemon's)."""
+
+    config: Config
+    reload_config: Callable[[], Config] | None
+    core: Core
+    metrics_server: MetricsServer | None
+    workers: list[SinkWorker]
+    retired_workers: list[SinkWorker]
+
+    def reopen_capture(self) -> None: ...
+    def make_workers(self, sinks: Sequence[Sink], config: Config) -> list[SinkWorker]: ...
+
 
 # Changed by a restart only: the sockets and files read, and the core's own limits.
 RESTART = (
@@ -73,7 +92,7 @@ SINK_SETTINGS = (
 _NOT_SETTINGS = {"origins"}
 
 
-def reload(daemon: Daemon) -> bool:
+def reload(daemon: Reloadable) -> bool:
     """Apply a new Config from ``daemon.reload_config``; False when nothing could be."""
     log.info("SIGHUP: reloading the settings")
     daemon.reopen_capture()
@@ -132,7 +151,7 @@ def _shown(name: str, value: object) -> str:
     return repr(value)
 
 
-def _swap_sinks(daemon: Daemon, new: Config) -> bool:
+def _swap_sinks(daemon: Reloadable, new: Config) -> bool:
     """Start the new sink set; the old one drains on a thread of its own."""
     try:
         sinks = build_checked_sinks(new)

@@ -24,12 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.receivers import HoneycombReceiver
 from tests.sinks import CollectingSink
 from vault_observe._core_py import Core, dump_attrs
+from vault_observe.address import parse_address
 from vault_observe.config import Config, Listener, load_config
+from vault_observe.counters import SinkState, Snapshot
 from vault_observe.errors import ConfigError
-from vault_observe.metrics import parse_address
 from vault_observe.metrics_http import (
     DURATION_BUCKETS,
     OVERFLOW_LABEL,
+    DaemonCollector,
     MetricsSink,
     health,
     request_labels,
@@ -332,7 +334,7 @@ def test_healthz_turns_503_while_a_sink_fails_and_200_after_it_recovers(
             since = worker.failing_since
             assert since is not None
             # Below the threshold the sink shows as down, but the daemon is still healthy.
-            status, document = health(daemon, 0.5, now=since + 0.4)
+            status, document = health(daemon.snapshot(), 0.5, now=since + 0.4)
             assert status == 200 and document["sinks"]["honeycomb"]["up"] is False
 
             wait_for(lambda: healthz(daemon)[0] == 503)
@@ -363,6 +365,34 @@ def test_healthz_turns_503_while_a_sink_fails_and_200_after_it_recovers(
 
 
 # ---------------------------------------------------------------- pieces
+
+
+def test_metrics_and_health_read_a_snapshot_alone() -> None:
+    """/metrics and /healthz need no daemon: the counters it publishes are enough."""
+    snapshot = Snapshot(
+        counters={"lines": 7, "paired": 3, "sinks": {"zipkin": {"delivered": 5, "dropped_queue_full": 2}}},
+        sinks=(SinkState("zipkin", failing_since=100.0, queue_depth=4, queue_capacity=50),),
+        max_pending=9,
+        queue_bytes=1024,
+    )
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(lambda: snapshot, clock=lambda: 112.5))
+    sample = registry.get_sample_value
+    assert sample("vault_observe_lines_total") == 7
+    assert sample("vault_observe_spans_total", {"pairing": "paired"}) == 3
+    assert sample("vault_observe_pending_requests_limit") == 9
+    assert sample("vault_observe_sink_spans_delivered_total", {"sink": "zipkin"}) == 5
+    assert sample("vault_observe_sink_spans_dropped_total", {"sink": "zipkin", "reason": "queue_full"}) == 2
+    assert sample("vault_observe_sink_queue_capacity", {"sink": "zipkin"}) == 50
+    assert sample("vault_observe_sink_queue_capacity_bytes", {"sink": "zipkin"}) == 1024
+    assert sample("vault_observe_sink_up", {"sink": "zipkin"}) == 0
+    assert sample("vault_observe_sink_failing_seconds", {"sink": "zipkin"}) == 12.5
+    assert health(snapshot, 20.0, now=112.5) == (
+        200,
+        {"status": "ok", "sinks": {"zipkin": {"up": False, "failing_seconds": 12.5, "queue_depth": 4}}},
+    )
+    status, document = health(snapshot, 10.0, now=112.5)
+    assert status == 503 and document["failing"] == ["zipkin"]
 
 
 def test_labels_come_from_keys_not_values() -> None:

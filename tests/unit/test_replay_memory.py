@@ -75,7 +75,7 @@ def test_trimmed_spans_are_counted_exported_and_logged(
         assert daemon.run() == 0
     assert daemon.result is not None
     assert daemon.result["unanswered"] == daemon.result["attrs_trimmed"] == 30
-    metrics = {m.name: m for m in DaemonCollector(daemon).collect()}
+    metrics = {m.name: m for m in DaemonCollector(daemon.snapshot).collect()}
     assert metrics["vault_observe_pending_attrs_trimmed"].samples[0].value == 30
     assert any(
         "30 unanswered or evicted span(s) carry only part" in r.getMessage() and "150" in r.getMessage()
