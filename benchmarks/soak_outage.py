@@ -285,9 +285,7 @@ def run(plan: Plan, workdir: Path, bao_binary: str | None = None) -> Result:
         args += ["--capture", str(capture)]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     stderr_path = workdir / "daemon.err"
-    result = Result(plan=plan, core=core_module.IMPLEMENTATION)
-    if os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1":
-        result.core = "py"
+    result = Result(plan=plan, core=core_module.IMPLEMENTATION)  # "py" under NO_EXTENSIONS (_compat)
     bao = DevServer(bao_binary, workdir=workdir / "bao")
     daemon: subprocess.Popen[bytes] | None = None
     load: Load | None = None

@@ -26,7 +26,8 @@ import pytest
 
 from vault_observe._core_py import Core
 from vault_observe.model import SpanRecord
-from vault_observe.sinks.honeycomb import EventEncoder, HoneycombSink, event_fields
+from vault_observe.sinks.encoding.honeycomb import EventEncoder, event_fields
+from vault_observe.sinks.honeycomb import HoneycombSink
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS_NAME = Path("shared") / "corpus" / "openbao-mixed.jsonl"

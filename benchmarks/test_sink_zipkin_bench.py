@@ -30,11 +30,12 @@ from typing import Any
 
 import pytest
 
-from vault_observe import __version__
+from vault_observe import __version__, _compat
 from vault_observe._core_py import Core
 from vault_observe.model import SpanRecord
 from vault_observe.sinks import zipkin as zk
-from vault_observe.sinks import zipkin_proto_py
+from vault_observe.sinks.encoding import zipkin_proto
+from vault_observe.sinks.encoding.zipkin import JsonEncoder
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(
@@ -164,7 +165,7 @@ def test_zipkin_sink_delivery(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if encoder == "native-py":
-        monkeypatch.setenv("VAULT_OBSERVE_NO_EXTENSIONS", "1")
+        monkeypatch.setattr(_compat, "USE_EXTENSIONS", False)
     sink = zk.ZipkinSink(receiver.url, encoder=encoder.removesuffix("-py"), service_name="vault")
     benchmark.extra_info["implementation"] = sink.implementation
 
@@ -222,9 +223,9 @@ def test_zipkin_encode_only(benchmark: Any, encoder: str, corpus_spans: list[Spa
         compiled = pytest.importorskip("vault_observe._zipkin_proto")
         go = functools.partial(compiled.ProtoEncoder(*args).encode, corpus_spans)
     elif encoder == "py":
-        go = functools.partial(zipkin_proto_py.ProtoEncoder(*args).encode, corpus_spans)
+        go = functools.partial(zipkin_proto.ProtoEncoder(*args).encode, corpus_spans)
     elif encoder == "json":
-        go = functools.partial(zk.JsonEncoder(*args).encode, corpus_spans)
+        go = functools.partial(JsonEncoder(*args).encode, corpus_spans)
     else:
         sdk = zk.SdkPath("http://127.0.0.1:9/api/v2/spans", "vault", 10.0, gzip=False, headers=None)
 

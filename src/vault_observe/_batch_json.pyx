@@ -2,9 +2,9 @@
 # distutils: language = c++
 """Honeycomb batch and OTLP/HTTP JSON bodies, compiled.
 
-``HoneycombEncoder`` gives the bytes of ``sinks.honeycomb.EventEncoder`` for a
+``HoneycombEncoder`` gives the bytes of ``sinks.encoding.honeycomb.EventEncoder`` for a
 whole batch (``[event,event,...]``) and ``OtlpEncoder`` the bytes of the
-``sinks.otlp`` request body; the Python encoders stay the reference. Each span's
+``sinks.encoding.otlp`` request body; the Python encoders stay the reference. Each span's
 fields are read with the GIL held (from the compiled core's packed spans, straight
 from their C records); the bytes are written without it, so the reader thread
 keeps going meanwhile.
@@ -14,7 +14,7 @@ its string escapes are the ones orjson writes, so strings are copied still
 escaped, and its floats are Python's ``repr``, which orjson's form differs from
 only in negative exponents. Values are read with explicit depth counts, so any
 nesting the cores accept is written: in OTLP, an array or object deeper than
-``MAX_VALUE_DEPTH`` is the stringValue of its JSON text (``sinks.otlp``). Whatever
+``MAX_VALUE_DEPTH`` is the stringValue of its JSON text (``sinks.encoding.otlp``). Whatever
 does not fit these rules (a lone surrogate, an integer beyond uint64, a
 non-canonical escape, an ``error`` attribute with another text than the span's)
 makes ``encode`` return None, and the sink uses the Python encoder for that
@@ -77,7 +77,7 @@ cdef enum:
     NO_MEMORY = 2
 
 cdef enum:
-    # OTLP AnyValues nest this deep at most (sinks.otlp.MAX_VALUE_DEPTH); a deeper
+    # OTLP AnyValues nest this deep at most (sinks.encoding.otlp.MAX_VALUE_DEPTH); a deeper
     # array or object is the stringValue of its JSON text
     MAX_VALUE_DEPTH = 32
     # skip_value's bracket stack; the cores accept about 1,024 levels
@@ -1089,7 +1089,7 @@ cdef inline size_t _otlp_room(const OtlpIn* item) noexcept nogil:
 
 
 cdef class OtlpEncoder:
-    """The OTLP/HTTP JSON request body of ``sinks.otlp``: ``head``, the spans
+    """The OTLP/HTTP JSON request body of ``sinks.encoding.otlp``: ``head``, the spans
     joined by commas, ``tail``."""
 
     cdef readonly bytes head

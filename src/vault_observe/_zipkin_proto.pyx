@@ -2,7 +2,7 @@
 # distutils: language = c++
 """Zipkin ``ListOfSpans`` protobuf encoder, compiled.
 
-Gives the same bytes as ``vault_observe.sinks.zipkin_proto_py`` (whose docstring
+Gives the same bytes as ``vault_observe.sinks.encoding.zipkin_proto`` (whose docstring
 states the encoding rules), but reads the tags straight out of ``attrs_json`` with
 a small scanner instead of decoding it: the object is flat and canonical, so a
 string value is its unescaped text and a number or an array is its JSON slice as

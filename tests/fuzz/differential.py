@@ -341,11 +341,12 @@ class Encoders:
     def __init__(self) -> None:
         from vault_observe import __version__
         from vault_observe._zipkin_proto import ProtoEncoder as FastProto
-        from vault_observe.sinks import honeycomb, otlp, zipkin, zipkin_proto_py
+        from vault_observe.sinks import zipkin as zipkin_sink
+        from vault_observe.sinks.encoding import honeycomb, otlp, zipkin, zipkin_proto
 
-        scope = (zipkin.SCOPE_NAME, __version__)
+        scope = (zipkin_sink.SCOPE_NAME, __version__)
         self.zipkin_fast = FastProto("vault", *scope)
-        self.zipkin_py = zipkin_proto_py.ProtoEncoder("vault", *scope)
+        self.zipkin_py = zipkin_proto.ProtoEncoder("vault", *scope)
         self.zipkin_json = zipkin.JsonEncoder("vault", *scope)
         self.honey_fast = honeycomb.BatchEncoder("vault")
         self.honey_py = honeycomb.BatchEncoder("vault", compiled=False)
@@ -359,7 +360,7 @@ class Encoders:
 
     def check(self, packed: Any, records: list[Any]) -> None:
         from tests.receivers import decode_zipkin_proto
-        from vault_observe.sinks.http import JoinedBody
+        from vault_observe.sinks.encoding.wire import JoinedBody
         from vault_observe.sinks.isolate import EncodeGuard
         from vault_observe.sinks.stdout import encode_line
 
@@ -406,10 +407,10 @@ class Encoders:
         for compiled in (self.honey_fast._compiled, self.otlp_fast._compiled):
             if compiled.encode(packed) is None:
                 self.declined += 1
-        from vault_observe.sinks.zipkin import _merge
+        from vault_observe.sinks.encoding.zipkin import merge_bodies
 
         json_body, json_dropped = guard.encode(
-            self.zipkin_json.encode, records, lambda bodies: _merge("application/json", bodies)
+            self.zipkin_json.encode, records, lambda bodies: merge_bodies("application/json", bodies)
         )
         if json_dropped != out_of_range:
             raise Finding(f"zipkin-json: {json_dropped} spans could not be encoded: {_quiet.last!r}")

@@ -15,11 +15,12 @@ from typing import Any
 import orjson
 import pytest
 
+from vault_observe import _compat
 from vault_observe._core_py import Core, dump_attrs
 from vault_observe.model import ORPHAN, PAIRED, UNANSWERED, SpanRecord
-from vault_observe.sinks import otlp
-from vault_observe.sinks.honeycomb import BatchEncoder, EventEncoder
-from vault_observe.sinks.http import JoinedBody, pack
+from vault_observe.sinks.encoding import otlp
+from vault_observe.sinks.encoding.honeycomb import BatchEncoder, EventEncoder
+from vault_observe.sinks.encoding.wire import JoinedBody, pack
 
 _batch_json = pytest.importorskip("vault_observe._batch_json", reason="the compiled encoders are not built")
 
@@ -30,7 +31,7 @@ SERVICE = "vault-test"
 def _compiled_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests are about the compiled encoders: run them even under
     VAULT_OBSERVE_NO_EXTENSIONS=1 (the sinks' tests cover the Python path then)."""
-    monkeypatch.delenv("VAULT_OBSERVE_NO_EXTENSIONS", raising=False)
+    monkeypatch.setattr(_compat, "USE_EXTENSIONS", True)
 
 
 def spans_of(path: Path) -> list[SpanRecord]:
@@ -396,7 +397,7 @@ def test_runs_match_pack(sample_log: Path) -> None:
 
 
 def test_python_encoders_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAULT_OBSERVE_NO_EXTENSIONS", "1")
+    monkeypatch.setattr(_compat, "USE_EXTENSIONS", False)
     assert BatchEncoder(SERVICE).implementation == "py"
     assert otlp.BodyEncoder(SERVICE).implementation == "py"
     spans = [record({"a": [1, {"b": None}]}, error="x")]

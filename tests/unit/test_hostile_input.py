@@ -340,7 +340,8 @@ def hostile_lines(depth: int) -> bytes:
 def encoders() -> list[tuple[str, Any, Any]]:
     """(name, compiled, Python) encoder pairs of every sink, as callables batch -> bytes."""
     from vault_observe import __version__
-    from vault_observe.sinks import honeycomb, otlp, zipkin, zipkin_proto_py
+    from vault_observe.sinks import zipkin as zipkin_sink
+    from vault_observe.sinks.encoding import honeycomb, otlp, zipkin, zipkin_proto
 
     pairs: list[tuple[str, Any, Any]] = []
     fast_zipkin, why = zipkin.proto_encoder_class()
@@ -348,11 +349,11 @@ def encoders() -> list[tuple[str, Any, Any]]:
         pairs.append(
             (
                 "zipkin-proto",
-                fast_zipkin("vault", zipkin.SCOPE_NAME, __version__).encode,
-                zipkin_proto_py.ProtoEncoder("vault", zipkin.SCOPE_NAME, __version__).encode,
+                fast_zipkin("vault", zipkin_sink.SCOPE_NAME, __version__).encode,
+                zipkin_proto.ProtoEncoder("vault", zipkin_sink.SCOPE_NAME, __version__).encode,
             )
         )
-    json_encoder = zipkin.JsonEncoder("vault", zipkin.SCOPE_NAME, __version__)
+    json_encoder = zipkin.JsonEncoder("vault", zipkin_sink.SCOPE_NAME, __version__)
     pairs.append(("zipkin-json", json_encoder.encode, json_encoder.encode))
     hc_fast, hc_py = honeycomb.BatchEncoder("vault"), honeycomb.BatchEncoder("vault", compiled=False)
     ot_fast, ot_py = otlp.BodyEncoder("vault"), otlp.BodyEncoder("vault", compiled=False)
@@ -400,7 +401,7 @@ def otlp_attr(span: dict[str, Any], key: str) -> Any:
 
 @pytest.mark.parametrize("depth", [32, 33, 500])
 def test_otlp_writes_values_beyond_the_depth_limit_as_their_json_text(depth: int) -> None:
-    from vault_observe.sinks import otlp
+    from vault_observe.sinks.encoding import otlp
 
     core = core_class("c")() if _compiled() else core_class("py")()
     value = nested(depth)
@@ -441,7 +442,7 @@ def _compiled() -> bool:
 
 def test_honeycomb_error_not_last_with_a_deep_value(impl: str) -> None:
     """The error member is found without decoding the attributes: one ``error``."""
-    from vault_observe.sinks import honeycomb
+    from vault_observe.sinks.encoding import honeycomb
 
     core = core_class(impl)()
     core.feed(hostile_lines(1000))
@@ -602,9 +603,9 @@ def test_every_span_unencodable_sends_nothing() -> None:
 
 
 def test_split_keeps_packed_chunks_and_joins_bodies_in_order(impl: str) -> None:
-    from vault_observe.sinks.http import JoinedBody
+    from vault_observe.sinks.encoding.otlp import BodyEncoder
+    from vault_observe.sinks.encoding.wire import JoinedBody
     from vault_observe.sinks.isolate import slice_spans
-    from vault_observe.sinks.otlp import BodyEncoder
 
     ids = [f"id-{i}" for i in range(30)]
     batch = packed_batch(impl, ids)

@@ -106,7 +106,7 @@ def test_sample_rates_survive_packing(sample_log: Path) -> None:
 def encoders() -> dict[str, Any]:
     zipkin = pytest.importorskip("vault_observe._zipkin_proto")
     batch_json = pytest.importorskip("vault_observe._batch_json")
-    from vault_observe.sinks import otlp
+    from vault_observe.sinks.encoding import otlp
 
     return {
         "zipkin": zipkin.ProtoEncoder(SERVICE, "vault-observe", __version__),

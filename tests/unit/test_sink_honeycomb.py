@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import time
 from collections import Counter
@@ -19,16 +18,17 @@ from typing import Any
 import pytest
 
 from tests.receivers import HoneycombReceiver
+from vault_observe import _compat
 from vault_observe._core_py import Core, parse_rfc3339_ns
 from vault_observe.errors import ConfigError
 from vault_observe.model import ORPHAN, PAIRED, UNANSWERED, SpanRecord
-from vault_observe.sinks.honeycomb import EventEncoder, HoneycombSink
+from vault_observe.sinks.encoding.honeycomb import EventEncoder
+from vault_observe.sinks.honeycomb import HoneycombSink
 from vault_observe.sinks.http import RetryPolicy
 
 KEY = "hcaik_01hq-test-Key-that-must-never-be-logged-7f3a"
 SERVICE = "vault-test"
 FAST = RetryPolicy(initial=0.02, maximum=0.2, jitter=0.0)
-NO_EXTENSIONS = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
 
 
 def spans_of(path: Path) -> list[SpanRecord]:
@@ -550,9 +550,9 @@ def test_native_encoder_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
 
     built = importlib.util.find_spec("vault_observe._batch_json") is not None
     sink = native()
-    assert sink.implementation == ("c" if built and not NO_EXTENSIONS else "py")
+    assert sink.implementation == ("c" if built and _compat.USE_EXTENSIONS else "py")
     assert (sink.load_error is None) == (sink.implementation == "c")
-    monkeypatch.setenv("VAULT_OBSERVE_NO_EXTENSIONS", "1")
+    monkeypatch.setattr(_compat, "USE_EXTENSIONS", False)
     sink = native()
     assert sink.implementation == "py" and sink.load_error
     assert libhoney().implementation == "libhoney"

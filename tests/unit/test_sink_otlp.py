@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 
 from tests.receivers import OtlpReceiver
-from vault_observe import __version__
+from vault_observe import __version__, _compat
 from vault_observe._core_py import Core
 from vault_observe.errors import ConfigError
 from vault_observe.model import PAIRED, SpanRecord
+from vault_observe.sinks.encoding.otlp import any_value
 from vault_observe.sinks.http import RetryPolicy
-from vault_observe.sinks.otlp import DEFAULT_ENDPOINT, OtlpSink, any_value
+from vault_observe.sinks.otlp import DEFAULT_ENDPOINT, OtlpSink
 
 FAST = RetryPolicy(initial=0.02, maximum=0.2, jitter=0.0)
 NO_ENV: dict[str, str] = {}
@@ -369,11 +370,10 @@ def test_header_values_never_logged(caplog: pytest.LogCaptureFixture, sample_spa
 def test_encoder_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled body encoder when it is built, the Python one when disabled."""
     import importlib.util
-    import os
 
     built = importlib.util.find_spec("vault_observe._batch_json") is not None
-    disabled = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
+    disabled = not _compat.USE_EXTENSIONS
     sink = sink_for(None)
     assert sink.implementation == ("c" if built and not disabled else "py")
-    monkeypatch.setenv("VAULT_OBSERVE_NO_EXTENSIONS", "1")
+    monkeypatch.setattr(_compat, "USE_EXTENSIONS", False)
     assert sink_for(None).implementation == "py"

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.receivers import ZipkinReceiver
-from vault_observe import __version__
+from vault_observe import __version__, _compat
 from vault_observe._core_py import Core, dump_attrs
 from vault_observe.model import PAIRED, SpanRecord
 from vault_observe.sinks import zipkin as zk
-from vault_observe.sinks import zipkin_proto_py
+from vault_observe.sinks.encoding import zipkin_proto
 
 SERVICE = "vault-test"
 ENCODERS = ["native", "native-py", "sdk", "json"]
@@ -68,12 +68,11 @@ def receiver() -> Iterator[ZipkinReceiver]:
 
 
 def make_sink(url: str, encoder: str, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> zk.ZipkinSink:
-    if encoder == "native-py":
-        monkeypatch.setenv("VAULT_OBSERVE_NO_EXTENSIONS", "1")
-        encoder = "native"
-    sink = zk.ZipkinSink(url, encoder=encoder, service_name=SERVICE, **kwargs)
-    monkeypatch.delenv("VAULT_OBSERVE_NO_EXTENSIONS", raising=False)
-    return sink
+    with monkeypatch.context() as patch:
+        if encoder == "native-py":
+            patch.setattr(_compat, "USE_EXTENSIONS", False)
+            encoder = "native"
+        return zk.ZipkinSink(url, encoder=encoder, service_name=SERVICE, **kwargs)
 
 
 def record(
@@ -208,7 +207,7 @@ def test_gzip(
     assert sink.send(sample_spans[:200], time.monotonic() + 10) == 0
     assert receiver.requests[0]["headers"]["Content-Encoding"] == "gzip"
     assert [s["id"] for s in receiver.spans] == [f"{s.span_id:016x}" for s in sample_spans[:200]]
-    plain = zipkin_proto_py.ProtoEncoder(SERVICE, "vault-observe", __version__).encode(sample_spans[:200])
+    plain = zipkin_proto.ProtoEncoder(SERVICE, "vault-observe", __version__).encode(sample_spans[:200])
     assert sink.stats()["bytes"] == receiver.requests[0]["size"] < len(plain) // 3
 
 
@@ -268,7 +267,7 @@ def sdk_serialize() -> Callable[[list[Any]], bytes]:
 
 def native_encoders() -> list[Any]:
     return [
-        pytest.param(zipkin_proto_py.ProtoEncoder, id="py"),
+        pytest.param(zipkin_proto.ProtoEncoder, id="py"),
         pytest.param(
             CompiledEncoder,
             id="c",
@@ -381,7 +380,7 @@ def test_compiled_equals_python_and_sdk_on_generated_attributes(
 ) -> None:
     span = record(attrs, error=error)
     want = sdk_serialize([sdk_readable(span)])
-    assert zipkin_proto_py.ProtoEncoder(SERVICE, "vault-observe", __version__).encode([span]) == want
+    assert zipkin_proto.ProtoEncoder(SERVICE, "vault-observe", __version__).encode([span]) == want
     assert CompiledEncoder(SERVICE, "vault-observe", __version__).encode([span]) == want
 
 
@@ -568,10 +567,10 @@ def test_two_senders_post_at_once_on_their_own_connections(
 
 
 def test_implementation_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAULT_OBSERVE_NO_EXTENSIONS", "1")
+    monkeypatch.setattr(_compat, "USE_EXTENSIONS", False)
     sink = zk.ZipkinSink("http://127.0.0.1:9/api/v2/spans")
     assert sink.implementation == "py" and "VAULT_OBSERVE_NO_EXTENSIONS" in (sink.load_error or "")
-    monkeypatch.delenv("VAULT_OBSERVE_NO_EXTENSIONS")
+    monkeypatch.setattr(_compat, "USE_EXTENSIONS", True)
     sink = zk.ZipkinSink("http://127.0.0.1:9/api/v2/spans")
     assert sink.implementation == ("py" if CompiledEncoder is None else "c")
 

@@ -13,7 +13,7 @@ uint64 here) a ``stringValue`` with its exact decimal text. Values nest as AnyVa
 becomes a ``stringValue`` holding its JSON text (a client sets the nesting of the
 request body it sends to Vault, up to the cores' limit of about 1,000 levels).
 Spans with an error get ``status {code: 2 (ERROR), message}``. The body is written
-by the compiled ``_batch_json`` when it is built; the functions below are the
+by the compiled ``_batch_json`` when it is built; ``encoding.otlp`` is the
 reference it matches byte for byte, and its fallback.
 
 Settings follow the exporter variables: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (as
@@ -27,21 +27,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import orjson
 
-from .. import __version__
-from .._core_py import dump_value
 from ..errors import ConfigError
 from ..model import SpanRecord
 from .compression import Compressor
+from .encoding.otlp import BodyEncoder
+from .encoding.wire import JoinedBody
 from .http import (
-    JoinedBody,
     RetryingPoster,
     RetryPolicy,
     SafeLog,
-    compiled_batch_json,
     describe,
     parse_headers,
 )
@@ -51,96 +48,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 DEFAULT_SERVICE_NAME = "vault"
-SCOPE_NAME = "vault-observe"
-SPAN_KIND_SERVER = 2
-STATUS_CODE_ERROR = 2
 # Collectors commonly refuse bodies over a few MiB; split well below.
 MAX_BATCH_BYTES = 4_000_000
 MAX_BATCH_SPANS = 512
-
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
-# An array or object nested deeper than this (a top-level value is at 1) is written as
-# the stringValue of its JSON text; the compiled encoder has the same limit.
-MAX_VALUE_DEPTH = 32
-
-
-def any_value(value: Any, depth: int = 1) -> dict[str, Any]:
-    """A decoded JSON value as an OTLP ``AnyValue`` (JSON mapping), at nesting ``depth``."""
-    if isinstance(value, str):
-        return {"stringValue": value}
-    if isinstance(value, bool):  # before int: bool is an int
-        return {"boolValue": value}
-    if isinstance(value, int):
-        if _INT64_MIN <= value <= _INT64_MAX:
-            return {"intValue": str(value)}
-        return {"stringValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, (list, dict)) and depth > MAX_VALUE_DEPTH:
-        return {"stringValue": dump_value(value)}
-    if isinstance(value, list):
-        return {"arrayValue": {"values": [any_value(item, depth + 1) for item in value]}}
-    if isinstance(value, dict):
-        return {
-            "kvlistValue": {
-                "values": [{"key": str(k), "value": any_value(v, depth + 1)} for k, v in value.items()]
-            }
-        }
-    return {}  # null
-
-
-def attributes(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [{"key": key, "value": any_value(value)} for key, value in attrs.items()]
-
-
-def encode_span(record: SpanRecord) -> dict[str, Any]:
-    span: dict[str, Any] = {
-        "traceId": record.trace_id.hex(),
-        "spanId": f"{record.span_id:016x}",
-    }
-    if record.parent_span_id:
-        span["parentSpanId"] = f"{record.parent_span_id:016x}"
-    span["name"] = record.name
-    span["kind"] = SPAN_KIND_SERVER
-    span["startTimeUnixNano"] = str(record.start_ns)
-    span["endTimeUnixNano"] = str(record.end_ns)
-    span["attributes"] = attributes(orjson.loads(record.attrs_json))
-    if record.error:
-        span["status"] = {"code": STATUS_CODE_ERROR, "message": record.error}
-    return span
-
-
-def request_head(service_name: str) -> bytes:
-    """The request body up to its first span."""
-    resource = orjson.dumps({"attributes": [{"key": "service.name", "value": {"stringValue": service_name}}]})
-    scope = orjson.dumps({"name": SCOPE_NAME, "version": __version__})
-    return b'{"resourceSpans":[{"resource":' + resource + b',"scopeSpans":[{"scope":' + scope + b',"spans":['
-
-
-REQUEST_TAIL = b"]}]}]}"
-
-
-class BodyEncoder:
-    """The request body of a batch with each span's end: written by the compiled
-    ``_batch_json.OtlpEncoder`` when it is built (and not disabled by
-    VAULT_OBSERVE_NO_EXTENSIONS=1), else, or for a batch it leaves to the
-    reference, by ``encode_span`` and orjson, whose bytes it matches."""
-
-    def __init__(self, service_name: str, compiled: bool = True) -> None:
-        self.head = request_head(service_name)
-        self.tail = REQUEST_TAIL
-        self.load_error: str | None
-        module, self.load_error = compiled_batch_json() if compiled else (None, "not asked for")
-        self._compiled = module.OtlpEncoder(self.head, self.tail) if module is not None else None
-        self.implementation = "c" if self._compiled is not None else "py"
-
-    def encode(self, spans: Sequence[SpanRecord]) -> JoinedBody:
-        if self._compiled is not None:
-            out = self._compiled.encode(spans)
-            if out is not None:
-                return JoinedBody(out[0], out[1], len(self.head), len(self.tail))
-        return JoinedBody.join([orjson.dumps(encode_span(record)) for record in spans], self.head, self.tail)
 
 
 def _env_named(environ: Mapping[str, str], name: str) -> tuple[str, str | None]:

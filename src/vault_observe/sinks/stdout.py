@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from ..model import PAIRING_NAMES, SpanRecord
-from .http import SafeLog, duration_ms, json_str, rfc3339_ns
+from ..ratelog import RateLimitedLog
+from .encoding.wire import duration_ms, json_str, rfc3339_ns
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class StdoutSink:
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
-        self._log = SafeLog(log)
+        self._log = RateLimitedLog(log)
         self.sent = 0
         self.failed = 0
         self.batches = 0

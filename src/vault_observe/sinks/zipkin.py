@@ -3,8 +3,8 @@
 Three encoders behind one sink:
 
 * ``native`` (default): the Zipkin protobuf ``ListOfSpans`` encoded straight from
-  the SpanRecords (``_zipkin_proto``, compiled; ``zipkin_proto_py`` where it is not
-  built), POSTed on a keep-alive connection. Its bytes are what the SDK path below
+  the SpanRecords (``_zipkin_proto``, compiled; ``encoding.zipkin_proto`` where it is
+  not built), POSTed on a keep-alive connection. Its bytes are what the SDK path below
   gives for the same spans.
 * ``sdk``: ``opentelemetry.sdk.trace.ReadableSpan`` objects handed to the stock
   ``opentelemetry-exporter-zipkin-proto-http`` exporter. ReadableSpans are built
@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -32,17 +31,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import orjson
-
 from .. import __version__
 from ..errors import ConfigError
 from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
-from . import zipkin_proto_py
 from .compression import gzip_compress
+from .encoding.zipkin import EncoderFactory, JsonEncoder, ZipkinBodyEncoder, merge_bodies, proto_encoder_class
+from .encoding.zipkin_proto import loads_attrs
 from .isolate import EncodeGuard
 from .transport import TRANSIENT_ERRORS, Transport
-from .zipkin_proto_py import build_tags, loads_attrs, scope_tags
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -55,74 +52,7 @@ SCOPE_NAME = "vault-observe"
 SUCCESS_STATUSES = range(200, 300)
 RETRY_STATUSES = frozenset((408, 429))  # and every 5xx
 
-_U64 = 1 << 64
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-class _BodyEncoder(Protocol):
-    content_type: str
-
-    def encode(self, spans: Sequence[SpanRecord]) -> bytes: ...
-
-    def encode_span(self, span: SpanRecord) -> bytes: ...
-
-
-EncoderFactory = Callable[[str, str, str], _BodyEncoder]  # (service name, scope name, version)
-
-
-def proto_encoder_class() -> tuple[EncoderFactory, str | None]:
-    """The compiled encoder when it is built, else the pure-Python one, and why."""
-    if os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1":
-        return zipkin_proto_py.ProtoEncoder, "disabled by VAULT_OBSERVE_NO_EXTENSIONS=1"
-    try:
-        from .._zipkin_proto import ProtoEncoder
-    except ImportError as exc:
-        return zipkin_proto_py.ProtoEncoder, str(exc)
-    return ProtoEncoder, None
-
-
-class JsonEncoder:
-    """Zipkin JSON v2: the SDK JSON exporter's span shape with the protobuf's content
-    (all tags, untruncated; a zero duration left out, as the Zipkin API asks)."""
-
-    implementation = "py"
-    content_type = "application/json"
-
-    def __init__(self, service_name: str, scope_name: str, scope_version: str) -> None:
-        self._endpoint = {"serviceName": service_name}
-        self._tail = scope_tags(service_name, scope_name, scope_version)
-
-    def _span(self, span: SpanRecord) -> dict[str, Any]:
-        timestamp = (span.start_ns + 500) // 1000
-        duration = (span.end_ns - span.start_ns + 500) // 1000
-        if not 0 <= timestamp < _U64 or not 0 <= duration < _U64 or len(span.trace_id) != 16:
-            raise ValueError("span time or trace id out of range")
-        out: dict[str, Any] = {"traceId": span.trace_id.hex(), "id": f"{span.span_id:016x}"}
-        if span.parent_span_id:
-            out["parentId"] = f"{span.parent_span_id:016x}"
-        out["kind"] = "SERVER"
-        out["name"] = span.name
-        if timestamp:
-            out["timestamp"] = timestamp
-        if duration:
-            out["duration"] = duration
-        out["localEndpoint"] = self._endpoint
-        out["tags"] = build_tags(loads_attrs(span.attrs_json), self._tail, span.error)
-        out["debug"] = True
-        return out
-
-    def encode(self, spans: Sequence[SpanRecord]) -> bytes:
-        return orjson.dumps([self._span(span) for span in spans])
-
-    def encode_span(self, span: SpanRecord) -> bytes:
-        return orjson.dumps(self._span(span))
-
-
-def _merge(content_type: str, bodies: list[bytes]) -> bytes:
-    """One body of the spans of several (consecutive runs of one batch)."""
-    if content_type == "application/json":  # arrays: their items joined
-        return b"[" + b",".join(body[1:-1] for body in bodies if len(body) > 2) + b"]"
-    return b"".join(bodies)  # ListOfSpans: a repeated field, so bodies concatenate
 
 
 class HttpPoster:
@@ -337,7 +267,7 @@ class ZipkinSink:
         self._lock = threading.Lock()  # senders may run in several threads at once
         self._local = threading.local()  # what the current send has counted failed
         self._sdk: SdkPath | None = None
-        self._body: _BodyEncoder | None = None
+        self._body: ZipkinBodyEncoder | None = None
         self._poster: HttpPoster | None = None
         self.load_error: str | None = None
         if encoder == "sdk":
@@ -393,7 +323,7 @@ class ZipkinSink:
         assert self._body is not None and self._poster is not None
         body_encoder, poster = self._body, self._poster
         payload, dropped = self._guard.encode(
-            body_encoder.encode, spans, functools.partial(_merge, body_encoder.content_type)
+            body_encoder.encode, spans, functools.partial(merge_bodies, body_encoder.content_type)
         )
         if dropped:
             self._count(failed=dropped)

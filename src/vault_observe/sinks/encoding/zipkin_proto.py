@@ -29,8 +29,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .._core_py import attr_members
-from ..model import SpanRecord
+from ..._core_py import attr_members
+from ...model import SpanRecord
 
 CONTENT_TYPE = "application/x-protobuf"
 KIND_SERVER = 2
