@@ -1,6 +1,7 @@
 """Every rule of the core, run against both cores: "py" (reference) and "c" (compiled).
 
-The "c" cores skip when the extension is not built, and fail instead when
+The fixtures ``impl``, ``make_core`` and ``core`` are tests/conftest.py's: the "c"
+cores skip when the extension is not built, and fail instead when
 VAULT_OBSERVE_REQUIRE_EXTENSIONS=1 (CI builds it). Trace context, key filters and
 sampling are covered in test_core_features.
 """
@@ -9,24 +10,15 @@ from __future__ import annotations
 
 import calendar
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.implementations import compiled_module
 from vault_observe import _core_py
 from vault_observe.model import EVICTED, ORPHAN, PAIRED, UNANSWERED, SpanRecord
 
-try:
-    from vault_observe import _fast
-except ImportError as exc:  # not built
-    _fast = None  # type: ignore[assignment]
-    FAST_ERROR: str | None = str(exc)
-else:
-    FAST_ERROR = None
-
-REQUIRE = os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1"
 SEC = 1_000_000_000
 
 ID1 = "2f0c5a4e-7b1d-4c3e-9a8f-1d2e3f405162"
@@ -37,39 +29,6 @@ T0_NS = calendar.timegm((2026, 11, 27, 8, 0, 0)) * SEC
 COUNTERS = _core_py.COUNTER_NAMES
 
 Make = Callable[..., Any]
-
-
-def core_class(impl: str) -> Any:
-    """The Core class of an implementation; skips (or fails, in CI) when "c" is not built."""
-    if impl == "py":
-        return _core_py.Core
-    if _fast is None:
-        if REQUIRE:
-            pytest.fail(
-                f"VAULT_OBSERVE_REQUIRE_EXTENSIONS=1 but vault_observe._fast is not built: {FAST_ERROR}"
-            )
-        pytest.skip(f"vault_observe._fast is not built: {FAST_ERROR}")
-    return _fast.Core
-
-
-@pytest.fixture(params=["py", "c"])
-def impl(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def make_core(impl: str) -> Make:
-    cls = core_class(impl)
-
-    def make(**kwargs: Any) -> Any:
-        return cls(**kwargs)
-
-    return make
-
-
-@pytest.fixture
-def core(make_core: Make) -> Any:
-    return make_core()
 
 
 def t(seconds: float) -> str:
@@ -591,7 +550,7 @@ def test_paired_span_takes_the_response_name(core: Any) -> None:
 
 def test_names_past_the_interning_bound(make_core: Make, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if impl == "c":
-        monkeypatch.setattr(_fast, "NAME_LIMIT", 3)
+        monkeypatch.setattr(compiled_module("_fast"), "NAME_LIMIT", 3)
     core = make_core(ttl_s=1)
     data = b"".join(ev("request", f"id-{i}", path=f"p{i}", mount_point=...) for i in range(8))
     data += b"".join(ev("response", f"id-{i}", path=f"q{i}", mount_point=...) for i in range(0, 8, 2))

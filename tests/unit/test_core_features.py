@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import pytest
 
+from tests.implementations import core_class
 from vault_observe import _core_py
 from vault_observe.model import PAIRED, UNANSWERED
 
 
-def load_core(name: str) -> Any:
-    if name == "py":
-        return _core_py.Core
-    try:
-        from vault_observe._fast import Core
-    except ImportError as exc:
-        if os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1":
-            pytest.fail(f"the compiled core is required but did not load: {exc}")
-        pytest.skip(f"the compiled core is not built: {exc}")
-    return Core
-
-
-@pytest.fixture(params=["py", "c"])
-def Core(request: pytest.FixtureRequest) -> Any:  # noqa: N802 - a class
-    return load_core(request.param)
+@pytest.fixture
+def Core(impl: str) -> Any:  # noqa: N802 - a class
+    return core_class(impl)
 
 
 RID = "0b6e3f2c-9c4a-4d8e-a1b2-c3d4e5f60718"

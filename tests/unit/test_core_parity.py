@@ -16,10 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.implementations import core_class
 from vault_observe import _core_py
 from vault_observe.model import SpanRecord
 
-from .test_core import ID1, ID2, ID3, SEC, T0_NS, core_class, t
+from .test_core import ID1, ID2, ID3, SEC, T0_NS, t
+
+pytestmark = pytest.mark.c_extension  # the compiled core against the reference
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "openbao-sample.jsonl"
 # Examples per property test; raise it for a long fuzzing run.

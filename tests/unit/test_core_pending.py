@@ -11,20 +11,11 @@ from typing import Any
 
 import pytest
 
+from tests.implementations import core_class
 from vault_observe._core_py import dump_attrs, flatten
 from vault_observe.model import EVICTED, PAIRED, UNANSWERED
 
-from .test_core import SEC, T0_NS, Make, core_class, ev, only, t
-
-
-@pytest.fixture(params=["py", "c"])
-def make_core(request: pytest.FixtureRequest) -> Make:
-    cls = core_class(str(request.param))
-
-    def make(**kwargs: Any) -> Any:
-        return cls(**kwargs)
-
-    return make
+from .test_core import SEC, T0_NS, Make, ev, only, t
 
 
 def rid(i: int) -> str:
@@ -317,6 +308,7 @@ def _random_request(rng: random.Random, i: int) -> bytes:
     return json.dumps(entry, ensure_ascii=rng.random() < 0.5).encode() + b"\n"
 
 
+@pytest.mark.c_extension
 @pytest.mark.parametrize("flatten_arrays", [False, True])
 def test_trimming_is_the_same_in_both_cores(flatten_arrays: bool) -> None:
     """Random requests, random caps: both cores keep the same bytes and count the same."""
@@ -339,6 +331,7 @@ def test_trimming_is_the_same_in_both_cores(flatten_arrays: bool) -> None:
             ) or attrs.startswith(b'{"vault_observe.pairing"')
 
 
+@pytest.mark.c_extension
 def test_sample_log_unanswered_spans_are_the_same_in_both_cores(sample_log: Any) -> None:
     data = sample_log.read_bytes()
     requests = b"".join(line + b"\n" for line in data.splitlines() if b'"type":"request"' in line)
@@ -412,6 +405,7 @@ def _shapes(request_id: str) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.c_extension
 @pytest.mark.parametrize(
     "options",
     [

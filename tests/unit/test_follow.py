@@ -390,21 +390,14 @@ def test_a_checkpoint_of_the_earlier_format_still_loads(tmp_path: Path) -> None:
 # -- pairs survive restarts: pending requests are rebuilt from the checkpoint
 
 
-@pytest.fixture(params=["py", "c"])
-def core_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+@pytest.fixture
+def core_impl(impl: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the daemon on each core."""
-    from vault_observe import _core_py
+    from tests.implementations import core_class
     from vault_observe import core as core_module
 
-    if request.param == "c":
-        try:
-            from vault_observe._fast import Core
-        except ImportError as exc:
-            pytest.skip(f"vault_observe._fast is not built: {exc}")
-        monkeypatch.setattr(core_module, "Core", Core)
-    else:
-        monkeypatch.setattr(core_module, "Core", _core_py.Core)
-    return str(request.param)
+    monkeypatch.setattr(core_module, "Core", core_class(impl))
+    return impl
 
 
 def req(i: int) -> str:

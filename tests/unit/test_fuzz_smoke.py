@@ -8,12 +8,7 @@ from typing import Any
 
 import pytest
 
-from .test_core import core_class
-
-
-@pytest.fixture(autouse=True)
-def compiled() -> None:
-    core_class("c")  # skips (or fails in CI) without the compiled core
+pytestmark = pytest.mark.c_extension  # the fuzzer compares the compiled core with the reference
 
 
 def test_a_short_run_finds_nothing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from tests.implementations import core_class
 from vault_observe import _core_py
+from vault_observe import core as default_core
 from vault_observe.model import EVICTED, ORPHAN, PAIRED, PAIRING_KEY, UNANSWERED
 
-from .test_core import ID1, T0, Make, core, core_class, ev, impl, make_core, only, raw, spans_of, t
-
-__all__ = ["core", "impl", "make_core"]  # the fixtures of test_core, run on both cores
+from .test_core import ID1, T0, Make, ev, only, raw, spans_of, t
 
 NIL = "00000000-0000-0000-0000-000000000000"
 
@@ -172,6 +172,7 @@ def big_chunk(n: int = 600, *, start: int = 0) -> bytes:
     return b"".join(lines)
 
 
+@pytest.mark.c_extension
 @pytest.mark.parametrize("release_gil", [False, True])
 def test_a_second_call_while_one_runs_is_refused(release_gil: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A key filter calls Python in the middle of a feed, which lets other threads run:
@@ -204,6 +205,7 @@ def test_a_second_call_while_one_runs_is_refused(release_gil: bool, monkeypatch:
     assert span.request_id == ID1 and core.counters()["responses"] == 1
 
 
+@pytest.mark.c_extension
 @pytest.mark.parametrize("options", [{"release_gil": True}, {"include": ["*"]}], ids=["gil-free", "filter"])
 def test_threads_hammering_one_compiled_core_get_runtime_errors_not_corruption(
     options: dict[str, Any], switch_often: None
@@ -256,6 +258,7 @@ def test_threads_hammering_one_compiled_core_get_runtime_errors_not_corruption(
     assert core.counters()["responses"] == before["responses"] + 1
 
 
+@pytest.mark.c_extension
 def test_buffer_changed_by_another_thread_during_a_gil_free_feed(switch_often: None) -> None:
     """The first pass runs without the GIL; another thread adds and removes newlines
     meanwhile. Spans may be garbage, but nothing is read out of bounds (the sanitized
@@ -403,7 +406,7 @@ def otlp_attr(span: dict[str, Any], key: str) -> Any:
 def test_otlp_writes_values_beyond_the_depth_limit_as_their_json_text(depth: int) -> None:
     from vault_observe.sinks.encoding import otlp
 
-    core = core_class("c")() if _compiled() else core_class("py")()
+    core = default_core.Core()
     value = nested(depth)
     with deep_recursion():
         core.feed(raw('"v":' + json.dumps(value, ensure_ascii=False, separators=(",", ":"))))
@@ -430,14 +433,6 @@ def value_leaf(value: Any) -> Any:
     while isinstance(value, list):
         value = value[0]
     return value
-
-
-def _compiled() -> bool:
-    try:
-        from vault_observe import _fast  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_honeycomb_error_not_last_with_a_deep_value(impl: str) -> None:

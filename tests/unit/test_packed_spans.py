@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 
+from tests.implementations import compiled_module, core_class
 from vault_observe import __version__, _core_py
 from vault_observe.model import SpanBatch, SpanRecord
 from vault_observe.sink_worker import SinkWorker
 
-from .test_core import ID1, ID2, core_class, t
+from .test_core import ID1, ID2, t
+
+pytestmark = pytest.mark.c_extension
 
 SERVICE = "vault-test"
 
@@ -104,8 +107,8 @@ def test_sample_rates_survive_packing(sample_log: Path) -> None:
 
 
 def encoders() -> dict[str, Any]:
-    zipkin = pytest.importorskip("vault_observe._zipkin_proto")
-    batch_json = pytest.importorskip("vault_observe._batch_json")
+    zipkin = compiled_module("_zipkin_proto")
+    batch_json = compiled_module("_batch_json")
     from vault_observe.sinks.encoding import otlp
 
     return {
@@ -193,7 +196,7 @@ def test_worker_cuts_chunks_into_batches_and_drops_past_its_bound(sample_log: Pa
 
 
 def test_tune_allocator_takes_on_glibc() -> None:
-    spans = pytest.importorskip("vault_observe._spans")
+    spans = compiled_module("_spans")
     import platform
 
     assert spans.tune_allocator() is (platform.libc_ver()[0] == "glibc")

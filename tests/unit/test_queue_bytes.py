@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.implementations import core_class
 from vault_observe.model import SpanRecord
 from vault_observe.sink_worker import SinkWorker, records_bytes
-
-from .test_core import core_class
 
 
 def request_id(i: int) -> str:
@@ -73,11 +72,6 @@ def chunk_bytes(chunk: Sequence[SpanRecord]) -> int:
     return int(nbytes) if nbytes is not None else records_bytes(chunk)
 
 
-@pytest.fixture(params=["py", "c"])
-def impl(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def test_drained_spans_keep_alive_what_they_take(sample_log: Path, impl: str) -> None:
     """A drain of a few spans keeps about their own bytes alive. Before, each kept a
     34 KB record block and a 16 KB arena: 21 KB a queued span under a sink outage."""
@@ -91,6 +85,7 @@ def test_drained_spans_keep_alive_what_they_take(sample_log: Path, impl: str) ->
     assert held / spans < 4000, held / spans
 
 
+@pytest.mark.c_extension
 def test_compact_copies_the_spans_into_a_store_of_their_own(sample_log: Path) -> None:
     core = core_class("c")()
     core.feed(sample_log.read_bytes())

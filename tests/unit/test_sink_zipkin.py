@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.implementations import compiled_module
 from tests.receivers import ZipkinReceiver
 from vault_observe import __version__, _compat
 from vault_observe._core_py import Core, dump_attrs
@@ -39,7 +40,7 @@ SCOPE_TAGS = {
 
 try:
     from vault_observe._zipkin_proto import ProtoEncoder as CompiledEncoder
-except ImportError:  # not built: the pure-Python encoder is tested alone
+except ImportError:  # not built: the tests marked c_extension skip, or fail in CI
     CompiledEncoder = None
 
 
@@ -265,15 +266,10 @@ def sdk_serialize() -> Callable[[list[Any]], bytes]:
     return serialize
 
 
-def native_encoders() -> list[Any]:
-    return [
-        pytest.param(zipkin_proto.ProtoEncoder, id="py"),
-        pytest.param(
-            CompiledEncoder,
-            id="c",
-            marks=pytest.mark.skipif(CompiledEncoder is None, reason="_zipkin_proto is not built"),
-        ),
-    ]
+@pytest.fixture
+def encoder_cls(impl: str) -> Any:
+    """The native protobuf encoder of ``impl``: pure Python or compiled."""
+    return zipkin_proto.ProtoEncoder if impl == "py" else compiled_module("_zipkin_proto").ProtoEncoder
 
 
 def decoded(body: bytes) -> Any:
@@ -300,14 +296,12 @@ def assert_same_as_sdk(
     assert decoded(whole) == decoded(sdk_serialize(readables))
 
 
-@pytest.mark.parametrize("encoder_cls", native_encoders())
 def test_native_protobuf_equals_sdk_exporter_on_sample(
     encoder_cls: Any, sample_spans: list[SpanRecord], sdk_serialize: Callable[[list[Any]], bytes]
 ) -> None:
     assert_same_as_sdk(encoder_cls, sample_spans, sdk_serialize)
 
 
-@pytest.mark.parametrize("encoder_cls", native_encoders())
 def test_native_protobuf_equals_sdk_exporter_on_corpus(
     encoder_cls: Any, corpus_spans: list[SpanRecord], sdk_serialize: Callable[[list[Any]], bytes]
 ) -> None:
@@ -346,7 +340,6 @@ EDGE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("encoder_cls", native_encoders())
 def test_native_protobuf_equals_sdk_exporter_on_edge_cases(
     encoder_cls: Any, sdk_serialize: Callable[[list[Any]], bytes]
 ) -> None:
@@ -372,7 +365,7 @@ flat_attrs = st.dictionaries(
 )
 
 
-@pytest.mark.skipif(CompiledEncoder is None, reason="_zipkin_proto is not built")
+@pytest.mark.c_extension("_zipkin_proto")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(attrs=flat_attrs, error=st.sampled_from(["", "permission denied", "é\n"]))
 def test_compiled_equals_python_and_sdk_on_generated_attributes(
@@ -384,7 +377,7 @@ def test_compiled_equals_python_and_sdk_on_generated_attributes(
     assert CompiledEncoder(SERVICE, "vault-observe", __version__).encode([span]) == want
 
 
-@pytest.mark.skipif(CompiledEncoder is None, reason="_zipkin_proto is not built")
+@pytest.mark.c_extension("_zipkin_proto")
 def test_compiled_body_bigger_than_its_estimate(sdk_serialize: Callable[[list[Any]], bytes]) -> None:
     """Thousands of one-byte attributes give a message bigger than their JSON."""
     spans = [record({f"k{i}": i % 10 for i in range(5000)}), record({"a": "b"})]
@@ -393,7 +386,6 @@ def test_compiled_body_bigger_than_its_estimate(sdk_serialize: Callable[[list[An
     assert CompiledEncoder(SERVICE, "vault-observe", __version__).encode(spans) == want
 
 
-@pytest.mark.parametrize("encoder_cls", native_encoders())
 @pytest.mark.parametrize(
     "attrs_json",
     [b"", b"{", b'{"a":', b'{"a":1', b'{"a":1,}', b'{"a":tru}', b'{"a":"\\ud800"}', b'{"a":"x\x01"}', b"[]"],
