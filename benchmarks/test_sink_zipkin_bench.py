@@ -227,7 +227,11 @@ def test_zipkin_encode_only(benchmark: Any, encoder: str, corpus_spans: list[Spa
     elif encoder == "json":
         go = functools.partial(JsonEncoder(*args).encode, corpus_spans)
     else:
-        sdk = zk.SdkPath("http://127.0.0.1:9/api/v2/spans", "vault", 10.0, gzip=False, headers=None)
+        from vault_observe.sinks.zipkin_sdk import SdkPath
+
+        sdk = SdkPath(
+            "http://127.0.0.1:9/api/v2/spans", "vault", 10.0, scope_name=zk.SCOPE_NAME, gzip=False, headers=None
+        )
 
         def go() -> bytes:
             readables = [sdk.readable(record) for record in corpus_spans]

@@ -24,10 +24,10 @@ class Receiver:
 
     def __init__(self, port: int = 0) -> None:
         self.lock = threading.Lock()
-        self.requests: list[dict[str, Any]] = []  # path, headers, raw size per request
+        self.requests: list[dict[str, Any]] = []  # path, headers, raw size, client address
         self.fail_with: int | None = None  # answer every request with this status
         self.fail_next = 0  # answer this many requests with ``fail_status``
-        self.fail_status = 500
+        self.fail_status = 503  # a transient failure: every sink retries it
         self.delay = 0.0  # seconds to wait before answering
         self.errors: list[str] = []  # decode errors (a test should assert this stays empty)
         self.connections: set[socket.socket] = set()  # open keep-alive connections
@@ -96,7 +96,14 @@ class Receiver:
         if self.delay:
             time.sleep(self.delay)
         with self.lock:
-            self.requests.append({"path": handler.path, "headers": dict(handler.headers), "size": len(body)})
+            self.requests.append(
+                {
+                    "path": handler.path,
+                    "headers": dict(handler.headers),
+                    "size": len(body),
+                    "client": handler.client_address,  # one per connection
+                }
+            )
             status: int | None = self.fail_with
             if status is None and self.fail_next > 0:
                 self.fail_next -= 1

@@ -532,7 +532,7 @@ def packed_batch(impl: str, ids: list[str]) -> Any:
 
 
 def fast_retry() -> Any:
-    from vault_observe.sinks.http import RetryPolicy
+    from vault_observe.sinks.exporter import RetryPolicy
 
     return RetryPolicy(initial=0.02, maximum=0.1, jitter=0.0)
 
@@ -563,7 +563,7 @@ def test_a_span_that_cannot_be_encoded_costs_only_itself(
             sink.encoder = wrapped = FailsOn(sink.encoder)
         elif sink_name == "honeycomb":
             sink = HoneycombSink("test-key", api_host=receiver.base_url, retry=fast_retry())
-            sink._impl.encoder = wrapped = FailsOn(sink._impl.encoder)
+            sink.body_encoder = wrapped = FailsOn(sink.body_encoder)
         else:
             sink = ZipkinSink(receiver.url, encoder=sink_name.split("-")[1])
             sink._body = wrapped = FailsOn(sink._body)

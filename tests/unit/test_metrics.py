@@ -39,8 +39,8 @@ from vault_observe.metrics_http import (
 )
 from vault_observe.model import PAIRED
 from vault_observe.pipeline import Daemon
+from vault_observe.sinks.exporter import RetryPolicy
 from vault_observe.sinks.honeycomb import HoneycombSink
-from vault_observe.sinks.http import RetryPolicy
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 FAST = RetryPolicy(initial=0.02, maximum=0.1, jitter=0.0)
@@ -313,7 +313,7 @@ def test_healthz_turns_503_while_a_sink_fails_and_200_after_it_recovers(
 ) -> None:
     lines = sample_log.read_bytes().splitlines(keepends=True)
     with HoneycombReceiver() as receiver:
-        receiver.fail_with = 500
+        receiver.fail_with = 503
         sink = HoneycombSink("test-key", api_host=receiver.base_url, timeout=2.0, retry=FAST)
         config = metrics_config(tmp_path, retry_window=0.3, health_failure_seconds=0.5)
         daemon = Daemon(config, [sink])

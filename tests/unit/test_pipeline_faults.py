@@ -33,7 +33,7 @@ def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyp
 def test_down_failing_and_slow_sinks_do_not_hold_the_reader(short_socket: Path, sample_log: Path) -> None:
     data = sample_log.read_bytes()
     with HoneycombReceiver("key") as honeycomb, OtlpReceiver() as otlp:
-        honeycomb.fail_next = 3  # answers 500 three times, then recovers: nothing may be lost
+        honeycomb.fail_next = 3  # answers 503 three times, then recovers: nothing may be lost
         otlp.delay = 1.0  # slow: what it has not taken by the shutdown deadline is counted
         sinks = [
             ZipkinSink(f"http://127.0.0.1:{closed_port()}/api/v2/spans", timeout=1.0, backoff_max=0.2),

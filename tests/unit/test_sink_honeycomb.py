@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler
@@ -23,8 +24,8 @@ from vault_observe._core_py import Core, parse_rfc3339_ns
 from vault_observe.errors import ConfigError
 from vault_observe.model import ORPHAN, PAIRED, UNANSWERED, SpanRecord
 from vault_observe.sinks.encoding.honeycomb import EventEncoder
+from vault_observe.sinks.exporter import RetryPolicy
 from vault_observe.sinks.honeycomb import HoneycombSink
-from vault_observe.sinks.http import RetryPolicy
 
 KEY = "hcaik_01hq-test-Key-that-must-never-be-logged-7f3a"
 SERVICE = "vault-test"
@@ -62,7 +63,9 @@ def native(rx: HoneycombReceiver | None = None, **kw: Any) -> HoneycombSink:
 
 def libhoney(rx: HoneycombReceiver | None = None, **kw: Any) -> HoneycombSink:
     kw.setdefault("libhoney_send_frequency", 0.05)
-    return native(rx, encoder="libhoney", **kw)
+    sink = native(rx, encoder="libhoney", **kw)
+    sink.start()  # as the worker does before the first send
+    return sink
 
 
 def text(value: Any) -> str:
@@ -556,3 +559,22 @@ def test_native_encoder_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
     sink = native()
     assert sink.implementation == "py" and sink.load_error
     assert libhoney().implementation == "libhoney"
+
+
+def test_libhoney_threads_start_in_start_and_end_in_close() -> None:
+    before = set(threading.enumerate())
+    sink = native(None, encoder="libhoney")
+    assert set(threading.enumerate()) == before  # the constructor starts nothing
+    sink.start()
+    started = set(threading.enumerate()) - before
+    assert "honeycomb-responses" in {t.name for t in started}
+    sink.close()
+    assert not [t for t in started if t.is_alive()]
+
+
+def test_a_native_sink_starts_no_thread() -> None:
+    before = set(threading.enumerate())
+    sink = native(None)
+    sink.start()
+    assert set(threading.enumerate()) == before
+    sink.close()

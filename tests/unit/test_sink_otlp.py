@@ -21,7 +21,7 @@ from vault_observe._core_py import Core
 from vault_observe.errors import ConfigError
 from vault_observe.model import PAIRED, SpanRecord
 from vault_observe.sinks.encoding.otlp import any_value
-from vault_observe.sinks.http import RetryPolicy
+from vault_observe.sinks.exporter import RetryPolicy
 from vault_observe.sinks.otlp import DEFAULT_ENDPOINT, OtlpSink
 
 FAST = RetryPolicy(initial=0.02, maximum=0.2, jitter=0.0)
@@ -227,7 +227,7 @@ def test_environment_settings_reach_the_wire(sample_spans: list[SpanRecord]) -> 
     assert headers["content-encoding"] == "gzip"
     assert headers["content-type"] == "application/json"
     assert rx.requests[0]["path"] == "/v1/traces"
-    assert sink._poster.timeout == 2.5
+    assert sink._exporter.timeout == 2.5
 
 
 def test_arguments_override_the_environment() -> None:
@@ -237,8 +237,9 @@ def test_arguments_override_the_environment() -> None:
         "OTEL_EXPORTER_OTLP_HEADERS": "a=1",
     }
     sink = OtlpSink(timeout=3.0, compression="none", headers={"A": "2"}, environ=env)
-    assert sink._poster.timeout == 3.0
-    assert sink._headers["a"] == "2" and "content-encoding" not in sink._headers
+    assert sink._exporter.timeout == 3.0
+    headers = sink._exporter.client.headers
+    assert headers["a"] == "2" and "Content-Encoding" not in headers
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from vault_observe._core_py import Core, dump_attrs
 from vault_observe.model import PAIRED, SpanRecord
 from vault_observe.sinks import zipkin as zk
 from vault_observe.sinks.encoding import zipkin_proto
+from vault_observe.sinks.zipkin_sdk import EXPORTER_LOGGER
 
 SERVICE = "vault-test"
 ENCODERS = ["native", "native-py", "sdk", "json"]
@@ -313,7 +314,7 @@ def test_sink_sdk_path_builds_the_same_spans(
 ) -> None:
     sink = zk.ZipkinSink("http://127.0.0.1:9/api/v2/spans", encoder="sdk", service_name=SERVICE)
     assert sink._sdk is not None
-    readables = [sink._sdk.readable(s) for s in sample_spans]
+    readables = [sink._sdk.path.readable(s) for s in sample_spans]
     assert len({id(r.resource) for r in readables}) == 1  # one Resource, not one per span
     assert sdk_serialize(readables) == sdk_serialize([sdk_readable(s) for s in sample_spans])
     sink.close()
@@ -429,7 +430,7 @@ def test_receiver_down_gives_up_at_the_deadline(
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize("status", [500, 503, 429])
+@pytest.mark.parametrize("status", [502, 503, 504, 429])
 def test_retryable_status_then_recovery_loses_nothing(
     encoder: str,
     status: int,
@@ -471,7 +472,7 @@ def test_client_error_is_permanent_and_logged_once(
         "sent": 0,
         "failed": 30,
         "retries": 0,
-        "batches": 0,
+        "batches": 3,
         "bytes": 0,
         "unencodable": 0,
     }
@@ -520,10 +521,9 @@ def test_keep_alive_connection_is_reused(sample_spans: list[SpanRecord], receive
     sink = zk.ZipkinSink(receiver.url, service_name=SERVICE)
     for i in range(5):
         assert sink.send(sample_spans[i * 10 : i * 10 + 10], time.monotonic() + 10) == 0
-    assert sink._poster is not None and sink._poster.transport._local.conn is not None
-    local = sink._poster.transport._local.conn.sock.getsockname()
     assert sink.send(sample_spans[50:60], time.monotonic() + 10) == 0
-    assert sink._poster.transport._local.conn.sock.getsockname() == local
+    assert len(receiver.requests) == 6
+    assert len({r["client"] for r in receiver.requests}) == 1  # one connection for all
     assert sink.stats()["retries"] == 0
 
 
@@ -532,15 +532,13 @@ def test_two_senders_post_at_once_on_their_own_connections(
 ) -> None:
     sink = zk.ZipkinSink(receiver.url, service_name=SERVICE)
     assert sink.concurrency == 2
-    assert sink._poster is not None
-    poster = sink._poster
-    sockets: dict[int, tuple[str, int]] = {}
     failed: list[int] = []
+    started = threading.Barrier(2)
 
     def sender(k: int) -> None:
+        started.wait()
         for i in range(k, 60, 2):
             failed.append(sink.send(sample_spans[i : i + 1], time.monotonic() + 10))
-        sockets[k] = poster.transport._local.conn.sock.getsockname()
 
     threads = [threading.Thread(target=sender, args=(k,)) for k in range(2)]
     for thread in threads:
@@ -548,11 +546,14 @@ def test_two_senders_post_at_once_on_their_own_connections(
     for thread in threads:
         thread.join()
     assert failed == [0] * 60
-    assert sockets[0] != sockets[1]
+    assert len({r["client"] for r in receiver.requests}) == 2  # a connection per sender
     assert sink.stats()["sent"] == 60 and sink.stats()["batches"] == 60
     assert sorted(s["name"] for s in receiver.spans) == sorted(s.name for s in sample_spans[:60])
     sink.close()
-    assert not poster.transport._open
+    deadline = time.monotonic() + 5
+    while receiver.connections and time.monotonic() < deadline:  # the client closed them
+        time.sleep(0.02)
+    assert not receiver.connections
 
 
 # ---------------------------------------------------------------- setup
@@ -613,12 +614,48 @@ def test_zipkin_compression_flag() -> None:
 def test_sdk_exporter_error_log_is_rate_limited(
     sample_spans: list[SpanRecord], receiver: ZipkinReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    receiver.fail_with = 500
+    receiver.fail_with = 503
     sink = zk.ZipkinSink(receiver.url, encoder="sdk", backoff_initial=0.01, backoff_max=0.01)
     with caplog.at_level(logging.ERROR):
         # long enough for several retries on a loaded machine (10 ms apart)
         assert sink.send(sample_spans[:3], time.monotonic() + 2.0) == 3
     assert sink.stats()["retries"] >= 5
-    assert len([r for r in caplog.records if r.name == zk.EXPORTER_LOGGER]) <= 1  # one per minute
+    assert len([r for r in caplog.records if r.name == EXPORTER_LOGGER]) <= 1  # one per minute
     sink.close()
     sink.close()
+
+
+class RetryAfterReceiver(ZipkinReceiver):
+    """Failure answers carry ``Retry-After: 1``."""
+
+    @staticmethod
+    def reply(handler: Any, status: int, body: bytes) -> None:
+        handler.send_response(status)
+        if status >= 400:
+            handler.send_header("Retry-After", "1")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+
+@pytest.mark.parametrize("encoder", ["native", "json"])
+def test_retry_after_is_honoured(
+    encoder: str, sample_spans: list[SpanRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with RetryAfterReceiver() as rx:
+        rx.fail_next, rx.fail_status = 1, 429
+        sink = make_sink(rx.url, encoder, monkeypatch, backoff_initial=0.01)
+        started = time.monotonic()
+        assert sink.send(sample_spans[:5], time.monotonic() + 10) == 0
+        assert time.monotonic() - started >= 0.9  # the server's second, not 10 ms
+    assert len(rx.requests) == 2 and sink.stats()["retries"] == 1
+
+
+@pytest.mark.parametrize("status", [408, 500])
+def test_statuses_outside_the_otlp_retryable_set_are_final(
+    status: int, sample_spans: list[SpanRecord], receiver: ZipkinReceiver
+) -> None:
+    receiver.fail_with = status
+    sink = zk.ZipkinSink(receiver.url, backoff_initial=0.01)
+    assert sink.send(sample_spans[:5], time.monotonic() + 10) == 5
+    assert len(receiver.requests) == 1 and sink.stats()["retries"] == 0

@@ -24,7 +24,7 @@ Body = TypeVar("Body")
 
 
 class RateLog(Protocol):
-    """``RateLimitedLog`` or ``SafeLog``."""
+    """``ratelog.RateLimitedLog``."""
 
     def __call__(self, key: str, level: int, msg: str, *args: object) -> None: ...
 

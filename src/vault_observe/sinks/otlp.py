@@ -27,22 +27,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import orjson
 
 from ..errors import ConfigError
 from ..model import SpanRecord
-from .compression import Compressor
 from .encoding.otlp import BodyEncoder
 from .encoding.wire import JoinedBody
-from .http import (
-    RetryingPoster,
-    RetryPolicy,
-    SafeLog,
-    describe,
-    parse_headers,
-)
-from .isolate import EncodeGuard
+from .exporter import Exporter, RetryPolicy, Verdict
+
+if TYPE_CHECKING:
+    from .tls import TlsOptions
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +122,7 @@ class OtlpSink:
         max_batch_spans: int = MAX_BATCH_SPANS,
         retry: RetryPolicy | None = None,
         environ: Mapping[str, str] | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         check_environment(env)
@@ -159,115 +157,78 @@ class OtlpSink:
             raise ConfigError("expected gzip or none", setting=compression_variable, value=compression)
         if max_batch_bytes < 1024 or max_batch_spans < 1:
             raise ConfigError("otlp: batch limits too small")
-        self._compressor = Compressor(compression)
-        self._headers = {**merged, "content-type": "application/json"}
-        if self._compressor.header:
-            self._headers["content-encoding"] = self._compressor.header
-        self._poster = RetryingPoster(timeout=timeout, retry=retry)
-        # Header values often carry credentials: mask them all in the log.
-        self._log = SafeLog(log, secrets=[v for v in merged.values() if len(v) >= 4])
-        self._max_bytes = max_batch_bytes
-        self._max_spans = max_batch_spans
         self.encoder = BodyEncoder(service_name)
-        self._guard = EncodeGuard(self.name, self._log)
         self.implementation = self.encoder.implementation
         self.load_error = self.encoder.load_error
-        self.sent = 0
-        self.failed = 0
-        self.batches = 0
+        for fixed in ("content-type", "content-encoding"):  # the exporter's own
+            merged.pop(fixed, None)
+        self._exporter = Exporter(
+            self.name,
+            self.endpoint,
+            logger=log,
+            content_type="application/json",
+            encode=self._encode,
+            merge=JoinedBody.concat,
+            read_reply=read_partial_success,
+            headers=merged,
+            compression=compression.lower(),
+            timeout=timeout,
+            retry=retry,
+            tls=tls,
+            max_bytes=max_batch_bytes,
+            max_items=max_batch_spans,
+            # Header values often carry credentials: mask them all in the log.
+            secrets=[v for v in merged.values() if len(v) >= 4],
+        )
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
-        if not spans:
-            return 0
-        outcome = self._guard.encode(self.encoder.encode, spans, JoinedBody.concat)
-        encoded, failed = outcome
-        if encoded is None:
-            self.failed += failed
-            return failed
-        batch = encoded
-        overhead = batch.head_len + batch.tail_len
-        for run in batch.runs(self._max_bytes, self._max_spans):
-            if len(run) == 1 and batch.ends[run[0]] - batch.start(run[0]) + overhead > self._max_bytes:
-                failed += 1
-                self._log(
-                    "too-large",
-                    logging.WARNING,
-                    "otlp: dropped a span of %d bytes (batch limit %d)",
-                    batch.ends[run[0]] - batch.start(run[0]),
-                    self._max_bytes,
-                )
-                continue
-            failed += self._post(batch.run_body(run), len(run), deadline)
-        self.sent += len(spans) - failed
-        self.failed += failed
-        return failed
-
-    def _post(self, body: bytes, count: int, deadline: float) -> int:
-        self.batches += 1
-        result = self._poster.post(self.endpoint, self._compressor.compress(body), self._headers, deadline)
-        if not result.ok:
-            if result.retryable:
-                self._log(
-                    "gave-up",
-                    logging.WARNING,
-                    "otlp: %d spans not delivered to %s by the deadline: %s",
-                    count,
-                    self.endpoint,
-                    describe(result),
-                )
-            else:
-                self._log(
-                    f"refused-{result.status}",
-                    logging.ERROR,
-                    "otlp: %d spans refused by %s: %s",
-                    count,
-                    self.endpoint,
-                    describe(result),
-                )
-            return count
-        rejected, message = _partial_success(result.body)
-        if rejected:
-            self._log(
-                "partial",
-                logging.WARNING,
-                "otlp: the receiver rejected %d of %d spans: %s",
-                rejected,
-                count,
-                message,
-            )
-        return min(rejected, count)
+        return self._exporter.export(spans, deadline)
 
     def start(self) -> None:
-        pass
+        self._exporter.start()
 
     def flush(self, timeout: float) -> None:
         pass  # nothing is buffered: ``send`` posts before it returns
 
     def close(self) -> None:
-        self._poster.close()
+        self._exporter.close()
 
     def stats(self) -> dict[str, int]:
-        return {
-            "sent": self.sent,
-            "failed": self.failed,
-            "unencodable": self._guard.unencodable,
-            "retries": self._poster.retries,
-            "batches": self.batches,
-            "bytes": self._poster.bytes,
-        }
+        return self._exporter.stats()
+
+    def _encode(self, spans: Sequence[SpanRecord]) -> JoinedBody:
+        return self.encoder.encode(spans)
 
     def __repr__(self) -> str:  # headers may hold credentials: not shown
         return f"OtlpSink(endpoint={self.endpoint!r})"
 
 
-def _partial_success(body: bytes) -> tuple[int, str]:
-    """``ExportTraceServiceResponse.partialSuccess``: (rejected spans, message)."""
+def read_partial_success(body: bytes, count: int) -> Verdict:
+    """``ExportTraceServiceResponse.partialSuccess``: the spans rejected, and why."""
     if not body.strip():
-        return 0, ""
+        return Verdict()
     try:
         reply = orjson.loads(body)
         partial = reply.get("partialSuccess") or {}
         rejected = int(partial.get("rejectedSpans") or 0)  # int64: a string in JSON
-        return max(rejected, 0), str(partial.get("errorMessage") or "")
+        message = str(partial.get("errorMessage") or "")
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 0, ""  # not JSON (a proxy's text): the export itself succeeded
+        return Verdict()  # not JSON (a proxy's text): the export itself succeeded
+    if rejected <= 0:
+        return Verdict()
+    return Verdict(refused=min(rejected, count), detail=message or "partialSuccess")
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """``k1=v1,k2=v2`` with URL-encoded keys and values (the OTLP header variables)."""
+    out: dict[str, str] = {}
+    for number, item in enumerate(text.split(","), 1):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = unquote(key).strip().lower()
+        if not sep or not key:
+            # The entry itself is not echoed: it may well be a credential.
+            raise ConfigError(f"header entry {number} is not of the form name=value")
+        out[key] = unquote(value).strip()
+    return out
