@@ -1,11 +1,14 @@
-"""The daemon: sources -> core -> per-sink queues and worker threads -> sinks.
+"""The daemon: a source -> core -> per-sink queues and sender threads -> sinks.
 
-The reader (one thread) never waits on a sink. Each sink has its own bounded queue
-and worker thread; when a queue is full, new spans for that sink are dropped and
-counted, so a slow or dead sink never slows the reader or the other sinks. Only a
-file replay, which has no Vault to hold up, waits for room instead; and in follow
-mode, where the file is the buffer, a failing sink is retried until it takes the
-batch, and the checkpoint is written as the sinks confirm batches.
+One reader loop, the same for the three sources (sockets, a file replay, a followed
+file): it feeds the core what the source read, expires pending requests by the
+source's clock, and hands the spans to the sink workers. The reader never waits on a
+sink. Each sink has its own bounded queue and sender threads; when a queue is full,
+new spans for that sink are dropped and counted, so a slow or dead sink never slows
+the reader or the other sinks. Only a file replay, which has no Vault to hold up,
+waits for room instead; and in follow mode, where the file is the buffer, a failing
+sink is retried until it takes the batch, and the follow source writes its
+checkpoint as the sinks confirm batches (the loop acknowledges its marks).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -31,12 +33,13 @@ from .errors import file_error
 from .framing import FramingCounters
 from .metrics import Summary, is_internal, undelivered
 from .ratelog import RateLimitedLog
-from .sink_worker import SinkWorker
+from .sink_worker import Acknowledgements, SinkWorker
 from .sinks.base import Sink
 
 if TYPE_CHECKING:
     from .metrics_http import MetricsServer
-    from .sources.follow import Checkpoint, FileFollower, Saved
+    from .sources.base import Read, Source
+    from .sources.follow import FileFollower
     from .sources.sockets import SocketSource
 
 log = logging.getLogger("vault_observe")
@@ -49,76 +52,6 @@ EXPIRE_EVERY_NS = 200_000_000
 EMIT_CHUNK = 8192
 BAD_LINE_COUNTERS = ("malformed", "invalid", "oversize", "unknown_type", "no_id")
 FOLLOW_QUEUE_BATCHES = 4  # follow mode: a sink's queue holds at most this many batches
-
-
-class FollowProgress:
-    """Follow mode's checkpoint: the positions the reader has passed, each with how many
-    spans every sink had been given by then, saved as soon as every sink has confirmed
-    those spans (see ``SinkWorker.confirmed``): when a batch is confirmed, not on a timer.
-    """
-
-    def __init__(
-        self, checkpoint: Checkpoint | None, workers: Sequence[SinkWorker], saved: Saved | None
-    ) -> None:
-        self._checkpoint = checkpoint
-        self._workers = list(workers)
-        self._lock = threading.Lock()
-        self._marks: deque[tuple[Saved, tuple[int, ...]]] = deque()
-        self.saved = saved
-        self._unsaved: Saved | None = None  # confirmed, but writing it failed
-        self.saves = 0
-        self.save_errors = 0
-        self._errlog = RateLimitedLog(log, 60.0)
-
-    def mark(self, state: Saved) -> None:
-        """The reader has given the sinks every span of the lines before ``state.position``."""
-        counts = tuple(w.counts["queued"] for w in self._workers)
-        with self._lock:
-            marks = self._marks
-            if marks and marks[-1][1] == counts:
-                marks[-1] = (state, counts)  # no span since the last mark: this one supersedes it
-                return
-            marks.append((state, counts))
-        if all(w.confirmed >= n for w, n in zip(self._workers, counts, strict=True)):
-            self.advance()  # the senders confirmed these spans before the mark was made
-
-    @property
-    def waiting(self) -> int:
-        """Positions not yet confirmed by every sink."""
-        return len(self._marks)
-
-    def advance(self) -> None:
-        """Save the furthest position whose spans every sink has confirmed."""
-        with self._lock:
-            done: Saved | None = None
-            marks = self._marks
-            workers = self._workers
-            while marks and all(w.confirmed >= n for w, n in zip(workers, marks[0][1], strict=True)):
-                done = marks.popleft()[0]
-            if done is None:
-                done = self._unsaved
-            if done is None or done == self.saved:
-                return
-            if self._checkpoint is not None:
-                try:
-                    self._checkpoint.save(done)
-                except OSError as exc:
-                    # Reading and sending go on; a restart would resume at the last
-                    # checkpoint written, re-sending what was delivered since.
-                    self._unsaved = done
-                    self.save_errors += 1
-                    self._errlog(
-                        "checkpoint",
-                        logging.ERROR,
-                        "cannot write the checkpoint %s: %s (%d failed writes)",
-                        self._checkpoint.path,
-                        exc,
-                        self.save_errors,
-                    )
-                    return
-                self.saves += 1
-            self._unsaved = None
-            self.saved = done
 
 
 def _share(offset: int, path: str) -> float:
@@ -182,7 +115,7 @@ class Daemon:
         if config.metrics_address is not None:
             from .metrics_http import MetricsServer
 
-            # binds in serve/replay
+            # binds in start
             self.metrics_server = MetricsServer(
                 config.metrics_address, config.health_failure_seconds, self.snapshot
             )
@@ -194,9 +127,10 @@ class Daemon:
         # SIGHUP: a new Config from the same flags, variables and (re-read) config file
         self.reload_config: Callable[[], Config] | None = None
         self._reload_requested = False
-        self.source: SocketSource | None = None
-        self.follower: FileFollower | None = None
-        self.progress: FollowProgress | None = None
+        self.source: Source | None = None  # the one being read, of any kind
+        self.sockets: SocketSource | None = None  # the source, when it is the sockets
+        self.follower: FileFollower | None = None  # the source, when following a file
+        self._expired_ns = 0  # the latest time pending requests were expired by
         self.reread_lines = 0  # follow mode: lines read again to rebuild pending requests
         self.reread_spans = 0  # ... and the spans they made, delivered before the restart
         self.summary = Summary(self.snapshot)
@@ -231,7 +165,7 @@ class Daemon:
         out["bytes"] = self.framing.bytes
         out["truncated"] = self.framing.truncated
         out["pending"] = self.core.pending
-        source = self.source
+        source = self.sockets
         follower = self.follower
         if follower is not None:
             follow_stats = follower.stats
@@ -240,8 +174,7 @@ class Daemon:
             out["lost_files"] = follow_stats.lost_files
             out["reread_lines"] = self.reread_lines
             out["reread_spans"] = self.reread_spans
-            progress = self.progress
-            out["checkpoint_errors"] = progress.save_errors if progress is not None else 0
+            out["checkpoint_errors"] = follow_stats.checkpoint_errors
         out["connections"] = source.connections_accepted if source is not None else 0
         out["open_connections"] = source.open_connections if source is not None else 0
         sinks: dict[str, dict[str, int]] = {}
@@ -307,13 +240,9 @@ class Daemon:
             tune_allocator()
         sys.setswitchinterval(SWITCH_INTERVAL)
         try:
-            if self.config.follow:
-                self.follow()
-            elif self.config.input is not None:
-                self.replay()
+            self._read_input()
+            if self.config.input is not None and not self.config.follow:
                 return self._replay_status()
-            else:
-                self.serve()
         finally:
             sys.setswitchinterval(switch_interval)
             for signum, handler in previous.items():
@@ -337,14 +266,7 @@ class Daemon:
 
     def start(self) -> None:
         """Run in a background thread (for embedding and tests); returns once reading."""
-        target = (
-            self.follow
-            if self.config.follow
-            else self.replay
-            if self.config.input is not None
-            else self.serve
-        )
-        self._thread = threading.Thread(target=target, name="reader", daemon=True)
+        self._thread = threading.Thread(target=self._read_input, name="reader", daemon=True)
         self._thread.start()
         while not self.started.wait(0.05):
             if not self._thread.is_alive():
@@ -377,7 +299,16 @@ class Daemon:
         if self.source is not None:
             self.source.wake()
 
+    def _read_input(self) -> None:
+        if self.config.follow:
+            self.follow()
+        elif self.config.input is not None:
+            self.replay()
+        else:
+            self.serve()
+
     def serve(self) -> None:
+        """Read the sockets until a stop, then what Vault had already written to them."""
         from .config import DEFAULT_LISTENER
         from .sources.sockets import SocketSource
 
@@ -393,71 +324,140 @@ class Daemon:
             counters=self.framing,
             passed=passed,
         )
-        source.open()
-        self.source = source
+        source.start()
+        self.sockets = source
         if not any(not is_internal(worker.sink) for worker in self.workers):
             log.warning(
                 "no sink is configured (--stdout, --zipkin, --honeycomb, --otlp): spans are "
                 "counted and discarded"
             )
-        last_expire = time.monotonic_ns()
-        try:
-            self._begin()
-            sd_notify.notify("READY=1\nSTATUS=listening on " + ", ".join(source.bound_addresses()))
-            while not self._stop.is_set():
-                chunks = source.poll(POLL_SECONDS)
-                now = time.monotonic_ns()
-                for chunk in chunks:
-                    self._feed(chunk, now)
-                if now - last_expire >= EXPIRE_EVERY_NS:
-                    self._expire(now)
-                    last_expire = now
-                self._dispatch()
-                self._tick()
-            # Stop accepting, then read each connection until Vault has nothing more in it.
-            sd_notify.notify("STOPPING=1")
-            source.stop_accepting()
-            now = time.monotonic_ns()
-            for chunk in source.drain(config.shutdown_timeout):
-                self._feed(chunk, now)
-        finally:
-            source.close()
-            self._finish()
+        self._read(source)
 
     def replay(self) -> None:
         """Read the whole input file, then flush everything."""
-        from .sources.file import read_file
+        from .sources.file import FileSource
+
+        assert self.config.input is not None
+        source = FileSource(
+            self.config.input, max_line_bytes=self.config.max_line_bytes, counters=self.framing
+        )
+        source.start()
+        size = source.size
+        if size is not None:
+            self.summary.share_read = lambda: self.framing.bytes / size if size else 1.0
+        self._read(source, self._progress_bar(size))
+
+    def follow(self) -> None:
+        """Tail the input file across rotation; the follow source checkpoints what every
+        sink has confirmed.
+
+        After a restart, the lines from where the oldest then-pending request was read up
+        to the checkpoint are read again first: that rebuilds the pending requests, and
+        the spans they make (delivered before the restart) are discarded and counted
+        (``reread_spans``). A stop therefore keeps pending requests pending instead of
+        sending them as unanswered spans.
+        """
+        from .sources.follow import PIECE_LINES, FileFollower
 
         config = self.config
         assert config.input is not None
+        follower = FileFollower(
+            config.input,
+            max_line_bytes=config.max_line_bytes,
+            counters=self.framing,
+            checkpoint=config.checkpoint,
+        )
+        follower.start()
+        self.follower = follower
+        self.summary.share_read = lambda: _share(follower.position.offset, config.input or "")
+        if config.checkpoint:
+            log.info(
+                "following %s: after a kill -9 the restart may re-send up to %d spans to each sink",
+                config.input,
+                self.resend_bound(PIECE_LINES),
+            )
+        self._read(follower)
+
+    def _read(self, source: Source, bar: Any = None) -> None:
+        """The reader loop, the same for every source: feed the core each read, expire by
+        the source's clock (its lines' own times after each read, a live clock every
+        EXPIRE_EVERY_NS), hand the spans to the sink workers, and give the source back
+        each mark once every sink has handled the spans made before it. On a stop, the
+        source takes no new input and what is already on its way in is read."""
         core = self.core
-        size = None
-        if config.input != "-":
-            try:
-                size = os.stat(config.input).st_size  # a missing file is named before anything starts
-                open(config.input, "rb").close()
-            except OSError as exc:
-                raise file_error("--input", config.input, exc) from None
-            self.summary.share_read = lambda: self.framing.bytes / size if size else 1.0
-        bar = self._progress_bar(size)
+        self.source = source
+        acks = Acknowledgements(self.workers, source.ack)
+        for worker in self.workers:
+            worker.on_confirm = acks.advance
+        last_expire = time.monotonic_ns()
         try:
             self._begin()
+            ready = self._notify_ready(source)
             with _redirect_logging(bar):
-                for chunk in read_file(
-                    config.input, max_line_bytes=config.max_line_bytes, counters=self.framing
-                ):
-                    self._feed(chunk, None)
-                    self._expire(core.watermark_ns)
+                while not self._stop.is_set():
+                    read = source.read(POLL_SECONDS)
+                    if read is None:
+                        break  # the end of the input
+                    if not ready:
+                        ready = self._notify_ready(source)
+                    if read.reread:
+                        self._reread(read)
+                        continue
+                    now = read.now_ns
+                    for chunk in read.chunks:
+                        self._feed(chunk.lines, now, chunk.offset)
+                    if now is None:
+                        self._expire(core.watermark_ns)
+                    elif now - last_expire >= EXPIRE_EVERY_NS:
+                        self._expire(now)
+                        last_expire = now
                     self._dispatch()
                     if bar is not None:
                         bar.update(self.framing.bytes - bar.n)
                     self._tick()
-                    if self._stop.is_set():
-                        break
+                    if any(w.counts["dropped_shutdown"] for w in self.workers):
+                        break  # stopping while waiting for room: the rest is read again after a restart
+                    mark = source.mark(core.oldest_pending_mark(), self._expired_ns)
+                    if mark is not None:
+                        acks.add(mark)
+                        if not read.chunks:
+                            acks.advance()  # a tail of lines that made no span
+            if ready:
+                sd_notify.notify("STOPPING=1")
+            # Take no new input, and read what is on its way in (Vault's connections).
+            source.stop(self.config.shutdown_timeout)
+            while (read := source.read(0.0)) is not None:
+                for chunk in read.chunks:
+                    self._feed(chunk.lines, read.now_ns, chunk.offset)
         finally:
+            source.close()
             if bar is not None:
                 bar.close()
             self._finish()
+            acks.advance()  # what the sinks confirmed while stopping
+
+    @staticmethod
+    def _notify_ready(source: Source) -> bool:
+        """Tell the service manager once the source is reading; True once told."""
+        status = source.ready()
+        if status is None:
+            return False
+        sd_notify.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
+        return True
+
+    def _reread(self, read: Read) -> None:
+        """Lines read again after a restart to rebuild the requests pending at the last
+        stop: their spans were delivered before it, and are discarded and counted."""
+        core = self.core
+        for chunk in read.chunks:
+            core.feed(chunk.lines, None, chunk.offset)
+        now = read.now_ns if read.now_ns is not None else core.watermark_ns
+        before = core.pending
+        core.expire(now)
+        if core.pending < before:
+            self._expired_ns = max(self._expired_ns, now)
+        self.reread_spans += len(core.drain_spans())
+        self.reread_lines = int(core.counters()["lines"])
 
     def _progress_bar(self, size: int | None) -> Any:
         """A progress bar of the replay on stderr, only for a person watching a terminal
@@ -490,92 +490,6 @@ class Daemon:
             self._next_summary = now + self.config.summary_interval
             self.summary.log("summary", progress=True)
 
-    def follow(self) -> None:
-        """Tail the input file across rotation; checkpoint what every sink has confirmed.
-
-        After a restart, the lines from where the oldest then-pending request was read up
-        to the checkpoint are read again first: that rebuilds the pending requests, and
-        the spans they make (delivered before the restart) are discarded and counted
-        (``reread_spans``). A stop therefore keeps pending requests pending instead of
-        sending them as unanswered spans.
-        """
-        from .sources.follow import PIECE_LINES, Checkpoint, FileFollower, Saved
-
-        config = self.config
-        assert config.input is not None
-        checkpoint = Checkpoint(config.checkpoint) if config.checkpoint else None
-        saved = checkpoint.load() if checkpoint else None
-        follower = FileFollower(
-            config.input,
-            max_line_bytes=config.max_line_bytes,
-            counters=self.framing,
-            start=saved,
-            ignore=(config.checkpoint,) if config.checkpoint else (),
-        )
-        self.follower = follower
-        self.summary.share_read = lambda: _share(follower.position.offset, config.input or "")
-        progress = FollowProgress(checkpoint, self.workers, saved)
-        self.progress = progress
-        for worker in self.workers:
-            worker.on_confirm = progress.advance
-        core = self.core
-        expired_ns = saved.expired_ns if saved is not None else 0
-        replaying = saved is not None and bool(saved.replay)
-        if checkpoint is not None:
-            log.info(
-                "following %s: after a kill -9 the restart may re-send up to %d spans to each sink",
-                config.input,
-                self.resend_bound(PIECE_LINES),
-            )
-        try:
-            self._begin()
-            ready = False
-            for chunk in follower.follow(self._stop.is_set):
-                if not ready and follower.position.inode:  # the file is open
-                    sd_notify.notify("READY=1")
-                    ready = True
-                if replaying and (chunk is None or not chunk.replay):
-                    # At the checkpoint: expire what the last run had expired by then.
-                    replaying = False
-                    assert saved is not None
-                    core.expire(saved.expired_ns)
-                    self._discard()
-                    self.reread_lines = int(core.counters()["lines"])
-                if chunk is not None:
-                    if chunk.replay:
-                        core.feed(chunk.lines, None, chunk.mark)
-                    else:
-                        self._feed(chunk.lines, None, chunk.mark)
-                    now = core.watermark_ns
-                else:
-                    now = time.time_ns()  # idle: the file's times are Vault's wall clock
-                pending = core.pending
-                if chunk is not None and chunk.replay:
-                    core.expire(now)
-                else:
-                    self._expire(now)
-                if core.pending < pending:
-                    # Only an expiry that took requests out matters to a replay.
-                    expired_ns = max(expired_ns, now)
-                if chunk is not None and chunk.replay:
-                    self._discard()
-                    continue
-                self._dispatch()
-                self._tick()
-                if any(w.counts["dropped_shutdown"] for w in self.workers):
-                    break  # stopping while waiting for room: the rest is read again after a restart
-                oldest = core.oldest_pending_mark()
-                replay = () if oldest is None else follower.replay_files(oldest)
-                progress.mark(Saved(follower.position, replay, expired_ns))
-                if chunk is None:
-                    progress.advance()  # a tail of lines that made no span
-                if self._stop.is_set():
-                    break
-        finally:
-            sd_notify.notify("STOPPING=1")
-            self._finish()
-            progress.advance()
-
     def resend_bound(self, piece_lines: int) -> int:
         """Spans a kill -9 may send again to one sink: the batches in flight on every
         sender, one piece of lines whose spans were confirmed only in part, and with
@@ -587,10 +501,6 @@ class Daemon:
         if len(real) > 1:
             bound += max(w.queue_size for w in real)
         return bound
-
-    def _discard(self) -> None:
-        """Spans of lines read again after a restart: delivered before it."""
-        self.reread_spans += len(self.core.drain_spans())
 
     # -- internals
 
@@ -625,12 +535,15 @@ class Daemon:
     def _expire(self, now_ns: int) -> None:
         """Requests due by ``now_ns`` become spans, handed on a chunk at a time."""
         core = self.core
+        pending = core.pending
         while True:
             before = core.pending
             core.expire(now_ns, EMIT_CHUNK)
             if before - core.pending < EMIT_CHUNK:
-                return
+                break
             self._dispatch()
+        if core.pending < pending:
+            self._expired_ns = max(self._expired_ns, now_ns)
 
     def _dispatch(self) -> None:
         spans = self.core.drain_spans()
@@ -705,11 +618,11 @@ class Daemon:
         self._dispatch()
         deadline = time.monotonic() + self.config.shutdown_timeout
         for worker in self.workers:
-            worker.begin_stop(deadline)
+            worker.stop(deadline)
         for worker in self.workers:
-            worker.join()
+            worker.close()
         for worker in self.retired_workers:  # sink sets a reload replaced, maybe still draining
-            worker.join()
+            worker.close()
         if self._capture is not None:
             self._capture.close()
             self._capture = None

@@ -168,7 +168,7 @@ def _swap_sinks(daemon: Reloadable, new: Config) -> bool:
     daemon.retired_workers.extend(old)
     deadline = time.monotonic() + new.shutdown_timeout
     for worker in old:
-        worker.begin_stop(deadline)
+        worker.stop(deadline)
     if old:
         threading.Thread(target=_drain, args=(old,), name="sink-drain", daemon=True).start()
     log.info(
@@ -182,4 +182,4 @@ def _swap_sinks(daemon: Reloadable, new: Config) -> bool:
 
 def _drain(workers: list[SinkWorker]) -> None:
     for worker in workers:
-        worker.join()
+        worker.close()

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from .model import SpanBatch, SpanRecord
@@ -281,15 +282,15 @@ class SinkWorker:
             self._abandon = True
             self._cond.notify_all()
 
-    def begin_stop(self, deadline: float) -> None:
+    def stop(self, deadline: float) -> None:
         """Deliver what is queued until ``deadline`` (monotonic), then flush the sink."""
         with self._cond:
             self._closing = True
             self._final_deadline = deadline
             self._cond.notify_all()
 
-    def join(self) -> None:
-        """Wait for ``begin_stop`` to finish; count what was left and close the sink."""
+    def close(self) -> None:
+        """Wait for ``stop`` to finish; count what was left and close the sink."""
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(max(0.0, self._final_deadline - time.monotonic()) + 1.0)
@@ -396,3 +397,46 @@ class SinkWorker:
             self.sink.flush(max(0.0, self._final_deadline - time.monotonic()))
         except Exception:
             log.exception("%s: flush failed", self.name)
+
+
+@dataclass
+class _Mark:
+    mark: object
+    queued: tuple[int, ...]  # spans each worker had been given by then
+
+
+class Acknowledgements:
+    """The marks a source gave after its reads, each with how many spans every worker had
+    been given by then; a mark is acknowledged (``ack``) as soon as every worker has
+    confirmed those spans (see ``SinkWorker.confirmed``): when a batch is confirmed, not
+    on a timer. ``advance`` is each worker's ``on_confirm``."""
+
+    def __init__(self, workers: Sequence[SinkWorker], ack: Callable[[object], None]) -> None:
+        self._workers = list(workers)
+        self._ack = ack
+        self._lock = threading.Lock()
+        self._marks: deque[_Mark] = deque()
+        self._confirmed: object | None = None  # the furthest mark acknowledged
+
+    def add(self, mark: object) -> None:
+        """The reader has given the workers every span made before ``mark``."""
+        queued = tuple(w.counts["queued"] for w in self._workers)
+        with self._lock:
+            marks = self._marks
+            if marks and marks[-1].queued == queued:
+                marks[-1] = _Mark(mark, queued)  # no span since the last mark: this one supersedes it
+                return
+            marks.append(_Mark(mark, queued))
+        if all(w.confirmed >= n for w, n in zip(self._workers, queued, strict=True)):
+            self.advance()  # the senders confirmed these spans before the mark was made
+
+    def advance(self) -> None:
+        """Acknowledge the furthest mark whose spans every worker has confirmed (the last
+        one again when none is new: the source may not have managed to keep it)."""
+        with self._lock:
+            marks = self._marks
+            workers = self._workers
+            while marks and all(w.confirmed >= n for w, n in zip(workers, marks[0].queued, strict=True)):
+                self._confirmed = marks.popleft().mark
+            if self._confirmed is not None:
+                self._ack(self._confirmed)

@@ -187,8 +187,8 @@ def test_worker_cuts_chunks_into_batches_and_drops_past_its_bound(sample_log: Pa
         assert last.span_bytes <= last.nbytes <= last.span_bytes + 64
         assert last.nbytes < packed[230:400].span_bytes / 5
     worker.start()
-    worker.begin_stop(deadline=__import__("time").monotonic() + 10)
-    worker.join()
+    worker.stop(deadline=__import__("time").monotonic() + 10)
+    worker.close()
     assert [len(batch) for batch in sink.batches] == [100, 100, 50]
     assert [span for batch in sink.batches for span in batch] == records[:250]
     assert worker.counts["delivered"] == 250

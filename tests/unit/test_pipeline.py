@@ -139,6 +139,27 @@ def test_tcp_and_udp_listeners(tmp_path: Path) -> None:
     assert {s.request_id for s in sink.spans} == {ID1.decode(), ID2.decode()}
 
 
+def test_a_datagram_over_the_line_limit_is_judged_once_by_the_core(caplog: pytest.LogCaptureFixture) -> None:
+    """A datagram is one whole line: the core applies --max-line-bytes to it as to any
+    line, so it is counted once and the warning shows its first bytes."""
+    sink = CollectingSink()
+    config = Config(listeners=[Listener("udp", "127.0.0.1", 0)], max_line_bytes=100, flush_interval=0.05)
+    daemon = Daemon(config, [sink])
+    daemon.start()
+    assert daemon.sockets is not None
+    udp_port = int(daemon.sockets.bound_addresses()[0].rsplit(":", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(b'{"oversize":"' + b"x" * 200 + b'"}', ("127.0.0.1", udp_port))
+        udp.sendto(b"{}", ("127.0.0.1", udp_port))
+    wait_for(lambda: daemon.core.counters()["lines"] == 2)
+    counters = daemon.stop()
+    assert counters["oversize"] == 1
+    assert any(
+        "skipped 1 oversize line(s)" in record.getMessage() and "{\"oversize\"" in record.getMessage()
+        for record in caplog.records
+    )
+
+
 def test_stale_socket_file_is_replaced_and_other_files_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "audit.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -234,8 +255,8 @@ def test_sink_worker_batches_and_flushes_partial_batches() -> None:
     core.feed(b"".join(RESP % f"{i:08x}-0000-0000-0000-000000000002".encode() for i in range(25)))
     worker.offer(core.drain())
     wait_for(lambda: len(sink.spans) == 25)
-    worker.begin_stop(time.monotonic() + 1)
-    worker.join()
+    worker.stop(time.monotonic() + 1)
+    worker.close()
     assert sink.batches == 3  # 10 + 10 + a partial 5 after flush_interval
 
 
@@ -259,8 +280,8 @@ def test_sink_worker_with_two_senders_delivers_each_span_once_and_flushes_once()
     core.feed(b"".join(RESP % f"{i:08x}-0000-0000-0000-000000000003".encode() for i in range(200)))
     worker.offer(core.drain())
     wait_for(lambda: len(sink.spans) == 200)
-    worker.begin_stop(time.monotonic() + 1)
-    worker.join()
+    worker.stop(time.monotonic() + 1)
+    worker.close()
     assert len({s.request_id for s in sink.spans}) == 200
     assert worker.counts["delivered"] == 200
     assert sink.flushes == 1

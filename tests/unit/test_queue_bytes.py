@@ -141,8 +141,8 @@ def test_queue_bytes_bound_drops_and_counts_what_does_not_fit(
         gate.open.set()
     finally:
         gate.open.set()
-        worker.begin_stop(time.monotonic() + 30)
-        worker.join()
+        worker.stop(time.monotonic() + 30)
+        worker.close()
     assert worker.counts["delivered"] == gate.spans == worker.counts["queued"]
     assert worker.counts["delivered"] + worker.counts["dropped_queue_full"] == offered
     assert worker.queued_bytes == 0 and worker.depth == 0
@@ -180,8 +180,8 @@ def test_replay_waits_for_room_in_bytes(sample_log: Path, impl: str) -> None:
     assert worker.queued_bytes <= bound
     gate.open.set()
     producer.join(60)
-    worker.begin_stop(time.monotonic() + 30)
-    worker.join()
+    worker.stop(time.monotonic() + 30)
+    worker.close()
     assert max(seen) <= bound
     assert worker.counts["dropped_queue_full"] == 0
     assert gate.spans == worker.counts["delivered"] == offered

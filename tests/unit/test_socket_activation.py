@@ -30,9 +30,19 @@ def read_lines(source: SocketSource, want: int, timeout: float = 20.0) -> list[b
     lines: list[bytes] = []
     end = time.monotonic() + timeout
     while len(lines) < want and time.monotonic() < end:
-        for chunk in source.poll(0.05):
-            lines.extend(bytes(chunk).splitlines())
+        read = source.read(0.05)
+        assert read is not None
+        for chunk in read.chunks:
+            lines.extend(bytes(chunk.lines).splitlines())
     return lines
+
+
+def drained(source: SocketSource, timeout: float = 0.0) -> list[bytes]:
+    """Stop the source and return what it still read: each chunk, then the end."""
+    source.stop(timeout)
+    read = source.read(0.0)
+    assert read is not None and source.read(0.0) is None
+    return [bytes(chunk.lines) for chunk in read.chunks]
 
 
 def held_unix(path: Path) -> socket.socket:
@@ -49,14 +59,13 @@ def test_a_passed_listener_is_used_and_outlives_the_daemon(tmp_path: Path) -> No
         # The configured path is the passed socket's: it is not bound again (that
         # would fail: someone listens there).
         source = source_for([Listener("unix", str(path))], [(held.dup(), "audit")])
-        source.open()
+        source.start()
         assert source.activated and source.bound_addresses() == [f"unix://{path}"]
         with socket.socket(socket.AF_UNIX) as client:
             client.connect(str(path))
             client.sendall(LINE % 1)
             assert read_lines(source, 1) == [(LINE % 1).rstrip()]
-            source.stop_accepting()
-            source.drain(5.0)
+            drained(source, 5.0)
         source.close()
         assert path.exists(), "the service manager's socket file was removed"
         # Between two instances, a new connection and its entries wait in the backlog.
@@ -64,7 +73,7 @@ def test_a_passed_listener_is_used_and_outlives_the_daemon(tmp_path: Path) -> No
             client.connect(str(path))
             client.sendall(LINE % 2)
             nxt = source_for([], [(held.dup(), "audit")])
-            nxt.open()
+            nxt.start()
             try:
                 assert read_lines(nxt, 1) == [(LINE % 2).rstrip()]
             finally:
@@ -78,14 +87,13 @@ def test_a_passed_udp_socket_keeps_unread_datagrams_for_the_next_instance() -> N
         held.bind(("127.0.0.1", 0))
         address = held.getsockname()
         source = source_for([], [(held.dup(), "udp")])
-        source.open()
+        source.start()
         assert source.bound_addresses() == [f"udp://127.0.0.1:{address[1]}"]
         client.sendto(LINE % 1, address)
         assert read_lines(source, 1) == [(LINE % 1).rstrip()]
         client.sendto(LINE % 2, address)
         time.sleep(0.1)
-        source.stop_accepting()
-        assert source.drain() == []
+        assert drained(source) == []
         source.close()
         held.settimeout(5)
         assert held.recv(65536) == LINE % 2
@@ -94,13 +102,12 @@ def test_a_passed_udp_socket_keeps_unread_datagrams_for_the_next_instance() -> N
 def test_own_udp_socket_is_emptied_before_it_is_closed() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         source = source_for([Listener("udp", "127.0.0.1", 0)])
-        source.open()
+        source.start()
         host, port = source.bound_addresses()[0].removeprefix("udp://").rsplit(":", 1)
         for i in range(50):
             client.sendto(LINE % i, (host, int(port)))
         time.sleep(0.2)
-        source.stop_accepting()
-        lines = [line for chunk in source.drain() for line in bytes(chunk).splitlines()]
+        lines = [line for chunk in drained(source) for line in chunk.splitlines()]
         source.close()
     assert len(lines) == 50
 
@@ -110,11 +117,11 @@ def test_a_passed_socket_that_does_not_listen_is_refused(tmp_path: Path) -> None
         unbound.bind(str(tmp_path / "x.sock"))
         source = source_for([], [(unbound.dup(), "x")])
         with pytest.raises(ConfigError, match="Accept=no"):
-            source.open()
+            source.start()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram:
         source = source_for([], [(dgram.dup(), "x")])
         with pytest.raises(ConfigError, match="ListenStream"):
-            source.open()
+            source.start()
 
 
 WRITER = """
@@ -141,14 +148,13 @@ def test_shutdown_reads_a_unix_connection_until_the_writer_is_refused(tmp_path: 
     """
     path = tmp_path / "audit.sock"
     source = source_for([Listener("unix", str(path))])
-    source.open()
+    source.start()
     # In another process, so it writes while this one reads (no shared GIL).
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         lines = read_lines(source, 2000)
-        source.stop_accepting()
-        for chunk in source.drain(10.0):
-            lines.extend(bytes(chunk).splitlines())
+        for chunk in drained(source, 10.0):
+            lines.extend(chunk.splitlines())
         out, _ = writer.communicate(timeout=60)
     finally:
         writer.kill()
@@ -162,7 +168,7 @@ def test_shutdown_reads_a_unix_connection_until_the_writer_is_refused(tmp_path: 
 
 def test_shutdown_resets_a_tcp_connection_so_the_writer_dials_again() -> None:
     source = source_for([Listener("tcp", "127.0.0.1", 0)])
-    source.open()
+    source.start()
     host, port = source.bound_addresses()[0].removeprefix("tcp://").rsplit(":", 1)
     with socket.create_connection((host, int(port))) as client:
         for i in range(10):
@@ -170,8 +176,7 @@ def test_shutdown_resets_a_tcp_connection_so_the_writer_dials_again() -> None:
         lines = read_lines(source, 10)
         client.sendall(LINE % 10)
         time.sleep(0.1)
-        source.stop_accepting()
-        lines += [line for chunk in source.drain(5.0) for line in bytes(chunk).splitlines()]
+        lines += [line for chunk in drained(source, 5.0) for line in chunk.splitlines()]
         source.close()
         assert len(lines) == 11
         with pytest.raises(OSError):
@@ -183,9 +188,9 @@ def test_shutdown_resets_a_tcp_connection_so_the_writer_dials_again() -> None:
 def test_the_unix_socket_file_of_an_own_listener_is_removed(tmp_path: Path) -> None:
     path = tmp_path / "audit.sock"
     source = source_for([Listener("unix", str(path))])
-    source.open()
+    source.start()
     assert path.exists()
-    source.stop_accepting()
+    source.stop(0.0)
     source.close()
     assert not os.path.exists(path)
 
@@ -197,7 +202,7 @@ def test_a_configured_tcp_listener_matches_a_passed_socket_by_its_address() -> N
         port = held.getsockname()[1]
         # "localhost" resolves to the passed socket's address: not bound a second time
         source = source_for([Listener("tcp", "localhost", port)], [(held.dup(), "tcp")])
-        source.open()
+        source.start()
         try:
             assert source.bound_addresses() == [f"tcp://127.0.0.1:{port}"]
         finally:
@@ -259,7 +264,7 @@ def test_the_socket_path_appears_only_once_it_accepts_connections(
 
     monkeypatch.setattr(socket.socket, "listen", watch)
     source = source_for([Listener("unix", str(path))])
-    source.open()
+    source.start()
     try:
         assert seen_at_listen == [False]
         assert path.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["audit.sock"]

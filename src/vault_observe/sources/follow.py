@@ -1,8 +1,9 @@
 """Follow the file audit device's log across rotation, from a saved position.
 
 With Vault's file device as the primary device this is the no-loss deployment: the
-file holds every entry, and the checkpoint (written by the pipeline when the sinks
-confirm a batch) lets a restart resume where the last run stopped.
+file holds every entry, and the checkpoint (written here when the reader loop
+acknowledges a position: every sink has handled the spans of the lines before it)
+lets a restart resume where the last run stopped.
 
 Rotation, polled (no inotify needed):
 - rename (logrotate's default, then SIGHUP to Vault): the path gets a new inode, but
@@ -13,9 +14,10 @@ Rotation, polled (no inotify needed):
   file (logrotate's ``create``) is not a move.
 - copytruncate: the file shrinks below the position; reading restarts at 0.
 
-Positions are also given as a stream offset (``Chunk.mark``) that keeps growing across
-files, so the pipeline can record where the oldest pending request was read and a
-restart can read the files again from there (``Saved.replay``).
+Positions are also given as a stream offset (``Chunk.offset``) that keeps growing across
+files: the core keeps it with each pending request, so a checkpoint can record where
+the oldest pending request was read and a restart can read the files again from there
+(``Saved.replay``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..framing import FramingCounters, StreamFramer
+from ..ratelog import RateLimitedLog
+from .base import Chunk, Read
 
 log = logging.getLogger("vault_observe.sources")
 
@@ -71,14 +75,6 @@ class Saved:
     position: Position
     replay: tuple[Position, ...] = ()
     expired_ns: int = 0
-
-
-@dataclass(frozen=True)
-class Chunk:
-    lines: memoryview  # whole lines, valid until the next chunk is asked for
-    position: Position  # the position just after them
-    mark: int = 0  # stream offset of their first byte: grows across files and truncations
-    replay: bool = False  # read again to rebuild pending requests: its spans were delivered
 
 
 class Checkpoint:
@@ -132,6 +128,7 @@ class FollowCounters:
     truncations: int = 0
     lost_files: int = 0  # a checkpoint's file (or a file to replay) was gone or truncated
     reread_bytes: int = 0
+    checkpoint_errors: int = 0  # checkpoint writes that failed
     replay_framing: FramingCounters = field(default_factory=FramingCounters)
 
 
@@ -158,7 +155,9 @@ class _Capped:
 
 
 class FileFollower:
-    """Yields chunks of whole lines from a growing, rotating file."""
+    """The follow source: whole lines from a growing, rotating file, in pieces of at
+    most ``piece_lines`` lines each with its position (``mark``); a position the reader
+    loop acknowledges is saved in the checkpoint, and ``start`` resumes from it."""
 
     def __init__(
         self,
@@ -166,11 +165,10 @@ class FileFollower:
         *,
         max_line_bytes: int,
         counters: FramingCounters,
-        start: Saved | Position | None = None,
+        checkpoint: str | None = None,
         poll_interval: float = 0.2,
         rotate_grace: float = 1.0,
         piece_lines: int = PIECE_LINES,
-        ignore: tuple[str, ...] = (),
     ) -> None:
         self.path = path
         self.max_line_bytes = max_line_bytes
@@ -179,18 +177,83 @@ class FileFollower:
         self.rotate_grace = rotate_grace
         self.piece_lines = max(1, piece_lines)
         self.stats = FollowCounters()
-        self._start = Saved(start) if isinstance(start, Position) else start
+        self.checkpoint = Checkpoint(checkpoint) if checkpoint else None
+        self._start: Saved | None = None  # what the checkpoint held at the start
+        self._saved: Saved | None = None  # what it holds now
+        self._errlog = RateLimitedLog(log, 60.0)
+        self._reads: Generator[Read, None, None] | None = None
+        self._stopping = False
         self._file: io.FileIO | None = None
         self._path_open = ""  # the name the open file was opened by
         self._dev = 0
         self._inode = 0
         self._offset = 0  # after the last whole line handed out
         self._framer: StreamFramer | None = None
-        self._ignore = {os.path.abspath(path) for path in ignore}  # e.g. the checkpoint
+        self._ignore = {os.path.abspath(checkpoint)} if checkpoint else set()
         self._between: list[tuple[str, int, int]] = []  # rotated while down, to read next
         self._segments: list[_Segment] = []
         self._base = 0
         self._stream_end = 0  # stream offset after the last whole line handed out
+
+    # -- the Source contract
+
+    def start(self) -> None:
+        """Load the checkpoint; the file is opened by the reads (it may not exist yet)."""
+        self._start = self._saved = self.checkpoint.load() if self.checkpoint is not None else None
+        self._reads = self._follow()
+
+    def read(self, timeout: float) -> Read | None:
+        """The next piece of lines, or none when idle (after waiting ``poll_interval``:
+        a file is polled); ``timeout`` is not used."""
+        if self._reads is None or self._stopping:
+            return None
+        return next(self._reads, None)
+
+    def ready(self) -> str | None:
+        return "" if self._inode else None  # reading once the file is open
+
+    def mark(self, pending_from: int | None, expired_ns: int) -> Saved:
+        replay = () if pending_from is None else self.replay_files(pending_from)
+        # A replay after the next restart expires what this run and the last one had.
+        resumed_ns = self._start.expired_ns if self._start is not None else 0
+        return Saved(self.position, replay, max(expired_ns, resumed_ns))
+
+    def ack(self, mark: object) -> None:
+        """Save ``mark`` in the checkpoint (again, if writing it failed last time)."""
+        assert isinstance(mark, Saved)
+        if self.checkpoint is None or mark == self._saved:
+            return
+        try:
+            self.checkpoint.save(mark)
+        except OSError as exc:
+            # Reading and sending go on; a restart would resume at the last checkpoint
+            # written, re-sending what was delivered since.
+            self.stats.checkpoint_errors += 1
+            self._errlog(
+                "checkpoint",
+                logging.ERROR,
+                "cannot write the checkpoint %s: %s (%d failed writes)",
+                self.checkpoint.path,
+                exc,
+                self.stats.checkpoint_errors,
+            )
+            return
+        self._saved = mark
+
+    def wake(self) -> None:
+        """Nothing to cut short: an idle read waits one ``poll_interval`` at most."""
+
+    def stop(self, timeout: float) -> None:
+        """Read no further: a line being written is read again after the restart."""
+        self._stopping = True
+
+    def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
+        self._close(stopping=True)
+
+    # -- counters
 
     @property
     def rotations(self) -> int:
@@ -268,11 +331,16 @@ class FileFollower:
             self._file.close()
             self._file = None
 
-    def _replay(self) -> Iterator[Chunk]:
-        """Read again what the checkpoint says holds requests still pending, up to its position."""
+    def _replay(self) -> Iterator[Read]:
+        """Read again what the checkpoint says holds requests still pending, up to its
+        position; then expire what the last run had expired by then."""
         saved = self._start
         if saved is None or not saved.replay:
             return
+        yield from self._reread(saved)
+        yield Read((), saved.expired_ns, reread=True)
+
+    def _reread(self, saved: Saved) -> Iterator[Read]:
         last = len(saved.replay) - 1
         for i, item in enumerate(saved.replay):
             limit = saved.position.offset if i == last else None
@@ -361,7 +429,7 @@ class FileFollower:
             seen.add(ident)
         return tuple(chain)
 
-    def _read_available(self, replay: bool = False) -> Iterator[Chunk]:
+    def _read_available(self, replay: bool = False) -> Iterator[Read]:
         assert self._file is not None and self._framer is not None
         piece_lines = self.piece_lines
         while True:
@@ -386,17 +454,16 @@ class FileFollower:
                         break
                 self._offset = start + hi
                 self._stream_end = self._base + self._offset
-                yield Chunk(view[lo:hi], self.position, self._base + start + lo, replay)
+                yield Read((Chunk(view[lo:hi], self._base + start + lo),), None, replay)
                 lo = hi
 
-    def follow(self, stopped: Callable[[], bool]) -> Iterator[Chunk | None]:
-        """Chunks as they come; ``None`` when idle (so the caller can do periodic work)."""
-        try:
-            yield from self._follow(stopped)
-        finally:
-            self._close(stopping=True)
+    def _idle(self) -> Read:
+        """No lines: the clock is the wall clock, as the file's times are Vault's."""
+        return Read((), time.time_ns())
 
-    def _follow(self, stopped: Callable[[], bool]) -> Iterator[Chunk | None]:
+    def _follow(self) -> Generator[Read, None, None]:
+        """Reads as they come, one piece of lines each, or idle (the reader loop does its
+        periodic work); a stop ends it between two reads."""
         yield from self._replay()
         if self._file is None:
             self._resume()
@@ -406,18 +473,16 @@ class FileFollower:
             for path, _dev, _inode in self._between:
                 log.info("%s was rotated after the daemon's file: reading it next", path)
         while self._file is None:
-            if stopped():
-                return
             if self._open(self.path, 0):
                 break
-            yield None
+            yield self._idle()
             time.sleep(self.poll_interval)
         quiet_since: float | None = None
-        while not stopped():
+        while True:
             got = False
-            for chunk in self._read_available():
+            for read in self._read_available():
                 got = True
-                yield chunk
+                yield read
             if got:
                 quiet_since = None
                 continue
@@ -428,9 +493,9 @@ class FileFollower:
             if change == "rotated":
                 # The writer has moved on: what it wrote to the old file came first.
                 final = False
-                for chunk in self._read_available():
+                for read in self._read_available():
                     final = True
-                    yield chunk
+                    yield read
                 if final:
                     quiet_since = None
                     continue
@@ -447,7 +512,7 @@ class FileFollower:
                     if self._open(self.path, 0):
                         quiet_since = None
                         continue
-                    yield None
+                    yield self._idle()
                     time.sleep(self.poll_interval)
                     continue
                 quiet_since = None
@@ -458,7 +523,7 @@ class FileFollower:
                 if self._open(self.path, 0):
                     quiet_since = None
                     continue
-            yield None
+            yield self._idle()
             time.sleep(self.poll_interval)
 
     def _rotation(self, quiet_for: float) -> str | None:

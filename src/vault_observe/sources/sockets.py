@@ -4,7 +4,8 @@ Vault waits for its audit devices: a reader that stops reading stalls every Vaul
 request for the device's ``write_timeout``, and a socket-only set-up fails them.
 So this source accepts every connection at once, never blocks on one, and reads
 each readable socket until it would block. Each stream connection has its own
-LineFramer; UDP takes one entry per datagram.
+LineFramer; UDP takes one entry per datagram (the core judges its length, as it does
+every whole line).
 
 Listening sockets passed by systemd (socket activation) are used instead of binding:
 they outlive the daemon, so across a restart Vault's connections and datagrams wait
@@ -30,6 +31,7 @@ from collections.abc import Iterable
 from ..config import Listener
 from ..errors import ConfigError, listen_error
 from ..framing import FramingCounters, LineFramer
+from .base import Chunk, Read
 
 log = logging.getLogger("vault_observe.sources")
 
@@ -81,7 +83,8 @@ def _same_listener(configured: Listener, passed: Listener) -> bool:
 
 
 class SocketSource:
-    """All listeners of the daemon behind one selector."""
+    """The socket source: all listeners of the daemon behind one selector. Its clock is
+    the monotonic clock when the lines were read."""
 
     def __init__(
         self,
@@ -103,6 +106,8 @@ class SocketSource:
         self._servers: list[tuple[socket.socket, Listener]] = []
         self._passed_fds: set[int] = set()  # of self._servers: owned by the service manager
         self._leftover: list[bytes] = []  # datagrams read while closing
+        self._drain_timeout: float | None = None  # stopped: read what is left within it
+        self._drained = False
         self._connections: dict[int, _Connection] = {}
         self._unix_paths: list[str] = []
         self._wake_r, self._wake_w = socket.socketpair()
@@ -132,7 +137,8 @@ class SocketSource:
         """True when the service manager passed (and keeps) the listening sockets."""
         return bool(self._passed_fds)
 
-    def open(self) -> None:
+    def start(self) -> None:
+        """Bind the listeners (or take the passed ones)."""
         try:
             passed: list[Listener] = []
             for server, name in self.passed:
@@ -144,7 +150,9 @@ class SocketSource:
                 self._add_server(server, listener)
                 self._passed_fds.add(server.fileno())
                 passed.append(listener)
-                log.info("listening on %s (passed by the service manager%s)", listener, f", {name}" if name else "")
+                log.info(
+                    "listening on %s (passed by the service manager%s)", listener, f", {name}" if name else ""
+                )
             for listener in self.listeners:
                 if any(_same_listener(listener, other) for other in passed):
                     continue
@@ -216,7 +224,22 @@ class SocketSource:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
-    def stop_accepting(self) -> None:
+    def ready(self) -> str:
+        return "listening on " + ", ".join(self.bound_addresses())
+
+    def mark(self, pending_from: int | None, expired_ns: int) -> None:
+        return None  # what was read from a socket cannot be read again
+
+    def ack(self, mark: object) -> None:
+        pass
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting; the next ``read`` reads each connection until Vault has
+        nothing more in it (within ``timeout`` seconds), the one after says it ended."""
+        self._stop_accepting()
+        self._drain_timeout = timeout
+
+    def _stop_accepting(self) -> None:
         """Close the listeners and remove the unix socket files; connections stay open.
 
         A passed listener stays open in the service manager, with its backlog and
@@ -239,7 +262,7 @@ class SocketSource:
                 os.unlink(path)
         self._unix_paths = []
 
-    def drain(self, timeout: float = 0.0) -> list[bytes]:
+    def _drain(self, timeout: float) -> list[bytes]:
         """Read every open connection until Vault has nothing more in it, then close it.
 
         A unix connection is shut for reading first: the kernel then fails Vault's next
@@ -276,7 +299,7 @@ class SocketSource:
         return chunks
 
     def close(self) -> None:
-        self.stop_accepting()
+        self._stop_accepting()
         for fd in list(self._connections):
             self._close(fd)
         with contextlib.suppress(KeyError, ValueError):
@@ -285,10 +308,21 @@ class SocketSource:
         self._wake_w.close()
         self._selector.close()
 
-    # -- the loop's one call
+    # -- reading
 
-    def poll(self, timeout: float) -> list[bytes]:
-        """Wait up to ``timeout`` seconds; return chunks of whole lines read."""
+    def read(self, timeout: float) -> Read | None:
+        """Wait up to ``timeout`` seconds for chunks of whole lines; once stopped, the
+        rest of each connection, then ``None``."""
+        if self._drain_timeout is None:
+            chunks = self._poll(timeout)
+        elif self._drained:
+            return None
+        else:
+            chunks = self._drain(self._drain_timeout)
+            self._drained = True
+        return Read([Chunk(lines) for lines in chunks], time.monotonic_ns())
+
+    def _poll(self, timeout: float) -> list[bytes]:
         chunks: list[bytes] = []
         for key, _mask in self._selector.select(timeout):
             what = key.data
@@ -362,9 +396,6 @@ class SocketSource:
                 return
             self.counters.bytes += len(data)
             if not data:
-                continue
-            if len(data) > self.max_line_bytes + 1:
-                self.counters.oversize += 1
                 continue
             chunks.append(data if data.endswith(b"\n") else data + b"\n")
 
