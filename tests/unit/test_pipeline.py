@@ -16,7 +16,7 @@ from tests.sinks import CollectingSink
 from vault_observe.config import Config, Listener
 from vault_observe.model import ORPHAN, PAIRED, UNANSWERED
 from vault_observe.pipeline import Daemon
-from vault_observe.sink_worker import SinkWorker
+from vault_observe.sink_worker import Acknowledgements, SinkWorker
 
 REQ = b'{"time":"2026-01-01T00:00:00.000000001Z","type":"request","auth":{},"request":{"id":"%s","operation":"read","mount_point":"kv/","path":"kv/x"}}\n'
 RESP = b'{"time":"2026-01-01T00:00:00.250000001Z","type":"response","auth":{},"request":{"id":"%s","operation":"read","mount_point":"kv/","path":"kv/x"},"response":{"data":{"a":1}}}\n'
@@ -290,3 +290,36 @@ def test_sink_worker_with_two_senders_delivers_each_span_once_and_flushes_once()
 def test_the_core_lets_go_of_the_gil_only_when_sender_threads_need_it(tmp_path: Path) -> None:
     assert Daemon(unix_config(tmp_path), sinks=[CollectingSink()]).core.release_gil
     assert not Daemon(unix_config(tmp_path), sinks=[]).core.release_gil
+
+
+class CountingWorker:
+    """What Acknowledgements reads of a SinkWorker: spans given, spans confirmed."""
+
+    def __init__(self) -> None:
+        self.counts = {"queued": 0}
+        self.confirmed = 0
+
+
+def test_a_mark_is_acknowledged_once_every_worker_confirmed_the_spans_before_it() -> None:
+    fast, slow = CountingWorker(), CountingWorker()
+    acked: list[object] = []
+    acks = Acknowledgements([fast, slow], acked.append)  # type: ignore[list-item]
+    fast.counts["queued"] = slow.counts["queued"] = 10
+    acks.add("a")
+    fast.counts["queued"] = slow.counts["queued"] = 20
+    acks.add("b")
+    acks.add("c")  # no span since "b": it supersedes it
+    fast.confirmed = 20
+    acks.advance()
+    assert acked == []  # the slow worker has confirmed nothing yet
+    slow.confirmed = 15
+    acks.advance()
+    assert acked == ["a"]
+    slow.confirmed = 20
+    acks.advance()
+    assert acked == ["a", "c"]
+    acks.advance()  # nothing new: the last mark again, for a source that could not keep it
+    assert acked == ["a", "c", "c"]
+    acks.add("d")  # its spans are all confirmed already
+    assert acked[-1] == "d"
+

@@ -36,6 +36,9 @@ class Read(NamedTuple):
 
 
 class Source(Protocol):
+    """A source that keeps no position and has no service status can take the defaults
+    of ``ready``, ``mark``, ``ack`` and ``wake`` by naming this class as its base."""
+
     def start(self) -> None:
         """Open what is read; raises what the operator has to fix (a path, a port)."""
 
@@ -46,18 +49,23 @@ class Source(Protocol):
     def ready(self) -> str | None:
         """What to tell the service manager once the source is reading (a status
         line, maybe empty); ``None`` before that, and for a file replay, never a service."""
+        return None
 
     def mark(self, pending_from: int | None, expired_ns: int) -> object | None:
         """Where reading stands after the last read, given the offset of the oldest
         request still pending (``None``: none is) and the latest time pending requests
         were expired by; ``None`` for a source that keeps no position."""
+        return None
 
     def ack(self, mark: object) -> None:
         """Every sink has handled the spans of the lines before ``mark`` (called from
-        a sender thread, one call at a time, marks in order)."""
+        a sender thread, one call at a time, marks in order; the last one again when
+        no new one was confirmed)."""
+        return None
 
     def wake(self) -> None:
         """Cut short a ``read`` waiting for input (from a signal handler or a thread)."""
+        return None
 
     def stop(self, timeout: float) -> None:
         """Take no new input; what is already on its way in is read within ``timeout``."""

@@ -9,10 +9,10 @@ from typing import cast
 
 from ..errors import file_error
 from ..framing import FramingCounters, StreamFramer
-from .base import Chunk, Read
+from .base import Chunk, Read, Source
 
 
-class FileSource:
+class FileSource(Source):
     """The replay source: chunks of whole lines from a file (or stdin, ``-``), each
     valid until the next read, with no clock of their own: the lines carry their times.
     A last line without ``\\n`` is a truncated entry."""
@@ -51,18 +51,6 @@ class FileSource:
                 return Read((Chunk(lines),), None)
         self._framer = None
         return None
-
-    def ready(self) -> None:
-        return None
-
-    def mark(self, pending_from: int | None, expired_ns: int) -> None:
-        return None
-
-    def ack(self, mark: object) -> None:
-        pass
-
-    def wake(self) -> None:
-        pass
 
     def stop(self, timeout: float) -> None:
         self._framer = None  # the rest is not read

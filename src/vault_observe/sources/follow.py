@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ..framing import FramingCounters, StreamFramer
 from ..ratelog import RateLimitedLog
-from .base import Chunk, Read
+from .base import Chunk, Read, Source
 
 log = logging.getLogger("vault_observe.sources")
 
@@ -154,7 +154,7 @@ class _Capped:
         return self._fh.readinto(view[:left] if len(view) > left else view)
 
 
-class FileFollower:
+class FileFollower(Source):
     """The follow source: whole lines from a growing, rotating file, in pieces of at
     most ``piece_lines`` lines each with its position (``mark``); a position the reader
     loop acknowledges is saved in the checkpoint, and ``start`` resumes from it."""

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from ..config import Listener
 from ..errors import ConfigError, listen_error
 from ..framing import FramingCounters, LineFramer
-from .base import Chunk, Read
+from .base import Chunk, Read, Source
 
 log = logging.getLogger("vault_observe.sources")
 
@@ -82,7 +82,7 @@ def _same_listener(configured: Listener, passed: Listener) -> bool:
     return False
 
 
-class SocketSource:
+class SocketSource(Source):
     """The socket source: all listeners of the daemon behind one selector. Its clock is
     the monotonic clock when the lines were read."""
 
@@ -226,12 +226,6 @@ class SocketSource:
 
     def ready(self) -> str:
         return "listening on " + ", ".join(self.bound_addresses())
-
-    def mark(self, pending_from: int | None, expired_ns: int) -> None:
-        return None  # what was read from a socket cannot be read again
-
-    def ack(self, mark: object) -> None:
-        pass
 
     def stop(self, timeout: float) -> None:
         """Stop accepting; the next ``read`` reads each connection until Vault has
