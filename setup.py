@@ -29,6 +29,7 @@ BATCH_JSON_PYX = HERE / "src" / "vault_observe" / "_batch_json.pyx"
 SPANS_PYX = HERE / "src" / "vault_observe" / "_spans.pyx"
 SPANS_PXD = "src/vault_observe/_spans.pxd"
 BYTEBUF = "src/vault_observe/_bytebuf.pxi"
+ENCODE_COMMON = "src/vault_observe/_encode_common.pxi"
 REQUIRE = os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1"
 SKIP = os.environ.get("VAULT_OBSERVE_NO_EXTENSIONS") == "1"
 
@@ -144,7 +145,7 @@ def extensions() -> list:  # type: ignore[type-arg]
             Extension(
                 "vault_observe._zipkin_proto",
                 sources=[str(ZIPKIN_PYX.relative_to(HERE))],
-                depends=[BYTEBUF, SPANS_PXD],
+                depends=[ENCODE_COMMON, BYTEBUF, SPANS_PXD],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
                 extra_link_args=LINK_ARGS,
@@ -155,7 +156,7 @@ def extensions() -> list:  # type: ignore[type-arg]
             Extension(
                 "vault_observe._batch_json",
                 sources=[str(BATCH_JSON_PYX.relative_to(HERE))],
-                depends=[BYTEBUF, SPANS_PXD],
+                depends=[ENCODE_COMMON, BYTEBUF, SPANS_PXD],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
                 extra_link_args=LINK_ARGS,

@@ -1,5 +1,5 @@
 # A growable byte buffer for the compiled encoders, usable without the GIL.
-# Included by _zipkin_proto.pyx and _batch_json.pyx (they cimport realloc and memcpy).
+# Included by _encode_common.pxi, which cimports realloc and memcpy for it.
 #
 # A request body is written into a buffer that each sender thread keeps from one
 # body to the next (take_scratch ... keep_scratch), then copied into the bytes

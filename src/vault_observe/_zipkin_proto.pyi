@@ -1,3 +1,8 @@
+"""Type stub of the compiled Zipkin protobuf encoder (``_zipkin_proto.pyx``).
+
+``encode`` raises ``errors.LeftToPython`` for a batch the Python encoder must write.
+"""
+
 from collections.abc import Sequence
 
 from .model import SpanRecord
@@ -13,4 +18,3 @@ class ProtoEncoder:
 
     def __init__(self, service_name: str, scope_name: str, scope_version: str) -> None: ...
     def encode(self, spans: Sequence[SpanRecord]) -> bytes: ...
-    def encode_span(self, span: SpanRecord) -> bytes: ...

@@ -9,6 +9,12 @@ class VaultObserveError(Exception):
     """Base class for the daemon's own errors."""
 
 
+class LeftToPython(Exception):
+    """A compiled encoder cannot write this batch as its Python twin would (a lone
+    surrogate, a number beyond 64 bits, JSON that is not canonical...): the Python
+    encoder writes it, and only its exceptions mean that a span cannot be encoded."""
+
+
 class ConfigError(VaultObserveError, ValueError):
     """A flag, variable or config file value that cannot be used: the one error type of
     every setting check, the sinks' included (a ValueError too, for callers that

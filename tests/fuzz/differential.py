@@ -340,18 +340,19 @@ class Encoders:
 
     def __init__(self) -> None:
         from vault_observe import __version__
-        from vault_observe._zipkin_proto import ProtoEncoder as FastProto
         from vault_observe.sinks import zipkin as zipkin_sink
         from vault_observe.sinks.encoding import honeycomb, otlp, zipkin, zipkin_proto
 
         scope = (zipkin_sink.SCOPE_NAME, __version__)
-        self.zipkin_fast = FastProto("vault", *scope)
+        self.zipkin_fast = zipkin.ProtoBodyEncoder("vault", *scope)
         self.zipkin_py = zipkin_proto.ProtoEncoder("vault", *scope)
         self.zipkin_json = zipkin.JsonEncoder("vault", *scope)
         self.honey_fast = honeycomb.BatchEncoder("vault")
         self.honey_py = honeycomb.BatchEncoder("vault", compiled=False)
         self.otlp_fast = otlp.BodyEncoder("vault")
         self.otlp_py = otlp.BodyEncoder("vault", compiled=False)
+        if self.zipkin_fast.implementation != "c":
+            raise SystemExit("the compiled _zipkin_proto is not importable")
         if self.honey_fast.implementation != "c" or self.otlp_fast.implementation != "c":
             raise SystemExit("the compiled _batch_json is not importable")
         self.declined = 0  # batches a compiled encoder left to the Python one
@@ -360,6 +361,7 @@ class Encoders:
 
     def check(self, packed: Any, records: list[Any]) -> None:
         from tests.receivers import decode_zipkin_proto
+        from vault_observe.errors import LeftToPython
         from vault_observe.sinks.encoding.wire import JoinedBody
         from vault_observe.sinks.isolate import EncodeGuard
         from vault_observe.sinks.stdout import encode_line
@@ -404,8 +406,10 @@ class Encoders:
                                   f"spans dropped):\n {(got or b'')[:300]!r}\n {(expected or b'')[:300]!r}")
                 self.bodies += 1
             bodies[name] = expected
-        for compiled in (self.honey_fast._compiled, self.otlp_fast._compiled):
-            if compiled.encode(packed) is None:
+        for fast in (self.zipkin_fast, self.honey_fast, self.otlp_fast):
+            try:
+                fast.compiled_encode(packed)
+            except LeftToPython:
                 self.declined += 1
         from vault_observe.sinks.encoding.zipkin import merge_bodies
 

@@ -17,6 +17,7 @@ import pytest
 
 from vault_observe import _compat
 from vault_observe._core_py import Core, dump_attrs
+from vault_observe.errors import LeftToPython
 from vault_observe.model import ORPHAN, PAIRED, UNANSWERED, SpanRecord
 from vault_observe.sinks.encoding import otlp
 from vault_observe.sinks.encoding.honeycomb import BatchEncoder, EventEncoder
@@ -84,13 +85,21 @@ def otlp_reference(spans: list[SpanRecord]) -> bytes:
 
 
 def honeycomb_compiled(spans: list[SpanRecord]) -> tuple[bytes, list[int]] | None:
-    out: tuple[bytes, list[int]] | None = _batch_json.HoneycombEncoder(SERVICE).encode(spans)
+    """The compiled encoder's body and ends; None when it leaves the batch to Python."""
+    try:
+        out: tuple[bytes, list[int]] = _batch_json.HoneycombEncoder(SERVICE).encode(spans)
+    except LeftToPython:
+        return None
     return out
 
 
 def otlp_compiled(spans: list[SpanRecord]) -> tuple[bytes, list[int]] | None:
+    """The compiled encoder's body and ends; None when it leaves the batch to Python."""
     head = otlp.request_head(SERVICE)
-    out: tuple[bytes, list[int]] | None = _batch_json.OtlpEncoder(head, otlp.REQUEST_TAIL).encode(spans)
+    try:
+        out: tuple[bytes, list[int]] = _batch_json.OtlpEncoder(head, otlp.REQUEST_TAIL).encode(spans)
+    except LeftToPython:
+        return None
     return out
 
 

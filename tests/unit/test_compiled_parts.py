@@ -35,7 +35,7 @@ def test_every_compiled_part_is_built_and_chosen_when_required() -> None:
     expected = "c" if _compat.USE_EXTENSIONS else "py"
     assert expected == core.IMPLEMENTATION, core.LOAD_ERROR
     encoders = {
-        "zipkin": "c" if zipkin.proto_encoder_class()[1] is None else "py",
+        "zipkin": zipkin.ProtoBodyEncoder("vault", "vault-observe", "0").implementation,
         "honeycomb": honeycomb.BatchEncoder("vault").implementation,
         "otlp": otlp.BodyEncoder("vault").implementation,
     }

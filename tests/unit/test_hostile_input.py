@@ -344,18 +344,13 @@ def encoders() -> list[tuple[str, Any, Any]]:
     """(name, compiled, Python) encoder pairs of every sink, as callables batch -> bytes."""
     from vault_observe import __version__
     from vault_observe.sinks import zipkin as zipkin_sink
-    from vault_observe.sinks.encoding import honeycomb, otlp, zipkin, zipkin_proto
+    from vault_observe.sinks.encoding import honeycomb, otlp, zipkin
 
     pairs: list[tuple[str, Any, Any]] = []
-    fast_zipkin, why = zipkin.proto_encoder_class()
-    if why is None:
-        pairs.append(
-            (
-                "zipkin-proto",
-                fast_zipkin("vault", zipkin_sink.SCOPE_NAME, __version__).encode,
-                zipkin_proto.ProtoEncoder("vault", zipkin_sink.SCOPE_NAME, __version__).encode,
-            )
-        )
+    scope = (zipkin_sink.SCOPE_NAME, __version__)
+    zk_fast = zipkin.ProtoBodyEncoder("vault", *scope).compiled_encode  # None when not built
+    if zk_fast is not None:
+        pairs.append(("zipkin-proto", zk_fast, zipkin.ProtoBodyEncoder("vault", *scope, compiled=False).encode))
     json_encoder = zipkin.JsonEncoder("vault", zipkin_sink.SCOPE_NAME, __version__)
     pairs.append(("zipkin-json", json_encoder.encode, json_encoder.encode))
     hc_fast, hc_py = honeycomb.BatchEncoder("vault"), honeycomb.BatchEncoder("vault", compiled=False)

@@ -221,7 +221,8 @@ def test_the_graph_covers_the_package() -> None:
     assert "vault_observe.sinks.factory" in graph["vault_observe.cli"]
     # from the compiled modules' .pyx: cimports and included .pxi files
     assert "vault_observe._spans" in graph["vault_observe._fast"]
-    assert "vault_observe._bytebuf" in graph["vault_observe._batch_json"]
+    assert "vault_observe._encode_common" in graph["vault_observe._batch_json"]
+    assert "vault_observe._bytebuf" in graph["vault_observe._encode_common"]
 
 
 def test_no_import_cycle() -> None:

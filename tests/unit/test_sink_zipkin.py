@@ -25,9 +25,11 @@ from tests.implementations import compiled_module
 from tests.receivers import ZipkinReceiver
 from vault_observe import __version__, _compat
 from vault_observe._core_py import Core, dump_attrs
+from vault_observe.errors import LeftToPython
 from vault_observe.model import PAIRED, SpanRecord
 from vault_observe.sinks import zipkin as zk
 from vault_observe.sinks.encoding import zipkin_proto
+from vault_observe.sinks.encoding.zipkin import ProtoBodyEncoder
 from vault_observe.sinks.zipkin_sdk import EXPORTER_LOGGER
 
 SERVICE = "vault-test"
@@ -391,11 +393,15 @@ def test_compiled_body_bigger_than_its_estimate(sdk_serialize: Callable[[list[An
     "attrs_json",
     [b"", b"{", b'{"a":', b'{"a":1', b'{"a":1,}', b'{"a":tru}', b'{"a":"\\ud800"}', b'{"a":"x\x01"}', b"[]"],
 )
-def test_native_encoder_rejects_malformed_attrs(encoder_cls: Any, attrs_json: bytes) -> None:
+def test_native_encoder_rejects_malformed_attrs(impl: str, encoder_cls: Any, attrs_json: bytes) -> None:
+    """The Python encoder refuses them (the sink drops the span); the compiled one
+    leaves them to it."""
     span = record({})
     span.attrs_json = attrs_json
-    with pytest.raises(ValueError):
+    with pytest.raises(LeftToPython if impl == "c" else ValueError):
         encoder_cls(SERVICE, "vault-observe", __version__).encode([span])
+    with pytest.raises(ValueError):
+        ProtoBodyEncoder(SERVICE, "vault-observe", __version__).encode([span])
 
 
 # ---------------------------------------------------------------- failures

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from .. import __version__
 from ..errors import ConfigError
 from ..model import SpanRecord
-from .encoding.zipkin import EncoderFactory, JsonEncoder, ZipkinBodyEncoder, merge_bodies, proto_encoder_class
+from .encoding.zipkin import JsonEncoder, ProtoBodyEncoder, ZipkinBodyEncoder, merge_bodies
 from .exporter import Exporter, RetryPolicy
 
 if TYPE_CHECKING:
@@ -89,14 +89,15 @@ class ZipkinSink:
         self.load_error: str | None = None
         content_type = "application/x-protobuf"
         if encoder != "sdk":
-            factory: EncoderFactory = JsonEncoder
-            if encoder == "native":
-                factory, self.load_error = proto_encoder_class()
-            self._body = factory(service_name, SCOPE_NAME, __version__)
+            body_encoder: Callable[[str, str, str], ZipkinBodyEncoder] = (
+                ProtoBodyEncoder if encoder == "native" else JsonEncoder
+            )
+            self._body = body_encoder(service_name, SCOPE_NAME, __version__)
+            self.load_error = self._body.load_error
             content_type = self._body.content_type
             # Two senders: one encodes the next batch while the other's POST is in flight.
             self.concurrency = 2
-            self.implementation = str(getattr(self._body, "implementation", "py"))
+            self.implementation = self._body.implementation
         self._exporter = Exporter(
             self.name,
             endpoint,

@@ -12,9 +12,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..._core_py import attr_members, dump_attrs
+from ..._core_py import attr_members
 from ...model import PAIRED, PAIRING_KEY, PAIRING_NAMES, SpanRecord
-from .compiled import batch_json
+from .compiled import CompiledFirst, batch_json, joined_bodies
 from .wire import JoinedBody, duration_ms, json_str, rfc3339_ns
 
 _canonical_str = json.encoder.encode_basestring  # the string form of ``_core_py.dump_attrs``
@@ -115,61 +115,36 @@ class EventEncoder:
             return attrs, b""
         if _ERROR_KEY not in attrs:
             return attrs, b"," + needle
-        # Rare: an ``error`` key elsewhere (nested, or not last): decode to be sure.
+        # Rare: an ``error`` key elsewhere (nested, or not last): read the top-level
+        # members, with their values as raw JSON text (any nesting the cores accept).
+        # A repeated key keeps its last value at its first place, as json.loads does.
         try:
-            decoded = json.loads(attrs)
-        except RecursionError:  # a value nested deeper than json reads: its members undecoded
-            return EventEncoder._error_deep(record, needle)
+            members = dict(attr_members(attrs))
         except ValueError:
             return attrs, b"," + needle
-        if decoded.get("error") == record.error:
-            return attrs, b""
-        if "error" in decoded:  # another text: the span's own wins, without a duplicate key
-            del decoded["error"]
-            attrs = dump_attrs(decoded)
-        return attrs, b"," + needle
-
-    @staticmethod
-    def _error_deep(record: SpanRecord, needle: bytes) -> tuple[bytes, bytes]:
-        """``_error`` on the top-level members with their values as raw JSON text: the
-        same bytes for canonical attributes (json.loads keeps a repeated key's last
-        value at its first place, and dump_attrs writes values as they were)."""
-        attrs = record.attrs_json
-        try:
-            members: dict[str, bytes] = {}
-            for key, raw in attr_members(attrs):
-                members[key] = raw
-        except ValueError:
-            return attrs, b"," + needle
-        own = members.get("error")
+        own = members.pop("error", None)
         if own is None:
             return attrs, b"," + needle
         if own[:1] == b'"' and json.loads(own) == record.error:
             return attrs, b""
-        del members["error"]
+        # another value: the span's own wins, without a duplicate key
         body = b",".join(
             _canonical_str(key).encode("utf-8", "surrogatepass") + b":" + raw for key, raw in members.items()
         )
         return b"{" + body + b"}", b"," + needle
 
 
-class BatchEncoder:
-    """The batch body ``[event,...]`` of ``EventEncoder`` with each event's end:
-    written by the compiled ``_batch_json.HoneycombEncoder`` when it is built (and
-    not disabled by VAULT_OBSERVE_NO_EXTENSIONS=1), else, or for a batch it leaves
-    to the reference, by ``EventEncoder``."""
+class BatchEncoder(CompiledFirst[JoinedBody]):
+    """The batch body ``[event,...]`` of ``EventEncoder`` with each event's end, written
+    by the compiled ``_batch_json.HoneycombEncoder`` when it is built and allowed."""
 
     def __init__(self, service_name: str, compiled: bool = True) -> None:
-        self._events = EventEncoder(service_name)
-        self.load_error: str | None
-        module, self.load_error = batch_json() if compiled else (None, "not asked for")
-        self._compiled = module.HoneycombEncoder(service_name) if module is not None else None
-        self.implementation = "c" if self._compiled is not None else "py"
+        events = EventEncoder(service_name)
+        module, load_error = batch_json() if compiled else (None, "not asked for")
+        fast = joined_bodies(module.HoneycombEncoder(service_name), 1, 1) if module is not None else None
 
-    def encode(self, spans: Sequence[SpanRecord]) -> JoinedBody:
-        if self._compiled is not None:
-            out = self._compiled.encode(spans)
-            if out is not None:
-                return JoinedBody(out[0], out[1], 1, 1)
-        encode = self._events.encode
-        return JoinedBody.join([encode(record) for record in spans], b"[", b"]")
+        def python(spans: Sequence[SpanRecord]) -> JoinedBody:
+            encode = events.encode
+            return JoinedBody.join([encode(record) for record in spans], b"[", b"]")
+
+        super().__init__(fast, python, load_error)

@@ -24,7 +24,7 @@ import orjson
 from ... import __version__
 from ..._core_py import dump_value
 from ...model import SpanRecord
-from .compiled import batch_json
+from .compiled import CompiledFirst, batch_json, joined_bodies
 from .wire import JoinedBody
 
 SCOPE_NAME = "vault-observe"
@@ -94,23 +94,20 @@ def request_head(service_name: str) -> bytes:
 REQUEST_TAIL = b"]}]}]}"
 
 
-class BodyEncoder:
-    """The request body of a batch with each span's end: written by the compiled
-    ``_batch_json.OtlpEncoder`` when it is built (and not disabled by
-    VAULT_OBSERVE_NO_EXTENSIONS=1), else, or for a batch it leaves to the
-    reference, by ``encode_span`` and orjson, whose bytes it matches."""
+class BodyEncoder(CompiledFirst[JoinedBody]):
+    """The request body of a batch with each span's end, written by the compiled
+    ``_batch_json.OtlpEncoder`` when it is built and allowed, else by ``encode_span``
+    and orjson, whose bytes it matches."""
 
     def __init__(self, service_name: str, compiled: bool = True) -> None:
-        self.head = request_head(service_name)
-        self.tail = REQUEST_TAIL
-        self.load_error: str | None
-        module, self.load_error = batch_json() if compiled else (None, "not asked for")
-        self._compiled = module.OtlpEncoder(self.head, self.tail) if module is not None else None
-        self.implementation = "c" if self._compiled is not None else "py"
+        head = self.head = request_head(service_name)
+        tail = self.tail = REQUEST_TAIL
+        module, load_error = batch_json() if compiled else (None, "not asked for")
+        fast = None
+        if module is not None:
+            fast = joined_bodies(module.OtlpEncoder(head, tail), len(head), len(tail))
 
-    def encode(self, spans: Sequence[SpanRecord]) -> JoinedBody:
-        if self._compiled is not None:
-            out = self._compiled.encode(spans)
-            if out is not None:
-                return JoinedBody(out[0], out[1], len(self.head), len(self.tail))
-        return JoinedBody.join([orjson.dumps(encode_span(record)) for record in spans], self.head, self.tail)
+        def python(spans: Sequence[SpanRecord]) -> JoinedBody:
+            return JoinedBody.join([orjson.dumps(encode_span(record)) for record in spans], head, tail)
+
+        super().__init__(fast, python, load_error)

@@ -1,41 +1,44 @@
-"""Zipkin bodies: JSON v2 (``JsonEncoder``) and the choice of the protobuf
-``ListOfSpans`` encoder (compiled ``_zipkin_proto`` or its reference ``zipkin_proto``).
+"""Zipkin bodies: the protobuf ``ListOfSpans`` (``ProtoBodyEncoder``: the compiled
+``_zipkin_proto`` or its reference ``zipkin_proto``) and JSON v2 (``JsonEncoder``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import orjson
 
 from ...model import SpanRecord
-from . import compiled, zipkin_proto
+from . import zipkin_proto
+from .compiled import CompiledFirst
+from .compiled import zipkin_proto as compiled_zipkin_proto
 from .zipkin_proto import build_tags, loads_attrs, scope_tags
 
 _U64 = 1 << 64
 
 
 class ZipkinBodyEncoder(Protocol):
-    """What the Zipkin sink encodes with: a body of spans, or of one span."""
+    """What the Zipkin sink encodes with."""
 
     content_type: str
+    implementation: str  # "c" or "py"
+    load_error: str | None  # why not "c"
 
     def encode(self, spans: Sequence[SpanRecord]) -> bytes: ...
 
-    def encode_span(self, span: SpanRecord) -> bytes: ...
 
+class ProtoBodyEncoder(CompiledFirst[bytes]):
+    """The ``ListOfSpans`` protobuf body, written by the compiled ``_zipkin_proto`` when
+    it is built and allowed, else by ``zipkin_proto.ProtoEncoder``, whose bytes it matches."""
 
-EncoderFactory = Callable[[str, str, str], ZipkinBodyEncoder]  # (service name, scope name, version)
+    content_type = zipkin_proto.CONTENT_TYPE
 
-
-def proto_encoder_class() -> tuple[EncoderFactory, str | None]:
-    """The compiled encoder when it is built, else the pure-Python one, and why."""
-    module, load_error = compiled.zipkin_proto()
-    if module is None:
-        return zipkin_proto.ProtoEncoder, load_error
-    factory: EncoderFactory = module.ProtoEncoder
-    return factory, None
+    def __init__(self, service_name: str, scope_name: str, scope_version: str, compiled: bool = True) -> None:
+        python = zipkin_proto.ProtoEncoder(service_name, scope_name, scope_version)
+        module, load_error = compiled_zipkin_proto() if compiled else (None, "not asked for")
+        fast = module.ProtoEncoder(service_name, scope_name, scope_version) if module is not None else None
+        super().__init__(fast.encode if fast is not None else None, python.encode, load_error)
 
 
 class JsonEncoder:
@@ -43,6 +46,7 @@ class JsonEncoder:
     (all tags, untruncated; a zero duration left out, as the Zipkin API asks)."""
 
     implementation = "py"
+    load_error: str | None = None
     content_type = "application/json"
 
     def __init__(self, service_name: str, scope_name: str, scope_version: str) -> None:
@@ -70,9 +74,6 @@ class JsonEncoder:
 
     def encode(self, spans: Sequence[SpanRecord]) -> bytes:
         return orjson.dumps([self._span(span) for span in spans])
-
-    def encode_span(self, span: SpanRecord) -> bytes:
-        return orjson.dumps(self._span(span))
 
 
 def merge_bodies(content_type: str, bodies: list[bytes]) -> bytes:
