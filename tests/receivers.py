@@ -33,6 +33,8 @@ class Receiver:
         self.connections: set[socket.socket] = set()  # open keep-alive connections
         self.busy: set[socket.socket] = set()  # ... that are in a request
         self.closed = False
+        self.scheme = "http"  # https once ``tls_receiver.serve_tls`` wraps it
+        self.handshake_errors: list[str] = []  # TLS handshakes refused (kept by serve_tls)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,7 +76,7 @@ class Receiver:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Self:
         self.thread.start()
