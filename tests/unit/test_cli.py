@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tls_receiver import Pki
 from vault_observe.cli import main
 from vault_observe.config import load_config
 
@@ -49,11 +50,31 @@ BAD_SETTINGS = [
         None,
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL 'http/protobuf'",
     ),
+    (["--otlp"], {"OTEL_EXPORTER_OTLP_INSECURE": "true"}, None, "OTEL_EXPORTER_OTLP_INSECURE 'true': applies"),
     (
         ["--otlp"],
         {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/etc/ca.pem"},
         None,
-        "OTEL_EXPORTER_OTLP_CERTIFICATE '/etc/ca.pem': not supported",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE '/etc/ca.pem': cannot read it: No such file",
+    ),
+    (
+        ["--otlp"],
+        {"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": "vault.conf"},
+        None,
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY 'vault.conf': a client key needs its client certificate",
+    ),
+    (["--zipkin", "--zipkin-ca-file", "ca.pem"], {}, None, "--zipkin-ca-file 'ca.pem': cannot read it"),
+    (
+        ["--zipkin", "--zipkin-encoder", "sdk"],
+        {},
+        'zipkin-client-cert = "client.pem"\n',
+        "{file}: zipkin-client-cert 'client.pem': the sdk encoder's own HTTP client takes no TLS files",
+    ),
+    (
+        ["--honeycomb"],
+        {"HONEYCOMB_API_KEY": "k"},
+        'honeycomb-client-cert = "vault.conf"\n',
+        "{file}: honeycomb-client-cert 'vault.conf': not a PEM certificate",
     ),
     (["--bogus"], {}, None, "unrecognized arguments: --bogus"),
 ]
@@ -93,6 +114,7 @@ def test_every_bad_setting_is_one_line_and_exit_2(
         expected = expected.format(file=path)
     # A start that wrongly got past the checks replays an empty file and ends at once.
     (tmp_path / "empty.log").write_bytes(b"")
+    (tmp_path / "vault.conf").write_text('storage "raft" {}\n')  # a file that is no PEM
     if check:
         argv.append("--check-config")
     elif not any(a.startswith("--listen") for a in argv) and "listen" not in (file_text or ""):
@@ -112,7 +134,16 @@ def test_check_config_prints_toml_that_config_reads_back(
     clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
     clean_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20sekrit-otlp")
     clean_env.setenv("HONEYCOMB_API_KEY", "sekrit-honeycomb")
+    pki = Pki.make(tmp_path)
+    clean_env.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(pki.ca))
+    tls_flags = [
+        *("--zipkin-ca-file", str(pki.ca), "--zipkin-client-cert", str(pki.client_combined)),
+        *("--honeycomb-ca-file", str(pki.ca), "--honeycomb-client-cert", str(pki.client_cert)),
+        *("--honeycomb-client-key", str(pki.client_key), "--otlp-client-cert", str(pki.client_cert)),
+        *("--otlp-client-key", str(pki.client_key)),
+    ]
     argv = [
+        *tls_flags,
         "--listen",
         "tcp://127.0.0.1:9090",
         "--socket-path",
@@ -149,6 +180,9 @@ def test_check_config_prints_toml_that_config_reads_back(
     assert data["otlp"] == "http://collector:4318/v1/traces"  # resolved from the environment
     assert data["socket-mode"] == "0660" and data["no-trace-context"] is True
     assert "OTEL_EXPORTER_OTLP_HEADERS=authorization=(redacted)" in out
+    assert f"OTEL_EXPORTER_OTLP_CERTIFICATE={pki.ca} (from the environment)" in out
+    assert data["zipkin-client-cert"] == str(pki.client_combined) and data["otlp-client-key"] == str(pki.client_key)
+    assert "zipkin-client-key" in out.split("# not set (their defaults apply): ")[1].split("\n")[0]
     path = tmp_path / "effective.toml"
     path.write_text(out)
     expected, _ = load_config(argv)

@@ -3,13 +3,27 @@ receivers that require a client certificate (certificates made by the test)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.tls_receiver import Pki
+from tests.receivers import HoneycombReceiver, OtlpReceiver, Receiver, ZipkinReceiver
+from tests.sinks import CollectingSink
+from tests.tls_receiver import Pki, TlsConnectProxy, serve_tls
+from vault_observe._core_py import Core
+from vault_observe.config import Config, load_config
 from vault_observe.errors import ConfigError
+from vault_observe.model import SpanRecord
+from vault_observe.pipeline import Daemon
+from vault_observe.reload import reload
+from vault_observe.sinks.factory import build_checked_sinks
 from vault_observe.sinks.tls import TlsOptions
 
 
@@ -91,3 +105,230 @@ def test_an_encrypted_key_is_refused_without_a_prompt(pki: Pki, tmp_path: Path) 
     assert refusal(cert_file=pki.client_cert, key_file=encrypted) == (
         f"--zipkin-client-key '{encrypted}': the private key is encrypted; give an unencrypted key"
     )
+
+
+def test_errors_name_the_setting_as_written(pki: Pki, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    config_file = tmp_path / "vault-observe.toml"
+    config_file.write_text(f'honeycomb-client-cert = "{pki.client_cert}"\n')
+    env = {"HONEYCOMB_API_KEY": "k"}
+    config, _ = load_config(["--honeycomb", "--config", str(config_file)], env)
+    with pytest.raises(ConfigError, match=f"^{config_file}: honeycomb-client-cert '.*': no private key"):
+        build_checked_sinks(config, env)
+    config, _ = load_config(["--otlp", "http://127.0.0.1:1/v1/traces", "--otlp-ca-file", missing], {})
+    with pytest.raises(ConfigError, match="^--otlp-ca-file '.*missing.pem': cannot read it"):
+        build_checked_sinks(config, {})
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"OTEL_EXPORTER_OTLP_CERTIFICATE": "{missing}"}, "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        (
+            {"OTEL_EXPORTER_OTLP_CERTIFICATE": "{ca}", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": "{missing}"},
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        ),
+        ({"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "{missing}"}, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": "{missing}"}, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY"),
+    ],
+)
+def test_otlp_variables_are_checked_and_named(
+    pki: Pki, tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    missing = str(tmp_path / "missing.pem")
+    env = {name: value.format(missing=missing, ca=pki.ca) for name, value in env.items()}
+    config, _ = load_config(["--otlp", "http://127.0.0.1:1/v1/traces"], env)
+    with pytest.raises(ConfigError, match=f"^{variable} '{missing}': "):
+        build_checked_sinks(config, env)
+
+
+def test_an_otlp_flag_overrides_the_variables(pki: Pki, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    env = {"OTEL_EXPORTER_OTLP_CERTIFICATE": missing, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": missing}
+    config, _ = load_config(["--otlp", "http://127.0.0.1:1/v1/traces", "--otlp-ca-file", str(pki.ca)], env)
+    for sink in build_checked_sinks(config, env):
+        sink.close()
+
+
+def test_a_changed_tls_setting_builds_a_new_sink_set_on_reload(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = Config(input=str(tmp_path / "in.log"), zipkin="https://127.0.0.1:1/api/v2/spans")
+    daemon = Daemon(config, [CollectingSink()])
+    workers = list(daemon.workers)
+    unusable = dataclasses.replace(config, zipkin_ca_file=str(pki.client_key))
+    daemon.reload_config = lambda: unusable
+    with caplog.at_level(logging.INFO, logger="vault_observe"):
+        assert reload(daemon) is False  # the new file was checked, and refused
+    assert daemon.config is config and daemon.workers == workers
+    assert f"--zipkin-ca-file '{pki.client_key}': not a PEM file of CA certificates" in caplog.text
+
+
+# ---------------------------------------------------------------- delivery over HTTPS
+
+
+@pytest.fixture(scope="module")
+def spans(sample_log: Path) -> list[SpanRecord]:
+    core = Core()
+    core.feed(sample_log.read_bytes())
+    core.flush()
+    return core.drain()[:20]
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy from the test runner's environment."""
+    import os
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@dataclass
+class Target:
+    """A network sink, its receiver, and how many spans the receiver decoded."""
+
+    receiver: Receiver
+    config: Callable[[Receiver, dict[str, str]], Config]  # (receiver, TLS settings) -> Config
+    delivered: Callable[[Any], int]
+
+
+def _zipkin(rx: Receiver, tls: dict[str, str]) -> Config:
+    return Config(zipkin=f"{rx.base_url}/api/v2/spans", **{f"zipkin_{k}": v for k, v in tls.items()})
+
+
+def _honeycomb(rx: Receiver, tls: dict[str, str]) -> Config:
+    return Config(
+        honeycomb=True,
+        honeycomb_api_key="test-key",
+        honeycomb_api_host=rx.base_url,
+        **{f"honeycomb_{k}": v for k, v in tls.items()},
+    )
+
+
+def _otlp(rx: Receiver, tls: dict[str, str]) -> Config:
+    return Config(otlp=f"{rx.base_url}/v1/traces", **{f"otlp_{k}": v for k, v in tls.items()})
+
+
+TARGETS: dict[str, Callable[[], Target]] = {
+    "zipkin": lambda: Target(ZipkinReceiver(), _zipkin, lambda rx: len(rx.spans)),
+    "honeycomb": lambda: Target(HoneycombReceiver(), _honeycomb, lambda rx: len(rx.events)),
+    "otlp": lambda: Target(OtlpReceiver(), _otlp, lambda rx: len(rx.spans)),
+}
+
+
+def mutual_tls(pki: Pki, **changes: str) -> dict[str, str]:
+    return {"ca_file": str(pki.ca), "client_cert": str(pki.client_cert), "client_key": str(pki.client_key)} | changes
+
+
+def send(config: Config, spans: list[SpanRecord], seconds: float, env: dict[str, str] | None = None) -> list[Any]:
+    """Build the sink ``config`` asks for, send ``spans`` twice (each by a deadline
+    ``seconds`` away), and return (failed, failed again, its stats)."""
+    (sink,) = build_checked_sinks(config, env or {})
+    sink.start()
+    try:
+        first = sink.send(spans, time.monotonic() + seconds)
+        second = sink.send(spans, time.monotonic() + seconds)
+        return [first, second, sink.stats()]
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_mutual_tls_delivers_in_the_real_wire_format(
+    pki: Pki, spans: list[SpanRecord], no_proxy_env: pytest.MonkeyPatch, kind: str
+) -> None:
+    target = TARGETS[kind]()
+    with serve_tls(target.receiver, pki.server_context()) as rx:
+        first, second, stats = send(target.config(rx, mutual_tls(pki)), spans, 10.0)
+    assert (first, second) == (0, 0)
+    assert stats["sent"] == 2 * len(spans) and stats["failed"] == 0
+    assert target.delivered(rx) == 2 * len(spans) and rx.errors == [] and rx.handshake_errors == []
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_the_key_in_the_certificate_file_works_too(
+    pki: Pki, spans: list[SpanRecord], no_proxy_env: pytest.MonkeyPatch, kind: str
+) -> None:
+    target = TARGETS[kind]()
+    tls = {"ca_file": str(pki.ca), "client_cert": str(pki.client_combined)}
+    with serve_tls(target.receiver, pki.server_context()) as rx:
+        first, second, _ = send(target.config(rx, tls), spans[:3], 10.0)
+    assert (first, second) == (0, 0) and target.delivered(rx) == 6
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_without_the_client_certificate_spans_fail_are_counted_and_logged_once(
+    pki: Pki,
+    spans: list[SpanRecord],
+    no_proxy_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    target = TARGETS[kind]()
+    with serve_tls(target.receiver, pki.server_context()) as rx, caplog.at_level(logging.WARNING):
+        first, second, stats = send(target.config(rx, {"ca_file": str(pki.ca)}), spans, 1.0)
+    assert (first, second) == (len(spans), len(spans))
+    assert stats["failed"] == 2 * len(spans) and stats["sent"] == 0
+    assert target.delivered(rx) == 0 and rx.handshake_errors  # refused by the receiver
+    failures = [r for r in caplog.records if r.getMessage().startswith(f"{kind}: ")]
+    assert len(failures) == 1, [r.getMessage() for r in failures]  # rate-limited
+    noun = "events" if kind == "honeycomb" else "spans"
+    assert f"{len(spans)} {noun} not delivered to {rx.base_url}" in failures[0].getMessage()
+    hint = f"; if it requires a client certificate, give one with --{kind}-client-cert"
+    assert hint in failures[0].getMessage()
+    assert "SSLError: TLS: the receiver ended the connection (" in failures[0].getMessage()
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_an_unknown_ca_is_counted_and_logged_as_a_certificate_problem(
+    pki: Pki,
+    spans: list[SpanRecord],
+    no_proxy_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    target = TARGETS[kind]()
+    tls = mutual_tls(pki, ca_file=str(pki.other_ca))
+    with serve_tls(target.receiver, pki.server_context()) as rx, caplog.at_level(logging.WARNING):
+        first, second, stats = send(target.config(rx, tls), spans, 1.0)
+    assert (first, second) == (len(spans), len(spans)) and stats["failed"] == 2 * len(spans)
+    assert target.delivered(rx) == 0
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{kind}: ")]
+    assert len(failures) == 1, failures
+    assert (
+        f"TLS: the receiver's certificate was refused (checked against --{kind}-ca-file {pki.other_ca}): "
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    ) in failures[0]
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_an_https_proxy_tunnels_to_the_receiver(
+    pki: Pki, spans: list[SpanRecord], no_proxy_env: pytest.MonkeyPatch, kind: str
+) -> None:
+    target = TARGETS[kind]()
+    with (
+        serve_tls(target.receiver, pki.server_context()) as rx,
+        TlsConnectProxy(pki.server_context(require_client_cert=False)) as proxy,
+    ):
+        no_proxy_env.setenv("HTTPS_PROXY", proxy.url)
+        first, second, _ = send(target.config(rx, mutual_tls(pki)), spans, 10.0)
+    assert (first, second) == (0, 0) and target.delivered(rx) == 2 * len(spans)
+    assert proxy.tunnels and set(proxy.tunnels) == {f"127.0.0.1:{rx.port}"}
+
+
+def test_otlp_takes_its_files_from_the_exporter_variables(
+    pki: Pki, spans: list[SpanRecord], no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    missing = str(pki.ca) + ".missing"
+    env = {
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": missing,  # the _TRACES_ one wins
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": str(pki.ca),
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(pki.client_cert),
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": str(pki.client_key),
+    }
+    with serve_tls(OtlpReceiver(), pki.server_context()) as rx:
+        first, second, _ = send(Config(otlp=rx.url), spans, 10.0, env)
+    assert (first, second) == (0, 0) and len(rx.spans) == 2 * len(spans) and rx.handshake_errors == []

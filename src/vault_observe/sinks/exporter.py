@@ -211,7 +211,7 @@ class HttpClient:
 
     def post(self, body: bytes, timeout: float) -> Reply:
         """The answer; raises (urllib3's ``HTTPError`` or an ``OSError``) when none came."""
-        from urllib3.exceptions import ProtocolError
+        from urllib3.exceptions import ProtocolError, SSLError
 
         manager = self._manager()
         for last_try in (False, True):
@@ -232,6 +232,12 @@ class HttpClient:
                 if last_try:
                     raise
                 continue
+            except SSLError as exc:
+                # in the log: OpenSSL's reason and the settings to look at
+                described = self._tls.describe_failure(exc) if self._tls is not None else None
+                if described is None:
+                    raise
+                raise SSLError(described) from exc
             return Reply(response.status, response.data, response.headers)
         raise AssertionError("unreachable")
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from ..config import Config
 from ..errors import ConfigError
 from .base import Sink
+from .tls import TlsOptions
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -21,6 +22,17 @@ def build_checked_sinks(config: Config, environ: Mapping[str, str] | None = None
         raise ConfigError(config.explain(exc)) from None
 
 
+def tls_options(config: Config, sink: str) -> TlsOptions:
+    """The TLS files ``config`` gives the sink named ``sink`` (zipkin, honeycomb, otlp)."""
+    settings = {
+        "ca_file": f"{sink}_ca_file",
+        "cert_file": f"{sink}_client_cert",
+        "key_file": f"{sink}_client_key",
+    }
+    files = {name: getattr(config, setting) for name, setting in settings.items()}
+    return TlsOptions(**files, settings=settings)
+
+
 def build_sinks(config: Config, environ: Mapping[str, str] | None = None) -> list[Sink]:
     env = os.environ if environ is None else environ
     sinks: list[Sink] = []
@@ -31,10 +43,14 @@ def build_sinks(config: Config, environ: Mapping[str, str] | None = None) -> lis
     if config.zipkin:
         from .zipkin import make_zipkin_sink
 
-        sinks.append(make_zipkin_sink(config))
+        zipkin_tls = tls_options(config, "zipkin")
+        zipkin_tls.check()
+        sinks.append(make_zipkin_sink(config, zipkin_tls))
     if config.honeycomb:
         from .honeycomb import HoneycombSink
 
+        honeycomb_tls = tls_options(config, "honeycomb")
+        honeycomb_tls.check()
         sinks.append(
             HoneycombSink(
                 config.honeycomb_api_key,
@@ -44,6 +60,7 @@ def build_sinks(config: Config, environ: Mapping[str, str] | None = None) -> lis
                 timeout=config.send_timeout or DEFAULT_TIMEOUT,
                 encoder=config.honeycomb_encoder,
                 compression=config.honeycomb_compression,
+                tls=honeycomb_tls,
             )
         )
     if config.otlp is not None:
@@ -55,6 +72,7 @@ def build_sinks(config: Config, environ: Mapping[str, str] | None = None) -> lis
                 service_name=config.service_name,
                 timeout=config.send_timeout,
                 environ=env,
+                tls=tls_options(config, "otlp"),
             )
         )
     return sinks

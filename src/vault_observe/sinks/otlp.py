@@ -19,7 +19,9 @@ reference it matches byte for byte, and its fallback.
 Settings follow the exporter variables: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (as
 is) or ``OTEL_EXPORTER_OTLP_ENDPOINT`` (+ ``/v1/traces``), ``..._HEADERS``
 (``k=v,...``, URL-decoded), ``..._TIMEOUT`` (milliseconds) and ``..._COMPRESSION``
-(``gzip`` or ``none``), trace-specific ones first; arguments override them all.
+(``gzip`` or ``none``), and the TLS files ``..._CERTIFICATE`` (CA bundle),
+``..._CLIENT_CERTIFICATE`` and ``..._CLIENT_KEY``, trace-specific ones first;
+arguments override them all.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import orjson
@@ -37,9 +38,7 @@ from ..model import SpanRecord
 from .encoding.otlp import BodyEncoder
 from .encoding.wire import JoinedBody
 from .exporter import Exporter, RetryPolicy, Verdict
-
-if TYPE_CHECKING:
-    from .tls import TlsOptions
+from .tls import TlsOptions
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +59,26 @@ def _env_named(environ: Mapping[str, str], name: str) -> tuple[str, str | None]:
 
 
 # What this sink speaks (OTLP/HTTP with JSON bodies) and exporter settings it cannot
-# honour yet: a variable set to anything else is an error, never silently ignored.
+# honour: a variable set to anything else is an error, never silently ignored.
 SUPPORTED_PROTOCOL = "http/json"
-UNSUPPORTED_SETTINGS = ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE", "INSECURE")
+UNSUPPORTED_SETTINGS = ("INSECURE",)  # for gRPC exporters only
+# TlsOptions field -> the exporter variable that gives it (after OTEL_EXPORTER_OTLP_[TRACES_])
+TLS_VARIABLES = {"ca_file": "CERTIFICATE", "cert_file": "CLIENT_CERTIFICATE", "key_file": "CLIENT_KEY"}
+
+
+def resolve_tls(tls: TlsOptions | None, environ: Mapping[str, str]) -> TlsOptions:
+    """``tls`` (the flags) with each file it leaves out taken from the exporter variables."""
+    given = tls or TlsOptions()
+    files: dict[str, str | None] = {}
+    settings: dict[str, str] = {}
+    for name, variable in TLS_VARIABLES.items():
+        files[name] = getattr(given, name)
+        settings[name] = given.settings.get(name, name)
+        if not files[name]:
+            from_env, files[name] = _env_named(environ, variable)
+            if files[name]:
+                settings[name] = from_env
+    return TlsOptions(**files, settings=settings)
 
 
 def check_environment(environ: Mapping[str, str]) -> None:
@@ -79,8 +95,8 @@ def check_environment(environ: Mapping[str, str]) -> None:
         variable, value = _env_named(environ, name)
         if value is not None:
             raise ConfigError(
-                "not supported by vault-observe's OTLP sink yet; unset it (for TLS to the collector, "
-                "use an https:// endpoint whose certificate the system trusts)",
+                "applies to OTLP/gRPC only, and vault-observe sends OTLP/HTTP: unset it (for TLS to "
+                "the collector use an https:// endpoint; OTEL_EXPORTER_OTLP_CERTIFICATE names its CA)",
                 setting=variable,
                 value=value,
             )
@@ -126,6 +142,8 @@ class OtlpSink:
     ) -> None:
         env = os.environ if environ is None else environ
         check_environment(env)
+        self.tls = resolve_tls(tls, env)
+        self.tls.check()
         self.endpoint, endpoint_setting = resolve_endpoint_named(endpoint, env)
         if not self.endpoint.startswith(("http://", "https://")):
             raise ConfigError(
@@ -174,7 +192,7 @@ class OtlpSink:
             compression=compression.lower(),
             timeout=timeout,
             retry=retry,
-            tls=tls,
+            tls=self.tls,
             max_bytes=max_batch_bytes,
             max_items=max_batch_spans,
             # Header values often carry credentials: mask them all in the log.

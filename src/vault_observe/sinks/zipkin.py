@@ -157,11 +157,12 @@ class ZipkinSettings(Protocol):
     send_timeout: float | None
 
 
-def make_zipkin_sink(config: ZipkinSettings) -> ZipkinSink:
+def make_zipkin_sink(config: ZipkinSettings, tls: TlsOptions | None = None) -> ZipkinSink:
     return ZipkinSink(
         config.zipkin or DEFAULT_ENDPOINT,
         encoder=config.zipkin_encoder,
         service_name=config.service_name,
         timeout=config.send_timeout or 10.0,
         gzip=config.zipkin_compression == "gzip",
+        tls=tls,
     )
