@@ -21,6 +21,11 @@ fallback where the extension is not built. The rules both follow:
   arrival) is evicted as an EVICTED span.
 * A response whose request is pending becomes a PAIRED span from the request's time
   to its own; any other response an ORPHAN span of zero length.
+* A span's name is ``<operation> <mount_point>``, else ``<operation> <path>`` (each
+  part only when a non-empty string; ``request`` or ``response`` when neither), read
+  from the entry that made the span: the response, or for UNANSWERED and EVICTED the
+  request. The span keeps the parts too: ``operation`` and ``mount`` ("" when absent,
+  empty or not a string), whatever ``include``/``exclude`` keep of the attributes.
 * ``expire(now_ns)`` turns every pending request with ``deadline <= now_ns`` into an
   UNANSWERED span, in (deadline, arrival) order; ``flush()`` does it for all.
 * A pending request keeps its time, its span name and what its UNANSWERED or
@@ -525,7 +530,9 @@ class _Pending:
         "deadline",
         "error",
         "mark",
+        "mount",
         "name",
+        "operation",
         "parent",
         "raw",
         "request_id",
@@ -543,6 +550,8 @@ class _Pending:
         deadline: int,
         seq: int,
         name: str,
+        operation: str,
+        mount: str,
         error: str,
         attrs_json: bytes,
         parent: tuple[bytes, int] | None,
@@ -556,6 +565,8 @@ class _Pending:
         self.deadline = deadline
         self.seq = seq
         self.name = name
+        self.operation = operation
+        self.mount = mount
         self.error = error
         self.attrs_json = attrs_json
         self.parent = parent  # (trace id, parent span id) from a traceparent header
@@ -759,7 +770,7 @@ class Core:
         if time_ns > self._watermark:
             self._watermark = time_ns
         error = error or ""
-        name = span_name(request, kind)
+        name, operation, mount = span_parts(request, kind)
         if kind == "request":
             if request.get("path") == PROBE_PATH:
                 counts["probes"] += 1
@@ -777,7 +788,7 @@ class Core:
                 request_id,
                 time_ns,
                 (now_ns if now_ns is not None else time_ns) + self.ttl_ns,
-                name,
+                (name, operation, mount),
                 error,
                 attrs_json,
                 trimmed,
@@ -788,7 +799,8 @@ class Core:
         attrs_json = self._attrs_json(entry, line)
         parent = self._parent(request)
         if not request_id:
-            self._emit(trace_id_for(line), "", name, time_ns, time_ns, error, ORPHAN, attrs_json, parent)
+            naming = (name, operation, mount)
+            self._emit(trace_id_for(line), "", naming, time_ns, time_ns, error, ORPHAN, attrs_json, parent)
             return
         key = request_id.encode("utf-8", "surrogatepass")
         pending = self._pending.pop(key, None)
@@ -796,12 +808,28 @@ class Core:
             self._unmark(pending.mark)
         if pending is None:
             self._emit(
-                trace_id_for(key), request_id, name, time_ns, time_ns, error, ORPHAN, attrs_json, parent
+                trace_id_for(key),
+                request_id,
+                (name, operation, mount),
+                time_ns,
+                time_ns,
+                error,
+                ORPHAN,
+                attrs_json,
+                parent,
             )
             return
         end_ns = max(time_ns, pending.start_ns)
         self._emit(
-            pending.trace_id, request_id, name, pending.start_ns, end_ns, error, PAIRED, attrs_json, parent
+            pending.trace_id,
+            request_id,
+            (name, operation, mount),
+            pending.start_ns,
+            end_ns,
+            error,
+            PAIRED,
+            attrs_json,
+            parent,
         )
 
     def _parent(self, request: dict[str, Any]) -> tuple[bytes, int] | None:
@@ -845,7 +873,7 @@ class Core:
         request_id: str,
         time_ns: int,
         deadline: int,
-        name: str,
+        naming: tuple[str, str, str],
         error: str,
         attrs_json: bytes,
         trimmed: bool,
@@ -866,7 +894,7 @@ class Core:
             time_ns,
             deadline,
             self._seq,
-            name,
+            *naming,
             error,
             attrs_json,
             parent,
@@ -917,7 +945,7 @@ class Core:
             self._emit(
                 pending.trace_id,
                 pending.request_id,
-                pending.name,
+                (pending.name, pending.operation, pending.mount),
                 pending.start_ns,
                 pending.start_ns,
                 pending.error,
@@ -931,7 +959,7 @@ class Core:
         self,
         id_bytes: bytes,
         request_id: str,
-        name: str,
+        naming: tuple[str, str, str],
         start_ns: int,
         end_ns: int,
         error: str,
@@ -940,7 +968,8 @@ class Core:
         parent: tuple[bytes, int] | None,
     ) -> None:
         """``id_bytes``: the request id's 16 bytes; the span id comes from them even when a
-        traceparent header puts the span into the caller's trace."""
+        traceparent header puts the span into the caller's trace. ``naming``: the span's
+        (name, operation, mount)."""
         counts = self._counts
         counts[("paired", "orphans", "unanswered", "evicted")[pairing]] += 1
         sample_rate = 1
@@ -959,7 +988,7 @@ class Core:
                 parent[0] if parent is not None else id_bytes,
                 span_id_for(id_bytes),
                 parent[1] if parent is not None else 0,
-                name,
+                naming[0],
                 start_ns,
                 end_ns,
                 error,
@@ -967,6 +996,8 @@ class Core:
                 request_id,
                 attrs_json,
                 sample_rate,
+                naming[1],
+                naming[2],
             )
         )
 
@@ -1022,10 +1053,16 @@ def check_mark(mark: int) -> int:
     return mark
 
 
-def span_name(request: dict[str, Any], kind: str) -> str:
-    """``<operation> <mount_point>``, else ``<operation> <path>``: low cardinality."""
+def span_parts(request: dict[str, Any], kind: str) -> tuple[str, str, str]:
+    """(name, operation, mount) of a span: the name is ``<operation> <mount_point>``,
+    else ``<operation> <path>`` (low cardinality); operation and mount are "" when
+    absent, empty or not a string."""
     operation = request.get("operation")
-    mount_point = request.get("mount_point")
-    target = mount_point if isinstance(mount_point, str) and mount_point else request.get("path")
+    if not isinstance(operation, str):
+        operation = ""
+    mount = request.get("mount_point")
+    if not isinstance(mount, str):
+        mount = ""
+    target = mount or request.get("path")
     parts = [p for p in (operation, target) if isinstance(p, str) and p]
-    return " ".join(parts) or kind
+    return " ".join(parts) or kind, operation, mount

@@ -19,7 +19,8 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.object cimport PyTypeObject
-from libc.stdint cimport INT64_MAX, INT64_MIN, SIZE_MAX, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport (INT64_MAX, INT64_MIN, SIZE_MAX, UINT16_MAX, int64_t, uint8_t, uint16_t,
+                          uint32_t, uint64_t)
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
@@ -84,6 +85,7 @@ cdef extern from "_fast_json.h" namespace "vo":
         const char *operation
         const char *target
         size_t operation_len, target_len
+        bint target_is_mount
         bint is_probe
         bint has_parent
         uint64_t parent_hi, parent_lo, parent_span
@@ -100,8 +102,10 @@ cdef extern from "_fast_json.h" namespace "vo":
     int flatten_gil_free(Flattener &f, element root, bint flatten_arrays) nogil
     cdef cppclass NameTable "vo::NameTable":
         NameTable(size_t limit) except +
-        uint32_t lookup(const char *s, size_t length) except +
+        uint32_t lookup(const char *s, size_t length, size_t operation_len, size_t mount_len) except +
         PyObject *get(uint32_t idx)
+        size_t operation_len(uint32_t idx)
+        size_t mount_len(uint32_t idx)
         size_t size()
     uint64_t mix64(uint64_t z)
     object i128_to_py(i128 v)
@@ -177,7 +181,7 @@ cdef size_t STORE_COPY_MAX = 256 << 10
 cdef size_t STORE_KEEP_MAX = 1 << 20
 
 cdef object _PROBE_PATH = _core_py.PROBE_PATH
-cdef object _span_name = _core_py.span_name
+cdef object _span_parts = _core_py.span_parts
 cdef object _flatten_counted = _core_py.flatten_counted
 cdef str _RESERVED_REASON = _core_py.RESERVED_REASON
 cdef object _dump_attrs = _core_py.dump_attrs
@@ -333,6 +337,17 @@ cdef object _uuid_text(uint64_t hi, uint64_t lo):
 cdef inline object _text(const char *p, size_t n):
     return PyUnicode_DecodeUTF8(p, <Py_ssize_t> n, "surrogatepass")
 
+
+cdef tuple _name_parts(object name, size_t op_len, size_t mount_len):
+    """(operation, mount) of a span name: its first ``op_len`` and last ``mount_len``
+    UTF-8 bytes (for a span kept as its SpanRecord)."""
+    if op_len == 0 and mount_len == 0:
+        return ("", "")
+    cdef bytes raw = (<str> name).encode("utf-8", "surrogatepass")
+    cdef Py_ssize_t n = len(raw)
+    return (raw[:op_len].decode("utf-8", "surrogatepass"),
+            raw[n - <Py_ssize_t> mount_len:].decode("utf-8", "surrogatepass"))
+
 # ---------------------------------------------------------------- time
 
 
@@ -436,6 +451,8 @@ ctypedef struct Extra:
     PyObject *request_id  # str; NULL for canonical ids
     PyObject *error       # str; NULL for none
     PyObject *name        # str; NULL when interned
+    size_t operation_len  # ... and then its parts (see NameTable)
+    size_t mount_len
     i128 start
     i128 deadline
     uint32_t next_free
@@ -554,6 +571,8 @@ cdef class Core:
     cdef i128 _watermark
     cdef uint64_t _seq
     cdef uint32_t _name_idx
+    cdef size_t _name_op      # ... and the lengths of its parts, operation and mount
+    cdef size_t _name_mount
 
     cdef Entry *_entries
     cdef uint32_t _ent_cap
@@ -1002,12 +1021,15 @@ cdef class Core:
         self._counts[C_RESPONSES] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns
+        name = self._name_fast(env, kind)
         self._respond(
             env.id if env.has_id else NULL,
             env.id_len if env.has_id else 0,
             None,
             time_ns,
-            self._name_fast(env, kind),
+            name,
+            self._name_op,
+            self._name_mount,
             _text(env.error, env.error_len) if env.has_error and env.error_len else _EMPTY,
             p,
             n,
@@ -1194,11 +1216,13 @@ cdef class Core:
             self._pad_cap = 0
 
     cdef object _name_fast(self, Envelope &env, int kind):
-        """_core_py.span_name from the envelope's parts."""
+        """_core_py.span_parts from the envelope's parts."""
         cdef const char *s
         cdef size_t n
         cdef size_t need
         cdef char *q
+        cdef size_t op_len = env.operation_len if env.operation != NULL else 0
+        cdef size_t mount_len = env.target_len if env.target != NULL and env.target_is_mount else 0
         if env.operation != NULL and env.target != NULL:
             need = env.operation_len + 1 + env.target_len
             if need > self._namebuf_cap:
@@ -1224,12 +1248,16 @@ cdef class Core:
         else:
             s = b"response"
             n = 8
-        return self._intern(s, n)
+        return self._intern(s, n, op_len, mount_len)
 
-    cdef object _intern(self, const char *s, size_t n):
-        """The shared str of a span name; its index is left in _name_idx."""
-        cdef uint32_t idx = self._names.lookup(s, n)
+    cdef object _intern(self, const char *s, size_t n, size_t op_len, size_t mount_len):
+        """The shared str of a span name whose first ``op_len`` bytes are its operation
+        and last ``mount_len`` its mount; its index is left in _name_idx, the lengths
+        in _name_op and _name_mount."""
+        cdef uint32_t idx = self._names.lookup(s, n, op_len, mount_len)
         self._name_idx = idx
+        self._name_op = op_len
+        self._name_mount = mount_len
         if idx != NONE:
             return <object> self._names.get(idx)
         return _text(s, n)  # raises what made the table refuse it, if anything
@@ -1242,14 +1270,14 @@ cdef class Core:
             error = _text(env.error, env.error_len)
         name = self._name_fast(env, KIND_REQUEST)
         return self._store(env.id, env.id_len, None, time_ns, deadline, name, self._name_idx,
-                           error, None, line, line_n, par)
+                           self._name_op, self._name_mount, error, None, line, line_n, par)
 
     cdef int _line_slow(self, const char *p, size_t n, bint has_now, i128 now) except -1:
         """The reference logic on orjson's objects, for the lines simdjson leaves."""
         cdef bytes line = PyBytes_FromStringAndSize(p, <Py_ssize_t> n)
         cdef i128 time_ns
         cdef const char *s
-        cdef Py_ssize_t sn
+        cdef Py_ssize_t sn, op_n, mount_n
         cdef bytes key
         cdef uint64_t hi, lo
         cdef bint canon
@@ -1304,9 +1332,11 @@ cdef class Core:
         if time_ns > self._watermark:
             self._watermark = time_ns
         error = error or ""
-        name_text = _span_name(request, kind)
+        name_text, operation, mount = _span_parts(request, kind)
+        PyUnicode_AsUTF8AndSize(operation, &op_n)
+        PyUnicode_AsUTF8AndSize(mount, &mount_n)
         s = PyUnicode_AsUTF8AndSize(name_text, &sn)
-        name = self._intern(s, <size_t> sn)
+        name = self._intern(s, <size_t> sn, <size_t> op_n, <size_t> mount_n)
         name_idx = self._name_idx
         if kind == "request":
             if request.get("path") == _PROBE_PATH:
@@ -1326,16 +1356,18 @@ cdef class Core:
             has_parent = self._slow_parent(request, &par)
             return self._store(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
                                time_ns, (now if has_now else time_ns) + self._ttl, name,
-                               name_idx, error if error else None, attrs, raw_line, n,
+                               name_idx, <size_t> op_n, <size_t> mount_n, error if error else None,
+                               attrs, raw_line, n,
                                &par if has_parent else NULL)
         attrs = self._dump(entry, p, n)
         has_parent = self._slow_parent(request, &par)
         if not request_id:
-            return self._respond(NULL, 0, None, time_ns, name, error, p, n, attrs,
-                                 &par if has_parent else NULL)
+            return self._respond(NULL, 0, None, time_ns, name, <size_t> op_n, <size_t> mount_n,
+                                 error, p, n, attrs, &par if has_parent else NULL)
         key = (<str> request_id).encode("utf-8", "surrogatepass")
         return self._respond(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
-                             time_ns, name, error, p, n, attrs, &par if has_parent else NULL)
+                             time_ns, name, <size_t> op_n, <size_t> mount_n, error, p, n, attrs,
+                             &par if has_parent else NULL)
 
     cdef bint _slow_parent(self, object request, Parent *out) except -1:
         """_core_py.Core._parent into ``out``; False when there is none."""
@@ -1365,8 +1397,8 @@ cdef class Core:
     # ------------------------------------------------------------ correlation
 
     cdef int _respond(self, const char *id, size_t id_len, object request_id, i128 time_ns,
-                      object name, object error, const char *line, size_t line_n,
-                      object attrs, const Parent *par) except -1:
+                      object name, size_t op_len, size_t mount_len, object error,
+                      const char *line, size_t line_n, object attrs, const Parent *par) except -1:
         """A response; its attributes are ``attrs`` or else the flattener's output."""
         cdef uint64_t hi, lo
         cdef bint canon
@@ -1374,19 +1406,20 @@ cdef class Core:
         cdef i128 start
         if id == NULL or id_len == 0:
             _trace_for(line, line_n, &hi, &lo)
-            return self._emit(hi, lo, _EMPTY, name, time_ns, time_ns, error, ORPHAN, attrs, True, par)
+            return self._emit(hi, lo, _EMPTY, name, op_len, mount_len, time_ns, time_ns, error, ORPHAN,
+                              attrs, True, par)
         canon = _trace_for(id, id_len, &hi, &lo)
         if request_id is None:
             request_id = _text(id, id_len)
         idx = self._find(hi, lo, canon, id, id_len)
         if idx == NONE:
-            return self._emit(hi, lo, request_id, name, time_ns, time_ns, error, ORPHAN, attrs, True,
-                              par)
+            return self._emit(hi, lo, request_id, name, op_len, mount_len, time_ns, time_ns, error,
+                              ORPHAN, attrs, True, par)
         start = self._start_of(idx)
         self._detach(idx)
         self._release(idx)
-        return self._emit(hi, lo, request_id, name, start, time_ns if time_ns > start else start,
-                          error, PAIRED, attrs, True, par)
+        return self._emit(hi, lo, request_id, name, op_len, mount_len, start,
+                          time_ns if time_ns > start else start, error, PAIRED, attrs, True, par)
 
     cdef bytes _attrs_with(self, object attrs, int pairing):
         """The attribute bytes, with the pairing marker unless PAIRED."""
@@ -1405,8 +1438,9 @@ cdef class Core:
         return _with_marker(p, n, pairing)
 
     cdef int _store(self, const char *id, size_t id_len, object request_id, i128 time_ns,
-                    i128 deadline, object name, uint32_t name_idx, object error,
-                    object attrs, const char *line, size_t line_n, const Parent *par) except -1:
+                    i128 deadline, object name, uint32_t name_idx, size_t op_len, size_t mount_len,
+                    object error, object attrs, const char *line, size_t line_n,
+                    const Parent *par) except -1:
         """Store a request with its ``line`` (at most the cap), else its attributes:
         ``attrs`` (bytes) or the flattener's output. They are in a blob before an
         eviction, which may reuse the parser and the flattener."""
@@ -1471,6 +1505,8 @@ cdef class Core:
             if name_idx == NONE:
                 Py_INCREF(name)
                 x.name = <PyObject *> name
+                x.operation_len = op_len
+                x.mount_len = mount_len
             if e.start != time_ns or e.deadline != deadline:
                 e.flags |= F_WIDE
                 x.start = time_ns
@@ -1492,6 +1528,7 @@ cdef class Core:
         cdef uint64_t hi = e.k0, lo = e.k1
         cdef i128 start = self._start_of(idx)
         cdef object request_id, name, error
+        cdef size_t op_len, mount_len
         cdef Parent par
         cdef const Parent *pp = NULL
         cdef char *blob = e.attrs
@@ -1510,8 +1547,12 @@ cdef class Core:
             request_id = _uuid_text(hi, lo)
         if e.name != NONE:
             name = <object> self._names.get(e.name)
+            op_len = self._names.operation_len(e.name)
+            mount_len = self._names.mount_len(e.name)
         else:
             name = <object> x.name
+            op_len = x.operation_len
+            mount_len = x.mount_len
         error = <object> x.error if x != NULL and x.error != NULL else _EMPTY
         if e.flags & F_TRIMMED:
             self._counts[C_ATTRS_TRIMMED] += 1
@@ -1525,19 +1566,20 @@ cdef class Core:
             self._attrs_p = self._popbuf
             if (<uint8_t> blob[8]) & BLOB_RAW:
                 self._attrs_of_line()
-            return self._emit(hi, lo, request_id, name, start, start, error, pairing, None, True,
-                              pp)
+            return self._emit(hi, lo, request_id, name, op_len, mount_len, start, start, error,
+                              pairing, None, True, pp)
         finally:
             self._attrs_p = saved_p
             self._attrs_n = saved_n
             self._pop_attrs = None
             free(blob)
 
-    cdef int _emit(self, uint64_t hi, uint64_t lo, object request_id, object name, i128 start,
-                   i128 end, object error, int pairing, object attrs, bint raw,
-                   const Parent *par) except -1:
+    cdef int _emit(self, uint64_t hi, uint64_t lo, object request_id, object name, size_t op_len,
+                   size_t mount_len, i128 start, i128 end, object error, int pairing, object attrs,
+                   bint raw, const Parent *par) except -1:
         """A span of the request id (hi, lo), in the trace of ``par`` when given; ``attrs``
-        are final, or with ``raw`` still without the marker (None: the flattener's output)."""
+        are final, or with ``raw`` still without the marker (None: the flattener's output).
+        The first ``op_len`` bytes of ``name`` are its operation, the last ``mount_len`` its mount."""
         cdef object rate = _ONE
         cdef uint64_t thi = hi, tlo = lo
         if par != NULL:
@@ -1551,22 +1593,23 @@ cdef class Core:
                 return 0
             rate = self.sample_rate
         self._counts[C_SPANS] += 1
-        if self._pack(hi, lo, thi, tlo, request_id, name, start, end, error, pairing, attrs, raw,
-                      par, rate):
+        if self._pack(hi, lo, thi, tlo, request_id, name, op_len, mount_len, start, end, error,
+                      pairing, attrs, raw, par, rate):
             return 0
         if raw:
             attrs = self._attrs_with(attrs, pairing)
         start_obj = i128_to_py(start)
         end_obj = start_obj if end == start else i128_to_py(end)
+        parts = _name_parts(name, op_len, mount_len)
         self._spans.add_record(new_span(_trace_bytes(thi, tlo), _span_id(hi, lo),
                                         _ZERO if par == NULL else <object> par.span, name,
                                         start_obj, end_obj, error, pairing, request_id, attrs,
-                                        rate))
+                                        rate, parts[0], parts[1]))
         return 0
 
     cdef bint _pack(self, uint64_t hi, uint64_t lo, uint64_t thi, uint64_t tlo,
-                    object request_id, object name, i128 start, i128 end, object error,
-                    int pairing, object attrs, bint raw, const Parent *par,
+                    object request_id, object name, size_t op_len, size_t mount_len, i128 start,
+                    i128 end, object error, int pairing, object attrs, bint raw, const Parent *par,
                     object rate) except -1:
         """Append the span to the store as a PackedSpan; False (nothing added) when a
         PackedSpan cannot hold one of its values."""
@@ -1600,6 +1643,8 @@ cdef class Core:
             rid_p = PyUnicode_AsUTF8AndSize(request_id, &rid_n)
         except UnicodeError:
             return False  # a lone surrogate: the record keeps the str as it is
+        if op_len > UINT16_MAX or mount_len > UINT16_MAX:
+            return False  # parts longer than a PackedSpan holds
         if raw and attrs is None:
             attrs_p = self._attrs_p
             attrs_n = self._attrs_n
@@ -1632,6 +1677,8 @@ cdef class Core:
         sp.rid_len = rid_len
         sp.record = -1
         sp.pairing = pairing
+        sp.operation_len = <uint16_t> op_len
+        sp.mount_len = <uint16_t> mount_len
         return True
 
     cdef bint _sampled_in(self, uint64_t hi, uint64_t lo) except -1:

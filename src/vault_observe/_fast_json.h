@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "simdjson.h"
@@ -332,6 +333,7 @@ struct Envelope {
     // The two parts of the span name; nullptr when absent, not a string or empty.
     const char *operation = nullptr, *target = nullptr;
     size_t operation_len = 0, target_len = 0;
+    bool target_is_mount = false;  // the target is request.mount_point, not request.path
     bool is_probe = false;
     // A valid W3C traceparent in request.headers (read only when asked for).
     bool has_parent = false;
@@ -477,6 +479,7 @@ static inline int read_envelope(element root, Envelope &env, bool trace_context)
     size_t n;
     env.operation = nullptr;
     env.target = nullptr;
+    env.target_is_mount = false;
     env.is_probe = false;
     if (s_op && str_of(e_op, &p, &n) && n) {
         env.operation = p;
@@ -489,6 +492,7 @@ static inline int read_envelope(element root, Envelope &env, bool trace_context)
     if (s_mount && str_of(e_mount, &mp, &mn) && mn) {
         env.target = mp;
         env.target_len = mn;
+        env.target_is_mount = true;
     } else if (have_path && n) {
         env.target = p;
         env.target_len = n;
@@ -1046,7 +1050,9 @@ class Flattener {
 // ------------------------------------------------------------------ span names
 
 // Interned span names: "<operation> <target>" -> one shared str. Bounded; past
-// the bound a name is built per span instead.
+// the bound a name is built per span instead. A name is kept with its parts: how
+// many of its first bytes are the operation and of its last bytes the mount (the
+// same text can be "<operation> <path>", whose mount is none).
 class NameTable {
    public:
     explicit NameTable(size_t limit) : limit_(limit) { resize(1024); }
@@ -1060,12 +1066,13 @@ class NameTable {
 
     // Index of the name; NONE when the table is full or the name does not decode
     // (the caller decodes it again and gets the error).
-    uint32_t lookup(const char *s, size_t len) {
+    uint32_t lookup(const char *s, size_t len, size_t operation_len, size_t mount_len) {
         uint64_t hv = hash_bytes(s, len);
         size_t i = static_cast<size_t>(hv) & mask_;
         while (slots_[i]) {
             uint32_t idx = slots_[i] - 1;
-            if (hashes_[idx] == hv && keys_[idx].size() == len && std::memcmp(keys_[idx].data(), s, len) == 0)
+            if (hashes_[idx] == hv && keys_[idx].size() == len && std::memcmp(keys_[idx].data(), s, len) == 0
+                && parts_[idx].first == operation_len && parts_[idx].second == mount_len)
                 return idx;
             i = (i + 1) & mask_;
         }
@@ -1078,12 +1085,15 @@ class NameTable {
         uint32_t idx = static_cast<uint32_t>(objs_.size());
         objs_.push_back(o);
         keys_.emplace_back(s, len);
+        parts_.emplace_back(operation_len, mount_len);
         hashes_.push_back(hv);
         slots_[i] = idx + 1;
         if (objs_.size() * 2 > slots_.size()) resize(slots_.size() * 2);
         return idx;
     }
     PyObject *get(uint32_t idx) const { return objs_[idx]; }
+    size_t operation_len(uint32_t idx) const { return parts_[idx].first; }
+    size_t mount_len(uint32_t idx) const { return parts_[idx].second; }
     size_t size() const { return objs_.size(); }
 
    private:
@@ -1101,6 +1111,7 @@ class NameTable {
     std::vector<uint32_t> slots_;
     std::vector<PyObject *> objs_;
     std::vector<std::string> keys_;
+    std::vector<std::pair<size_t, size_t>> parts_;  // (operation, mount) lengths in bytes
     std::vector<uint64_t> hashes_;
 };
 

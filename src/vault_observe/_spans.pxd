@@ -2,7 +2,7 @@
 # The core appends to a SpanStore; the daemon hands PackedSpans views of it to the
 # sinks, whose compiled encoders read the C records directly (see _spans.pyx).
 
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t, uint64_t
 
 
 cdef struct PackedSpan:
@@ -22,6 +22,8 @@ cdef struct PackedSpan:
     size_t rid_len
     Py_ssize_t record           # -1, or where in ``records`` this span is kept whole
     int pairing
+    uint16_t operation_len      # the name's first bytes are its operation (0: none),
+    uint16_t mount_len          # its last bytes its mount (0: none); the record stays 136 bytes
 
 
 cdef class SpanStore:
@@ -56,4 +58,4 @@ cdef PackedSpans copy_spans(SpanStore src, size_t lo, size_t hi, size_t max_byte
 
 cdef object new_span(object trace_id, object span_id, object parent_span_id, object name,
                      object start_ns, object end_ns, object error, int pairing, object request_id,
-                     object attrs_json, object sample_rate)
+                     object attrs_json, object sample_rate, object operation, object mount)

@@ -60,11 +60,12 @@ cdef tuple _PAIRING_OBJS = (0, 1, 2, 3)
 
 # SpanRecord has __slots__ only; its slots are filled directly, which is several
 # times faster than calling its __init__. Falls back to the call if that changes.
-cdef Py_ssize_t _OFF[11]
+cdef Py_ssize_t _OFF[13]
 cdef bint _DIRECT = True
 _FIELDS = (
     "trace_id", "span_id", "parent_span_id", "name", "start_ns",
     "end_ns", "error", "pairing", "request_id", "attrs_json", "sample_rate",
+    "operation", "mount",
 )
 for _i, _f in enumerate(_FIELDS):
     _d = SpanRecord.__dict__.get(_f)
@@ -83,11 +84,11 @@ cdef inline void _set_slot(object obj, Py_ssize_t off, object value) noexcept:
 
 cdef object new_span(object trace_id, object span_id, object parent_span_id, object name,
                      object start_ns, object end_ns, object error, int pairing, object request_id,
-                     object attrs_json, object sample_rate):
+                     object attrs_json, object sample_rate, object operation, object mount):
     cdef object pairing_obj = _PAIRING_OBJS[pairing]
     if not _DIRECT:
         return SpanRecord(trace_id, span_id, parent_span_id, name, start_ns, end_ns, error,
-                          pairing_obj, request_id, attrs_json, sample_rate)
+                          pairing_obj, request_id, attrs_json, sample_rate, operation, mount)
     cdef object span = PyType_GenericAlloc(<PyTypeObject *> SpanRecord, 0)
     _set_slot(span, _OFF[0], trace_id)
     _set_slot(span, _OFF[1], span_id)
@@ -100,6 +101,8 @@ cdef object new_span(object trace_id, object span_id, object parent_span_id, obj
     _set_slot(span, _OFF[8], request_id)
     _set_slot(span, _OFF[9], attrs_json)
     _set_slot(span, _OFF[10], sample_rate)
+    _set_slot(span, _OFF[11], operation)
+    _set_slot(span, _OFF[12], mount)
     # Every slot holds an int, str, bytes or None, so a record can never be part of
     # a reference cycle: keep it out of the collector's lists. A full queue holds
     # hundreds of thousands of records that each collection would walk otherwise.
@@ -133,6 +136,8 @@ cdef object _record(SpanStore store, size_t i):
         _text(arena, sp.rid_off, sp.rid_len),
         PyBytes_FromStringAndSize(arena + sp.attrs_off, <Py_ssize_t> sp.attrs_len),
         _ONE if sp.sample_rate == 1 else PyLong_FromLongLong(sp.sample_rate),
+        _text(arena, sp.name_off, sp.operation_len),
+        _text(arena, sp.name_off + sp.name_len - sp.mount_len, sp.mount_len),
     )
 
 # ---------------------------------------------------------------- the store
@@ -147,7 +152,7 @@ cdef size_t _record_bytes(object record):
     cdef size_t total = _getsizeof(record)
     for value in (record.trace_id, record.span_id, record.parent_span_id, record.name,
                   record.start_ns, record.end_ns, record.error, record.request_id,
-                  record.attrs_json, record.sample_rate):
+                  record.attrs_json, record.sample_rate, record.operation, record.mount):
         total += _getsizeof(value)
     return total
 

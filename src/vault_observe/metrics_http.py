@@ -25,7 +25,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -78,62 +77,7 @@ SINK_COUNTERS = (
     ("bytes", "sink_sent_bytes", "Bytes the sink sent (after compression)"),
 )
 
-_OPERATION_KEY = b'"request.operation":"'
-_MOUNT_KEY = b'"request.mount_point":"'
-
-
 # ---------------------------------------------------------------- the latency histogram
-
-
-def string_attribute(
-    attrs_json: bytes, needle: bytes, start: int = 0, end: int | None = None
-) -> tuple[str, int]:
-    """The string value after ``needle`` (``"key":"``) in a span's flat attribute JSON,
-    searched in ``attrs_json[start:end]``, and the offset just past it; ("", -1) when
-    the key is absent or its value is not a string.
-
-    A byte search instead of decoding every attribute (response bodies can be large):
-    quotes inside JSON strings are escaped, so an unescaped ``"key":"`` is a key. (A
-    dotted key inside an array of objects could match too; Vault writes none before
-    ``request``.)
-    """
-    at = attrs_json.find(needle, start, len(attrs_json) if end is None else end)
-    if at < 0:
-        return "", -1
-    begin = at + len(needle)
-    close = attrs_json.find(b'"', begin)
-    while close > 0 and _escaped(attrs_json, begin, close):
-        close = attrs_json.find(b'"', close + 1)
-    if close < 0:
-        return "", -1
-    raw = attrs_json[begin:close]
-    if b"\\" not in raw:
-        return raw.decode("utf-8", "replace"), close + 1
-    try:
-        value = orjson.loads(attrs_json[begin - 1 : close + 1])
-    except orjson.JSONDecodeError:  # a lone surrogate escape: keep the text as written
-        return raw.decode("utf-8", "replace"), close + 1
-    return (value if isinstance(value, str) else ""), close + 1
-
-
-def request_labels(attrs_json: bytes) -> tuple[str, str]:
-    """(``request.operation``, ``request.mount_point``) of a span, "" for either when absent."""
-    operation, after = string_attribute(attrs_json, _OPERATION_KEY)
-    if after < 0:
-        return operation, string_attribute(attrs_json, _MOUNT_KEY)[0]
-    # Vault writes mount_point right after operation: look there first.
-    mount, found = string_attribute(attrs_json, _MOUNT_KEY, after)
-    if found < 0:
-        mount = string_attribute(attrs_json, _MOUNT_KEY, 0, after)[0]
-    return operation, mount
-
-
-def _escaped(data: bytes, start: int, pos: int) -> bool:
-    """Whether the quote at ``pos`` follows an odd number of backslashes."""
-    n = 0
-    while pos - 1 - n >= start and data[pos - 1 - n] == 0x5C:
-        n += 1
-    return n % 2 == 1
 
 
 class _Series:
@@ -148,7 +92,8 @@ class _Series:
 
 class MetricsSink(Collector):
     """Feeds ``vault_request_duration_seconds`` from PAIRED spans (the only ones with
-    a real duration), labelled by the request's operation and mount. Never fails.
+    a real duration), labelled by the operation and mount the core read from the
+    response (``SpanRecord.operation``, ``.mount``). Never fails.
 
     The sink keeps its own bucket counts rather than a ``prometheus_client.Histogram``:
     one lock per batch instead of several per observation, and a scrape sees whole
@@ -178,8 +123,7 @@ class MetricsSink(Collector):
             for span in spans:
                 if span.pairing != PAIRED:
                     continue
-                operation, mount = request_labels(span.attrs_json)
-                key = (operation, mount, "true" if span.error else "false")
+                key = (span.operation, span.mount, "true" if span.error else "false")
                 entry = series.get(key)
                 if entry is None:
                     entry = self._new_series(key)

@@ -30,13 +30,19 @@ class SpanRecord:
     canonical (``_core_py.dump_attrs``): both cores give the same bytes. Keeping the
     attributes as bytes lets the compiled core build them without one Python object
     per attribute and lets JSON sinks splice them in as they are.
+
+    ``operation`` and ``mount`` are the parts of the name read from the entry that
+    named the span: its ``request.operation`` and ``request.mount_point``, "" when
+    absent, empty or not a string (whatever the attribute filters keep).
     """
 
     __slots__ = (
         "attrs_json",
         "end_ns",
         "error",
+        "mount",
         "name",
+        "operation",
         "pairing",
         "parent_span_id",
         "request_id",
@@ -59,6 +65,8 @@ class SpanRecord:
         request_id: str,
         attrs_json: bytes,
         sample_rate: int = 1,
+        operation: str = "",
+        mount: str = "",
     ) -> None:
         self.trace_id = trace_id  # 16 bytes: the request id's UUID bytes, or a hash
         self.span_id = span_id  # 1 .. 2**64-1
@@ -71,6 +79,8 @@ class SpanRecord:
         self.request_id = request_id  # as written by Vault, "" when absent
         self.attrs_json = attrs_json
         self.sample_rate = sample_rate  # kept 1 in N (Honeycomb's samplerate); 1 = not sampled
+        self.operation = operation  # the name's first part ("read"), "" when the entry has none
+        self.mount = mount  # its mount ("secret/"), "" when the entry has none
 
     @property
     def trace_id_hex(self) -> str:
@@ -103,6 +113,8 @@ class SpanRecord:
             self.request_id,
             self.attributes(),
             self.sample_rate,
+            self.operation,
+            self.mount,
         )
 
     def __eq__(self, other: object) -> bool:

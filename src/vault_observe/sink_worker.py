@@ -48,6 +48,8 @@ def records_bytes(spans: Sequence[SpanRecord]) -> int:
         + _getsizeof(span.request_id)
         + _getsizeof(span.error)
         + _getsizeof(span.trace_id)
+        + _getsizeof(span.operation)
+        + _getsizeof(span.mount)
         for span in spans
     )
 

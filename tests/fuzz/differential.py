@@ -332,7 +332,8 @@ def compare_spans(packed: Any, records: list[Any]) -> None:
 
 def fields(span: Any) -> tuple[Any, ...]:
     return (span.trace_id, span.span_id, span.parent_span_id, span.name, span.start_ns, span.end_ns, span.error,
-            span.pairing, span.request_id, span.sample_rate, type(span.name), type(span.start_ns))
+            span.pairing, span.request_id, span.sample_rate, span.operation, span.mount, type(span.name),
+            type(span.start_ns))
 
 
 class Encoders:

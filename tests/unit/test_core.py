@@ -522,23 +522,49 @@ def test_response_without_id_hashes_the_line_after_the_prefix(make_core: Make) -
 
 
 @pytest.mark.parametrize(
-    ("request_fields", "name"),
+    ("request_fields", "parts"),
     [
-        ({"operation": "read", "mount_point": "secret/", "path": "secret/data/x"}, "read secret/"),
-        ({"operation": "read", "mount_point": "", "path": "secret/data/x"}, "read secret/data/x"),
-        ({"operation": "read", "mount_point": 5, "path": "p"}, "read p"),
-        ({"operation": "", "mount_point": "m/"}, "m/"),
-        ({"operation": 1, "path": "p"}, "p"),
-        ({"operation": "list"}, "list"),
-        ({"path": ["x"]}, "response"),
-        ({}, "response"),
-        ({"operation": "update", "mount_point": "键/", "path": "键/x"}, "update 键/"),
+        ({"operation": "read", "mount_point": "secret/", "path": "secret/data/x"}, ("read secret/", "read", "secret/")),
+        ({"operation": "read", "mount_point": "", "path": "secret/data/x"}, ("read secret/data/x", "read", "")),
+        ({"operation": "read", "mount_point": 5, "path": "p"}, ("read p", "read", "")),
+        ({"operation": "", "mount_point": "m/"}, ("m/", "", "m/")),
+        ({"operation": 1, "path": "p"}, ("p", "", "")),
+        ({"operation": "list"}, ("list", "list", "")),
+        ({"path": ["x"]}, ("response", "", "")),
+        ({}, ("response", "", "")),
+        ({"operation": "update", "mount_point": "键/", "path": "键/x"}, ("update 键/", "update", "键/")),
+        ({"operation": "a b", "mount_point": "c d", "path": "x"}, ("a b c d", "a b", "c d")),
+        ({"operation": 'we"ird\\', "mount_point": "\u00e9/"}, ('we"ird\\ \u00e9/', 'we"ird\\', "\u00e9/")),
+        # parts longer than a packed span holds: the span is kept as its record
+        ({"operation": "o" * 70_000, "mount_point": "m/"}, ("o" * 70_000 + " m/", "o" * 70_000, "m/")),
+        ({"operation": "o", "mount_point": "m" * 70_000}, ("o " + "m" * 70_000, "o", "m" * 70_000)),
     ],
 )
-def test_span_names(core: Any, request_fields: dict[str, Any], name: str) -> None:
+def test_span_names(core: Any, request_fields: dict[str, Any], parts: tuple[str, str, str]) -> None:
+    """The name, and the operation and mount it was made of, as span fields."""
     entry = {"time": T0, "type": "response", "request": {"id": ID1, **request_fields}}
     span = only(spans_of(core, json.dumps(entry).encode()))
-    assert span.name == name
+    assert (span.name, span.operation, span.mount) == parts
+
+
+def test_each_pairing_keeps_the_operation_and_mount_of_its_entry(make_core: Make) -> None:
+    """From the response when there is one, else from the request (kept while pending,
+    and past the name table's bound); the attribute filters do not change them."""
+    core = make_core(max_pending=1, ttl_s=1, exclude=["request.*"])
+    data = (
+        ev("request", ID1, operation="create", mount_point="kv/")
+        + ev("response", ID1, t(1), operation="update", mount_point="db/")  # paired
+        + ev("response", ID2, t(2), operation="read", mount_point=...)  # orphan: no mount
+        + ev("request", ID2, t(3), operation="list", mount_point="a b/")  # evicted by the next
+        + ev("request", ID3, t(4), operation=..., mount_point="sys/")  # unanswered
+    )
+    spans = spans_of(core, data)
+    assert [(s.pairing, s.name, s.operation, s.mount) for s in spans] == [
+        (PAIRED, "update db/", "update", "db/"),
+        (ORPHAN, "read secret/data/app", "read", ""),
+        (EVICTED, "list a b/", "list", "a b/"),
+        (UNANSWERED, "sys/", "", "sys/"),
+    ]
 
 
 def test_paired_span_takes_the_response_name(core: Any) -> None:
@@ -558,6 +584,12 @@ def test_names_past_the_interning_bound(make_core: Make, impl: str, monkeypatch:
     assert [s.name for s in spans] == [f"read q{i}" for i in range(0, 8, 2)] + [
         f"read p{i}" for i in range(1, 8, 2)
     ]
+    assert {(s.operation, s.mount) for s in spans} == {("read", "")}
+    # The same text as "<operation> <mount>" and as "<operation> <path>": each keeps its parts.
+    core = make_core(ttl_s=1)
+    data = b"".join(ev("request", f"id-{i}", path="x/", mount_point=... if i % 2 else "x/") for i in range(8))
+    spans = spans_of(core, data)
+    assert [(s.name, s.mount) for s in spans] == [("read x/", "" if i % 2 else "x/") for i in range(8)]
 
 
 # ---------------------------------------------------------------- correlation

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.receivers import HoneycombReceiver
 from tests.sinks import CollectingSink
-from vault_observe._core_py import Core, dump_attrs
+from vault_observe._core_py import Core
 from vault_observe.address import parse_address
 from vault_observe.config import Config, Listener, load_config
 from vault_observe.counters import SinkState, Snapshot
@@ -34,8 +34,6 @@ from vault_observe.metrics_http import (
     DaemonCollector,
     MetricsSink,
     health,
-    request_labels,
-    string_attribute,
 )
 from vault_observe.model import PAIRED
 from vault_observe.pipeline import Daemon
@@ -395,24 +393,25 @@ def test_metrics_and_health_read_a_snapshot_alone() -> None:
     assert status == 503 and document["failing"] == ["zipkin"]
 
 
-def test_labels_come_from_keys_not_values() -> None:
-    attrs = dump_attrs(
-        {
-            "note": '"request.operation":"fake" and "request.mount_point":"fake/" \\',
-            "request.operation": "read",
-            "request.mount_point": 'we"ird\\/',
-            "request.path": "x",
-        }
+@pytest.mark.parametrize("exclude", [[], ["request.*", "note"]])
+def test_labels_are_the_spans_operation_and_mount(exclude: list[str]) -> None:
+    """The labels are what the core read from the response, not a search of the
+    attribute bytes: a value that looks like a key does not fool them, and attribute
+    filters that drop the request's keys do not empty them."""
+    line = (
+        '{"time":"2026-01-01T00:00:00.002Z","type":"response","note":%s,'
+        '"request":{"id":"%s","operation":"read","mount_point":%s,"path":"x"}}\n'
     )
-    assert request_labels(attrs) == ("read", 'we"ird\\/')
-    assert string_attribute(attrs, b'"request.missing":"') == ("", -1)
-    # mount_point before operation, or no operation, or neither
-    assert request_labels(dump_attrs({"request.mount_point": "kv/", "request.operation": "list"})) == (
-        "list",
-        "kv/",
+    fake = json.dumps('"request.operation":"fake","request.mount_point":"fake/" \\')
+    core = Core(exclude=exclude)
+    core.feed(
+        b'{"time":"2026-01-01T00:00:00Z","type":"request","request":{"id":"r1"}}\n'
+        + (line % (fake, "r1", json.dumps('we"ird\\/'))).encode()
     )
-    assert request_labels(dump_attrs({"request.mount_point": "kv/"})) == ("", "kv/")
-    assert request_labels(dump_attrs({"request.operation": 3, "request.path": "a/b"})) == ("", "")
+    registry = CollectorRegistry()
+    MetricsSink(registry).send(core.drain(), time.monotonic() + 1)
+    labels = {"operation": "read", "mount": 'we"ird\\/', "error": "false"}
+    assert registry.get_sample_value("vault_request_duration_seconds_count", labels) == 1
 
 
 def test_metrics_sink_counts_only_paired_spans_and_caps_label_sets() -> None:
