@@ -19,7 +19,7 @@ from cpython.object cimport PyTypeObject
 from cpython.ref cimport Py_INCREF, PyObject
 from libc.stdint cimport SIZE_MAX, int64_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import sys
 import types
@@ -32,6 +32,7 @@ cdef extern from "Python.h":
     ctypedef struct PyMemberDescrObject:
         PyMemberDef *d_member
     object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+    const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
     object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
     void PyObject_GC_UnTrack(void *op)
     object PyLong_FromLongLong(long long v)
@@ -116,6 +117,35 @@ cdef inline object _text(const char *arena, size_t off, size_t n):
     return PyUnicode_DecodeUTF8(arena + off, <Py_ssize_t> n, NULL)
 
 
+# Operations and mounts are few and repeat from span to span: their str objects are
+# kept in a small cache (one slot per hash of the bytes) and shared, which spares a
+# SpanRecord two decodes. Only the GIL's holder reads or writes it.
+cdef list _PARTS = [None] * 256
+cdef size_t PART_MAX = 64  # longer ones are decoded each time
+
+
+cdef object _part(const char *arena, size_t off, size_t n):
+    """``_text`` for an operation or mount, shared through ``_PARTS`` when it fits."""
+    cdef const char *p = arena + off
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef size_t i
+    cdef Py_ssize_t slot, cached_n
+    cdef const char *cached_p
+    if n == 0 or n > PART_MAX:
+        return _text(arena, off, n)
+    for i in range(n):
+        h = (h ^ <unsigned char> p[i]) * 1099511628211ULL
+    slot = <Py_ssize_t> (h & 255)
+    cached = _PARTS[slot]
+    if cached is not None:
+        cached_p = PyUnicode_AsUTF8AndSize(cached, &cached_n)
+        if <size_t> cached_n == n and memcmp(cached_p, p, n) == 0:
+            return cached
+    value = _text(arena, off, n)
+    _PARTS[slot] = value
+    return value
+
+
 cdef object _record(SpanStore store, size_t i):
     """The SpanRecord of span ``i``."""
     cdef PackedSpan *sp = &store.spans[i]
@@ -136,8 +166,8 @@ cdef object _record(SpanStore store, size_t i):
         _text(arena, sp.rid_off, sp.rid_len),
         PyBytes_FromStringAndSize(arena + sp.attrs_off, <Py_ssize_t> sp.attrs_len),
         _ONE if sp.sample_rate == 1 else PyLong_FromLongLong(sp.sample_rate),
-        _text(arena, sp.name_off, sp.operation_len),
-        _text(arena, sp.name_off + sp.name_len - sp.mount_len, sp.mount_len),
+        _part(arena, sp.name_off, sp.operation_len),
+        _part(arena, sp.name_off + sp.name_len - sp.mount_len, sp.mount_len),
     )
 
 # ---------------------------------------------------------------- the store
