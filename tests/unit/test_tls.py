@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from cryptography.hazmat.primitives import serialization
 
 from tests.receivers import HoneycombReceiver, OtlpReceiver, Receiver, ZipkinReceiver
@@ -332,3 +333,22 @@ def test_otlp_takes_its_files_from_the_exporter_variables(
     with serve_tls(OtlpReceiver(), pki.server_context()) as rx:
         first, second, _ = send(Config(otlp=rx.url), spans, 10.0, env)
     assert (first, second) == (0, 0) and len(rx.spans) == 2 * len(spans) and rx.handshake_errors == []
+
+
+def test_a_client_certificate_the_receiver_does_not_trust_is_counted_and_named(
+    pki: Pki,
+    spans: list[SpanRecord],
+    no_proxy_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    stranger = tmp_path / "stranger.pem"
+    trustme.CA().issue_cert("stranger.client.test").private_key_and_cert_chain_pem.write_to_path(str(stranger))
+    tls = {"ca_file": str(pki.ca), "client_cert": str(stranger)}
+    with serve_tls(OtlpReceiver(), pki.server_context()) as rx, caplog.at_level(logging.WARNING):
+        first, second, stats = send(_otlp(rx, tls), spans, 1.0)
+    assert (first, second) == (len(spans), len(spans)) and stats["failed"] == 2 * len(spans)
+    assert len(rx.spans) == 0 and rx.handshake_errors, rx.handshake_errors
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("otlp: ")]
+    assert len(failures) == 1, failures
+    assert "SSLError: TLS: " in failures[0] and f"(the client certificate {stranger} was offered)" in failures[0]
