@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -38,3 +39,29 @@ class Sink(Protocol):
     def stats(self) -> dict[str, int]:
         """Counters of the sink's own (e.g. ``sent``, ``failed``, ``retries``)."""
         ...
+
+
+# What every sink counts (``stats()``; the metrics read these names).
+SINK_COUNTERS = ("sent", "failed", "retries", "batches", "bytes")
+
+
+class Counters:
+    """A sink's counters (``SINK_COUNTERS`` unless named), safe to add to from
+    several sender threads at once."""
+
+    def __init__(self, *names: str) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(names or SINK_COUNTERS, 0)
+
+    def add(self, **amounts: int) -> None:
+        with self._lock:
+            values = self._values
+            for name, amount in amounts.items():
+                values[name] += amount
+
+    def __getitem__(self, name: str) -> int:
+        return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)

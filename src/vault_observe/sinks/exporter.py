@@ -25,6 +25,7 @@ POST, on a sender thread: the reader starts reading that much sooner.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import random
@@ -39,6 +40,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
+from .base import Counters
 from .compression import Compressor
 from .isolate import EncodeGuard
 
@@ -90,27 +92,6 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
         return base * (1.0 - self.jitter * random.random())
-
-
-class Counters:
-    """Named counters that several sender threads add to."""
-
-    def __init__(self, *names: str) -> None:
-        self._lock = threading.Lock()
-        self._values = dict.fromkeys(names, 0)
-
-    def add(self, **amounts: int) -> None:
-        with self._lock:
-            values = self._values
-            for name, amount in amounts.items():
-                values[name] += amount
-
-    def __getitem__(self, name: str) -> int:
-        return self._values[name]
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
 
 
 # ---------------------------------------------------------------- HTTP
@@ -170,6 +151,7 @@ class HttpClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("not an http(s) URL", value=url)
         self.url = url
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.headers = {"User-Agent": USER_AGENT, **headers}
         self.proxy = proxy_for(url)
         self._pool_kwargs = tls.pool_kwargs() if tls is not None else {}
@@ -178,13 +160,22 @@ class HttpClient:
         self._lock = threading.Lock()
         self._managers: list[PoolManager] = []  # every thread's, for close()
 
-    def _manager(self) -> PoolManager:
-        manager: PoolManager | None = getattr(self._local, "manager", None)
-        if manager is None:
-            manager = self._local.manager = self._new_manager()
+    def _opener(self) -> Callable[..., Any]:
+        """This thread's ``urlopen``: its pool's own, to the URL's path, without a proxy
+        (a PoolManager would look the pool up again on every POST); else the
+        ProxyManager's, which writes the request for the proxy."""
+        opener: Callable[..., Any] | None = getattr(self._local, "urlopen", None)
+        if opener is None:
+            manager = self._new_manager()
             with self._lock:
                 self._managers.append(manager)
-        return manager
+            if self.proxy is None:
+                pool = manager.connection_from_url(self.url)
+                opener = functools.partial(pool.urlopen, "POST", self._path)
+            else:
+                opener = functools.partial(manager.urlopen, "POST", self.url)
+            self._local.urlopen = opener
+        return opener
 
     def _new_manager(self) -> PoolManager:
         import urllib3
@@ -213,12 +204,10 @@ class HttpClient:
         """The answer; raises (urllib3's ``HTTPError`` or an ``OSError``) when none came."""
         from urllib3.exceptions import ProtocolError, SSLError
 
-        manager = self._manager()
+        urlopen = self._opener()
         for last_try in (False, True):
             try:
-                response = manager.urlopen(
-                    "POST",
-                    self.url,
+                response = urlopen(
                     body=body,
                     headers=self.headers,
                     timeout=timeout,
@@ -284,7 +273,6 @@ class Splittable(Protocol):
 
 
 Encoded = Any  # bytes (one body) or a Splittable
-STAT_NAMES = ("sent", "failed", "retries", "batches", "bytes")
 
 
 class Exporter:
@@ -332,7 +320,7 @@ class Exporter:
         self._logger = logger
         self.log = RateLimitedLog(logger, 60.0, secrets=secrets)
         self.guard = EncodeGuard(name, self.log)
-        self.counts = Counters(*STAT_NAMES)
+        self.counts = Counters()
         self._encode = encode
         self._merge = merge
         self._read_reply = read_reply

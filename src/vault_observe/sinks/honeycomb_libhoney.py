@@ -22,7 +22,8 @@ from typing import Any
 from .. import __version__
 from ..model import SpanRecord
 from ..ratelog import RateLimitedLog
-from .exporter import Counters, RetryPolicy, is_retryable
+from .base import Counters
+from .exporter import RetryPolicy, is_retryable
 from .isolate import EncodeGuard
 
 log = logging.getLogger("vault_observe.sinks.honeycomb")
@@ -80,7 +81,7 @@ class LibhoneySender:
         self._seq = itertools.count()
         self._closing = False
         self._closed = False
-        self.counts = Counters("sent", "failed", "retries", "batches", "bytes")
+        self.counts = Counters()
         self._client: Any = None
         self._xmit: Any = None
         self._thread: threading.Thread | None = None

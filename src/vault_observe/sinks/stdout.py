@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from ..model import PAIRING_NAMES, SpanRecord
 from ..ratelog import RateLimitedLog
+from .base import Counters
 from .encoding.wire import duration_ms, json_str, rfc3339_ns
 
 log = logging.getLogger(__name__)
@@ -61,26 +62,21 @@ class StdoutSink:
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
         self._log = RateLimitedLog(log)
-        self.sent = 0
-        self.failed = 0
-        self.batches = 0
-        self.bytes = 0
+        self.counts = Counters("sent", "failed", "batches", "bytes")
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         if not spans:
             return 0
         data = b"".join([encode_line(record) for record in spans])
-        self.batches += 1
         try:
             self._stream.write(data)
             self._stream.flush()
         except (OSError, ValueError) as exc:  # ValueError: the stream was closed
             # Part of the batch may have been written; none of it is known to be.
-            self.failed += len(spans)
+            self.counts.add(failed=len(spans), batches=1)
             self._log("write", logging.ERROR, "stdout: cannot write %d spans: %s", len(spans), exc)
             return len(spans)
-        self.sent += len(spans)
-        self.bytes += len(data)
+        self.counts.add(sent=len(spans), batches=1, bytes=len(data))
         return 0
 
     def start(self) -> None:
@@ -97,4 +93,4 @@ class StdoutSink:
         self.flush(1.0)
 
     def stats(self) -> dict[str, int]:
-        return {"sent": self.sent, "failed": self.failed, "batches": self.batches, "bytes": self.bytes}
+        return self.counts.snapshot()
