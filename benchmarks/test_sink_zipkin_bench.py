@@ -232,6 +232,7 @@ def test_zipkin_encode_only(benchmark: Any, encoder: str, corpus_spans: list[Spa
         sdk = SdkPath(
             "http://127.0.0.1:9/api/v2/spans", "vault", 10.0, scope_name=zk.SCOPE_NAME, gzip=False, headers=None
         )
+        sdk.start()
 
         def go() -> bytes:
             readables = [sdk.readable(record) for record in corpus_spans]

@@ -665,3 +665,11 @@ def test_statuses_outside_the_otlp_retryable_set_are_final(
     sink = zk.ZipkinSink(receiver.url, backoff_initial=0.01)
     assert sink.send(sample_spans[:5], time.monotonic() + 10) == 5
     assert len(receiver.requests) == 1 and sink.stats()["retries"] == 0
+
+
+def test_sdk_exporter_and_its_session_are_made_in_start(receiver: ZipkinReceiver) -> None:
+    sink = zk.ZipkinSink(receiver.url, encoder="sdk")
+    assert sink._sdk is not None and sink._sdk.path.exporter is None  # the constructor opens nothing
+    sink.start()
+    assert sink._sdk.path.exporter is not None
+    sink.close()

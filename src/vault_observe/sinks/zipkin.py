@@ -130,6 +130,8 @@ class ZipkinSink:
 
     def start(self) -> None:
         self._exporter.start()
+        if self._sdk is not None:
+            self._sdk.start()
 
     def flush(self, timeout: float) -> None:
         """Nothing is buffered here: ``send`` delivers or gives up before it returns."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from .encoding.zipkin_proto import loads_attrs
 from .exporter import Exporter, Reply
 
 if TYPE_CHECKING:
+    from opentelemetry.exporter.zipkin.proto.http import ZipkinExporter
     from opentelemetry.sdk.trace import ReadableSpan
 
 EXPORTER_LOGGER = "opentelemetry.exporter.zipkin.proto.http"
@@ -49,10 +51,8 @@ class SdkPath:
         gzip: bool,
         headers: Mapping[str, str] | None,
     ) -> None:
-        import requests
-        from opentelemetry.exporter.zipkin.proto.http import ZipkinExporter
+        import opentelemetry.exporter.zipkin.proto.http  # noqa: F401 - when missing: a config error
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace.export import SpanExportResult
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -64,6 +64,24 @@ class SdkPath:
         self._sampled = TraceFlags(TraceFlags.SAMPLED)
         self.resource = Resource({"service.name": service_name})  # one for all spans
         self.scope = InstrumentationScope(scope_name, __version__)
+        self._settings = (url, timeout, gzip, dict(headers or {}))
+        self._lock = threading.Lock()
+        self._closed = False
+        self.http: Any = None  # the RecordingClient session
+        self.exporter: ZipkinExporter | None = None
+
+    def start(self) -> None:
+        """Make the exporter and its ``requests`` session (its connection pool)."""
+        with self._lock:
+            if self.exporter is None and not self._closed:
+                self._start()
+
+    def _start(self) -> None:
+        import requests
+        from opentelemetry.exporter.zipkin.proto.http import ZipkinExporter
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        url, timeout, gzip, headers = self._settings
 
         class RecordingClient(requests.Session):
             """Keeps the status and size of the last POST (the exporter only says
@@ -84,10 +102,9 @@ class SdkPath:
                 return response
 
         self.http = RecordingClient()
-        self.http.headers.update(headers or {})
-        self.exporter = ZipkinExporter(endpoint=url, timeout=max(1, round(timeout)), session=self.http)
+        self.http.headers.update(headers)
         self._success = SpanExportResult.SUCCESS
-        self._closed = False
+        self.exporter = ZipkinExporter(endpoint=url, timeout=max(1, round(timeout)), session=self.http)
         logging.getLogger(EXPORTER_LOGGER).addFilter(_exporter_log_filter)  # added once
 
     def readable(self, record: SpanRecord) -> ReadableSpan:
@@ -125,6 +142,7 @@ class SdkPath:
     def post(self, spans: Sequence[ReadableSpan], timeout: float) -> int:
         """The answer's status; raises an OSError (requests' errors are) when none came,
         ``Unencodable`` when the exporter failed on a span."""
+        assert self.exporter is not None, "start() makes the exporter"
         self.exporter.timeout = timeout  # type: ignore[assignment]  # requests takes a float
         try:
             # The exporter's hints say trace.Span; a ReadableSpan has all it reads.
@@ -133,12 +151,13 @@ class SdkPath:
             raise
         except Exception as exc:
             raise Unencodable(str(exc)) from exc
-        status = self.http.last_status
+        status: int | None = self.http.last_status
         if status is None:  # nothing was sent (exporter shut down)
             return 200 if result is self._success else 400
         return status
 
     def encodable(self, span: ReadableSpan) -> bool:
+        assert self.exporter is not None, "start() makes the exporter"
         try:
             self.exporter.encoder.serialize([span], self.exporter.local_node)  # type: ignore[list-item]
         except Exception:
@@ -146,10 +165,13 @@ class SdkPath:
         return True
 
     def close(self) -> None:
-        if self._closed:  # the exporter warns when shut down twice
-            return
-        self._closed = True
-        self.exporter.shutdown()
+        with self._lock:
+            if self._closed:  # the exporter warns when shut down twice
+                return
+            self._closed = True
+            exporter = self.exporter
+        if exporter is not None:
+            exporter.shutdown()
 
 
 class SdkSender:
@@ -162,6 +184,11 @@ class SdkSender:
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         """How many of ``spans`` were not delivered."""
         exporter, path = self._exporter, self.path
+        if path.exporter is None:
+            path.start()  # the worker starts it first; a caller of its own may not have
+            if path.exporter is None:  # closed
+                exporter.counts.add(failed=len(spans))
+                return len(spans)
         readables = []
         for span in spans:
             try:
@@ -201,6 +228,9 @@ class SdkSender:
             exporter.log_failure(reply, len(readables))
             return len(readables)
         return 0
+
+    def start(self) -> None:
+        self.path.start()
 
     def close(self) -> None:
         self.path.close()
