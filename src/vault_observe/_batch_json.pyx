@@ -463,10 +463,8 @@ cdef int otlp_number(const unsigned char* p, Py_ssize_t s, Py_ssize_t e, Buf* b)
 
 cdef int otlp_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t n, Buf* b, int depth) noexcept nogil:
     """The JSON value at p[pos[0]] as an AnyValue; pos[0] moves past it."""
-    cdef Py_ssize_t i = pos[0], s, ks, ke
+    cdef Py_ssize_t i = pos[0], s
     cdef unsigned char c
-    cdef int code
-    cdef bint first
     if i >= n:
         return FALLBACK
     c = p[i]
@@ -498,60 +496,10 @@ cdef int otlp_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t n, Buf* 
         put_byte(b, b'}')
         pos[0] = i
         return OK
-    if c == 0x5B or c == 0x7B:
-        if not reserve(b, 32):
-            return NO_MEMORY
-        if c == 0x5B:
-            put(b, b'{"arrayValue":{"values":[', 25)
-        else:
-            put(b, b'{"kvlistValue":{"values":[', 26)
-        i += 1
-        if i < n and p[i] == c + 2:
-            i += 1
-        else:
-            first = True
-            while True:
-                if not reserve(b, 16):
-                    return NO_MEMORY
-                if not first:
-                    put_byte(b, b',')
-                first = False
-                if c == 0x7B:
-                    if i >= n or p[i] != 0x22:
-                        return FALLBACK
-                    ks = i
-                    ke = scan_string(p, i + 1, n)
-                    if ke < 0 or ke + 1 >= n or p[ke + 1] != 0x3A:
-                        return FALLBACK
-                    if not reserve(b, 20 + <size_t>(ke + 1 - ks)):
-                        return NO_MEMORY
-                    put(b, b'{"key":', 7)
-                    put(b, p + ks, <size_t>(ke + 1 - ks))
-                    put(b, b',"value":', 9)
-                    i = ke + 2
-                pos[0] = i
-                code = otlp_value(p, pos, n, b, depth + 1)
-                if code != OK:
-                    return code
-                i = pos[0]
-                if c == 0x7B:
-                    if not reserve(b, 1):
-                        return NO_MEMORY
-                    put_byte(b, b'}')
-                if i >= n:
-                    return FALLBACK
-                if p[i] == 0x2C:
-                    i += 1
-                elif p[i] == c + 2:
-                    i += 1
-                    break
-                else:
-                    return FALLBACK
-        if not reserve(b, 3):
-            return NO_MEMORY
-        put(b, b']}}', 3)
-        pos[0] = i
-        return OK
+    if c == 0x5B:
+        return otlp_items(p, pos, n, b, depth + 1, b'{"arrayValue":{"values":[', 25, b']}}', 3)
+    if c == 0x7B:
+        return otlp_items(p, pos, n, b, depth + 1, b'{"kvlistValue":{"values":[', 26, b']}}', 3)
     if is_number_byte(c):
         s = i
         while i < n and is_number_byte(p[i]):
@@ -573,45 +521,75 @@ cdef int otlp_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t n, Buf* 
     return OK
 
 
+cdef int otlp_items(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t n, Buf* b, int depth,
+                    const char* head, size_t head_len, const char* tail, size_t tail_len) noexcept nogil:
+    """The array or object at p[pos[0]] as ``head``, its items (an object's as
+    ``{"key":...,"value":...}``) as AnyValues at ``depth``, ``tail``; pos[0] moves past it."""
+    cdef Py_ssize_t i = pos[0], ks, ke
+    cdef unsigned char c = p[i]  # [ or {
+    cdef int code
+    cdef bint first = True
+    if not reserve(b, head_len):
+        return NO_MEMORY
+    put(b, head, head_len)
+    i += 1
+    if i < n and p[i] == c + 2:
+        i += 1
+    else:
+        while True:
+            if not reserve(b, 16):
+                return NO_MEMORY
+            if not first:
+                put_byte(b, b',')
+            first = False
+            if c == 0x7B:
+                if i >= n or p[i] != 0x22:
+                    return FALLBACK
+                ks = i
+                ke = scan_string(p, i + 1, n)
+                if ke < 0 or ke + 1 >= n or p[ke + 1] != 0x3A:
+                    return FALLBACK
+                if not reserve(b, 20 + <size_t>(ke + 1 - ks)):
+                    return NO_MEMORY
+                put(b, b'{"key":', 7)
+                put(b, p + ks, <size_t>(ke + 1 - ks))
+                put(b, b',"value":', 9)
+                i = ke + 2
+            pos[0] = i
+            code = otlp_value(p, pos, n, b, depth)
+            if code != OK:
+                return code
+            i = pos[0]
+            if c == 0x7B:
+                if not reserve(b, 1):
+                    return NO_MEMORY
+                put_byte(b, b'}')
+            if i >= n:
+                return FALLBACK
+            if p[i] == 0x2C:
+                i += 1
+            elif p[i] == c + 2:
+                i += 1
+                break
+            else:
+                return FALLBACK
+    if not reserve(b, tail_len):
+        return NO_MEMORY
+    put(b, tail, tail_len)
+    pos[0] = i
+    return OK
+
+
 cdef int otlp_attributes(const unsigned char* p, Py_ssize_t n, Buf* b) noexcept nogil:
     """``[{"key":...,"value":...},...]`` of the attributes object."""
-    cdef Py_ssize_t i, ke
+    cdef Py_ssize_t i = 0
     cdef int code
     if n < 2 or p[0] != 0x7B:
         return FALLBACK
-    if not reserve(b, 2):
-        return NO_MEMORY
-    put_byte(b, b'[')
-    if n == 2 and p[1] == 0x7D:
-        put_byte(b, b']')
-        return OK
-    i = 1
-    while True:
-        if i >= n or p[i] != 0x22:
-            return FALLBACK
-        ke = scan_string(p, i + 1, n)
-        if ke < 0 or ke + 1 >= n or p[ke + 1] != 0x3A:
-            return FALLBACK
-        if not reserve(b, 20 + <size_t>(ke + 1 - i)):
-            return NO_MEMORY
-        put(b, b'{"key":', 7)
-        put(b, p + i, <size_t>(ke + 1 - i))
-        put(b, b',"value":', 9)
-        i = ke + 2
-        code = otlp_value(p, &i, n, b, 1)
-        if code != OK:
-            return code
-        if i >= n or not reserve(b, 2):
-            return FALLBACK if i >= n else NO_MEMORY
-        put_byte(b, b'}')
-        if p[i] == 0x2C:
-            put_byte(b, b',')
-            i += 1
-        elif p[i] == 0x7D and i == n - 1:
-            put_byte(b, b']')
-            return OK
-        else:
-            return FALLBACK
+    code = otlp_items(p, &i, n, b, 1, b'[', 1, b']', 1)
+    if code == OK and i != n:
+        return FALLBACK  # bytes after the object
+    return code
 
 
 cdef int otlp_span(void* ctx, const SpanFields* s, Buf* b) noexcept nogil:

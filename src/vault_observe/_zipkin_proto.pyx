@@ -226,6 +226,32 @@ cdef int zipkin_span(void* ctx, const SpanFields* s, Buf* b) noexcept nogil:
     return OK
 
 
+cdef inline int string_text(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, bint escaped,
+                            Buf* scratch, const char** text, size_t* size) noexcept nogil:
+    """The text of the string body p[start:end]: the bytes themselves, or unescaped
+    into ``scratch``."""
+    cdef int code
+    if not escaped:
+        text[0] = <const char*>(p + start)
+        size[0] = <size_t>(end - start)
+        return OK
+    code = unescape(p, start, end, scratch)
+    text[0] = scratch.data
+    size[0] = scratch.len
+    return code
+
+
+cdef inline void tail_value(const ZipkinOut* out, const SpanFields* s, int j,
+                            const char** value, size_t* size) noexcept nogil:
+    """The value of the tag ``out.tail_key[j]``: the span's error for the last one."""
+    if j == N_TAIL - 1:
+        value[0] = s.error
+        size[0] = <size_t>s.error_len
+    else:
+        value[0] = out.tail_value[j]
+        size[0] = out.tail_value_len[j]
+
+
 cdef int zipkin_tags(ZipkinOut* out, const SpanFields* s, Buf* b) noexcept nogil:
     """The attributes as tags (their text as the exporter writes it), then the
     resource's, the scope's and the error's."""
@@ -248,47 +274,24 @@ cdef int zipkin_tags(ZipkinOut* out, const SpanFields* s, Buf* b) noexcept nogil
             return FALLBACK
         if m.kind == 0x7B or m.kind == 0x6E:
             continue  # an object or null: no tag, as the exporter skips them
-        if m.key_escaped:
-            code = unescape(p, m.key_start, m.key_end, &out.key)
-            if code != OK:
-                return code
-            key = out.key.data
-            klen = out.key.len
-        else:
-            key = <const char*>(p + m.key_start)
-            klen = <size_t>(m.key_end - m.key_start)
-        if m.value_escaped:
-            code = unescape(p, m.value_start, m.value_end, &out.value)
-            if code != OK:
-                return code
-            value = out.value.data
-            vlen = out.value.len
-        else:
-            value = <const char*>(p + m.value_start)
-            vlen = <size_t>(m.value_end - m.value_start)
+        code = string_text(p, m.key_start, m.key_end, m.key_escaped, &out.key, &key, &klen)
+        if code == OK:
+            code = string_text(p, m.value_start, m.value_end, m.value_escaped, &out.value, &value, &vlen)
+        if code != OK:
+            return code
         # a key the exporter sets later keeps this place and takes the later value
         if klen <= 20:
             for j in range(active):
                 if klen == out.tail_key_len[j] and memcmp(key, out.tail_key[j], klen) == 0:
                     used |= 1u << j
-                    if j == N_TAIL - 1:
-                        value = s.error
-                        vlen = <size_t>s.error_len
-                    else:
-                        value = out.tail_value[j]
-                        vlen = out.tail_value_len[j]
+                    tail_value(out, s, j, &value, &vlen)
                     break
         if not put_entry(b, key, klen, value, vlen):
             return NO_MEMORY
     for j in range(active):
         if used & (1u << j):
             continue
-        if j == N_TAIL - 1:
-            value = s.error
-            vlen = <size_t>s.error_len
-        else:
-            value = out.tail_value[j]
-            vlen = out.tail_value_len[j]
+        tail_value(out, s, j, &value, &vlen)
         if not put_entry(b, out.tail_key[j], out.tail_key_len[j], value, vlen):
             return NO_MEMORY
     return OK
