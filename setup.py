@@ -28,6 +28,8 @@ ZIPKIN_PYX = HERE / "src" / "vault_observe" / "_zipkin_proto.pyx"
 BATCH_JSON_PYX = HERE / "src" / "vault_observe" / "_batch_json.pyx"
 SPANS_PYX = HERE / "src" / "vault_observe" / "_spans.pyx"
 SPANS_PXD = "src/vault_observe/_spans.pxd"
+PENDING_PYX = HERE / "src" / "vault_observe" / "_pending.pyx"
+PENDING_DEPENDS = ["src/vault_observe/_pending.pxd", "src/vault_observe/_pending_entry.h"]
 BYTEBUF = "src/vault_observe/_bytebuf.pxi"
 ENCODE_COMMON = "src/vault_observe/_encode_common.pxi"
 REQUIRE = os.environ.get("VAULT_OBSERVE_REQUIRE_EXTENSIONS") == "1"
@@ -169,12 +171,23 @@ def extensions() -> list:  # type: ignore[type-arg]
             raise RuntimeError(msg)
         sys.stderr.write(f"WARNING: {msg}; building without the compiled core.\n")
     elif sj is not None:
+        # the core's pending requests: a C++ compiler only; the core cimports it
+        exts.append(
+            Extension(
+                "vault_observe._pending",
+                sources=[str(PENDING_PYX.relative_to(HERE))],
+                depends=PENDING_DEPENDS,
+                language="c++",
+                extra_compile_args=COMPILE_ARGS,
+                extra_link_args=LINK_ARGS,
+            )
+        )
         exts.append(
             Extension(
                 "vault_observe._fast",
                 sources=[str(PYX.relative_to(HERE)), str(sj / "simdjson.cpp")],
                 include_dirs=[str(sj)],
-                depends=[str((PYX.parent / "_fast_json.h").relative_to(HERE)), SPANS_PXD],
+                depends=[str((PYX.parent / "_fast_json.h").relative_to(HERE)), SPANS_PXD, *PENDING_DEPENDS],
                 language="c++",
                 extra_compile_args=COMPILE_ARGS,
                 extra_link_args=LINK_ARGS,

@@ -4,12 +4,11 @@
 
 Lines are parsed with simdjson's DOM parser (one reused parser, one parse per
 line) and flattened straight into the canonical attribute bytes with an explicit
-stack (``_fast_json.h``). Requests wait in an open-addressing table keyed by the
-request id, with their expiry order kept in a deadline-sorted list (in-order
-arrivals, O(1)) plus a small heap for out-of-order ones, so ``expire`` costs
-O(expired). A line that simdjson rejects, or whose keys repeat (orjson keeps the
-last value of a repeated key), goes through the reference logic on orjson, so
-both cores agree on every input. Ready spans are packed into a SpanStore
+stack (``_fast_json.h``). Requests wait in a PendingTable (``_pending.pyx``: the
+table keyed by trace id, the expiry order, the marks and the stored attributes),
+so ``expire`` costs O(expired). A line that simdjson rejects, or whose keys repeat
+(orjson keeps the last value of a repeated key), goes through the reference logic
+on orjson, so both cores agree on every input. Ready spans are packed into a SpanStore
 (``_spans.pyx``), not made into one Python object each.
 """
 
@@ -31,6 +30,9 @@ import orjson
 from . import _core_py
 from .model import PAIRING_KEY, PAIRING_NAMES
 
+from vault_observe._pending cimport (
+    F_TRIMMED, NONE, Entry, Extra, Parent, PendingTable, i128, uuid_into,
+)
 from vault_observe._spans cimport (
     PackedSpan, PackedSpans, SpanStore, copy_spans, new_span, packed_view,
 )
@@ -63,7 +65,6 @@ cdef extern from "simdjson.h" namespace "simdjson::dom":
         size_t capacity()
 
 cdef extern from "_fast_json.h" namespace "vo":
-    ctypedef long long i128 "vo::i128"
     cdef enum:
         OK "vo::OK"
         INVALID "vo::INVALID"
@@ -107,7 +108,6 @@ cdef extern from "_fast_json.h" namespace "vo":
         size_t operation_len(uint32_t idx)
         size_t mount_len(uint32_t idx)
         size_t size()
-    uint64_t mix64(uint64_t z)
     object i128_to_py(i128 v)
     int py_to_i128(object o, i128 *out, int limit_bits, int *sign) except -1
 
@@ -156,18 +156,11 @@ cdef enum:
 cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325
 cdef uint64_t FNV_PRIME = 0x100000001B3
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15
-cdef uint32_t NONE = 0xFFFFFFFF
 # How many distinct span names a core shares as one str each (read when a core is made).
 NAME_LIMIT = 65536
 # Lines above this size leave no big buffers behind.
 cdef size_t BIG_LINE = 4 << 20
 
-cdef uint32_t F_CANON = 1     # id is a lower-case UUID: its text is rebuilt from the key
-cdef uint32_t F_IN_HEAP = 2   # in the out-of-order heap, not in the sorted list
-cdef uint32_t F_WIDE = 4      # start or deadline does not fit 64 bits: exact values in the extra
-cdef uint32_t F_TRIMMED = 8   # its attributes were cut to pending_attrs_bytes
-# An empty table bigger than this many entries or slots gives its arrays back.
-cdef size_t SMALL_TABLE = 4096
 # Times a PackedSpan holds (the encoders' arithmetic on them cannot overflow); a
 # span beyond them is kept as its SpanRecord.
 cdef i128 PACK_TIME_LIMIT = (<i128> 1) << 62  # about the year 2116
@@ -187,19 +180,7 @@ cdef str _RESERVED_REASON = _core_py.RESERVED_REASON
 cdef object _dump_attrs = _core_py.dump_attrs
 cdef object _parse_traceparent = _core_py.parse_traceparent
 cdef object _check_mark = _core_py.check_mark
-
-
-cdef inline size_t _key_length(const char *p, size_t n) noexcept:
-    """Length of the key that starts at ``p`` (after its opening quote)."""
-    cdef size_t i = 0
-    while i < n:
-        if p[i] == 92:
-            i += 2
-            continue
-        if p[i] == 34:
-            return i
-        i += 1
-    return n
+cdef object _with_pairing = _core_py.with_pairing
 
 
 cdef int64_t _check_limit(object limit) except? -2:
@@ -207,18 +188,6 @@ cdef int64_t _check_limit(object limit) except? -2:
     return <int64_t> _core_py.check_limit(limit) if limit is not None else -1
 
 
-# PENDING_FIRST as C strings: (text, length, ends in ".*" and so is a prefix with its dot)
-cdef list _FIRST_BYTES = [(n[:-1] if n.endswith(".*") else n).encode() for n in _core_py.PENDING_FIRST]
-cdef size_t N_FIRST = len(_FIRST_BYTES)
-cdef const char *_first_p[64]
-cdef size_t _first_n[64]
-cdef bint _first_prefix[64]
-if N_FIRST > 64:
-    raise ImportError("PENDING_FIRST is longer than the compiled core allows")
-for _i, _name in enumerate(_core_py.PENDING_FIRST):
-    _first_p[_i] = PyBytes_AS_STRING(_FIRST_BYTES[_i])
-    _first_n[_i] = <size_t> PyBytes_GET_SIZE(_FIRST_BYTES[_i])
-    _first_prefix[_i] = _name.endswith(".*")
 cdef object _sample_hash = _core_py.sample_hash
 cdef Py_ssize_t BAD_SAMPLE_BYTES = _core_py.BAD_SAMPLE_BYTES
 cdef object _orjson_loads = orjson.loads
@@ -316,21 +285,9 @@ cdef inline object _trace_bytes(uint64_t hi, uint64_t lo):
     return b
 
 
-cdef const char *_HEXDIGITS = b"0123456789abcdef"
-
-
 cdef object _uuid_text(uint64_t hi, uint64_t lo):
     cdef object s = PyUnicode_New(36, 127)
-    cdef char *d = <char *> PyUnicode_DATA(s)
-    cdef int i, pos = 0
-    cdef uint64_t w
-    for i in range(32):
-        if i == 8 or i == 12 or i == 16 or i == 20:
-            d[pos] = 45
-            pos += 1
-        w = hi if i < 16 else lo
-        d[pos] = _HEXDIGITS[(w >> (60 - 4 * (i & 15))) & 15]
-        pos += 1
+    uuid_into(hi, lo, <char *> PyUnicode_DATA(s))
     return s
 
 
@@ -416,58 +373,7 @@ cdef bint _parse_time(const char *text, size_t n, i128 *out) noexcept nogil:
     out[0] = <i128> seconds * <i128> 1000000000 + <i128> frac
     return True
 
-# ---------------------------------------------------------------- pending requests
-
-cdef extern from "_fast_json.h" namespace "vo":
-    # seq and flags are bit fields there (56 + 8 bits)
-    ctypedef struct Entry "vo::Entry":
-        uint64_t k0
-        uint64_t k1
-        int64_t start
-        int64_t deadline
-        uint64_t seq
-        uint32_t flags
-        uint32_t prev
-        uint32_t next
-        uint32_t name
-        uint32_t extra
-        char *attrs
-
-ctypedef struct HeapItem:
-    int64_t deadline
-    uint64_t seq
-    uint32_t idx
-
-# The requests stored by feed() calls of one mark, from the arrival ``first_seq``
-# on: an entry belongs to the last run whose first_seq <= its seq.
-ctypedef struct MarkRun:
-    uint64_t first_seq
-    uint64_t mark
-    uint64_t live       # how many of them are still pending
-
-# Rarely needed per-request data: kept only for requests with an error, a
-# non-canonical id, an uninterned name, times outside 64 bits or a traceparent.
-ctypedef struct Extra:
-    PyObject *request_id  # str; NULL for canonical ids
-    PyObject *error       # str; NULL for none
-    PyObject *name        # str; NULL when interned
-    size_t operation_len  # ... and then its parts (see NameTable)
-    size_t mount_len
-    i128 start
-    i128 deadline
-    uint32_t next_free
-    bint has_parent       # a traceparent header: the span joins that trace
-    uint64_t parent_hi
-    uint64_t parent_lo
-    uint64_t parent_span
-
-
-# (trace id, parent span id) of a valid traceparent header
-ctypedef struct Parent:
-    uint64_t hi
-    uint64_t lo
-    uint64_t span
-
+# ---------------------------------------------------------------- lines
 
 # What the first pass over a chunk keeps of one line (see Core._prepare). The
 # envelope's strings and the flattened attributes are offsets into the arena.
@@ -503,18 +409,6 @@ cdef inline bint _keeps_attrs(Envelope &env, size_t n, size_t cap) noexcept nogi
     return not env.is_probe and env.has_id and env.id_len > 0 and n > cap
 
 
-cdef inline int64_t _sat(i128 v) noexcept:
-    if v > INT64_MAX:
-        return INT64_MAX
-    if v < INT64_MIN:
-        return INT64_MIN
-    return <int64_t> v
-
-
-cdef inline size_t _home(uint64_t k0, uint64_t k1, size_t mask) noexcept:
-    return <size_t> (mix64(k0 ^ (k1 * <uint64_t> 0xC2B2AE3D27D4EB4F)) & mask)
-
-
 cdef class Core:
     """Compiled core; see ``_core_py`` for the rules it shares with the reference."""
 
@@ -540,14 +434,7 @@ cdef class Core:
     cdef i128 _ttl
     cdef int64_t _max_line
     cdef uint64_t _max_pending
-    cdef size_t _attrs_cap     # pending_attrs_bytes
-    cdef size_t *_members      # (start, length, rank) of each member while trimming
-    cdef size_t _members_cap
-    cdef bint _trimmed         # the last _attrs_blob cut its attributes
-    cdef char *_tbuf           # the attributes as cut, before they are packed
-    cdef size_t _tbuf_cap
-    cdef char *_popbuf         # a popped request's blob, unpacked (padded for simdjson)
-    cdef size_t _popbuf_cap
+    cdef PendingTable _table   # the requests waiting for their response
     cdef object _pop_attrs     # its attributes, when the reference logic made them
     cdef dom_parser *_parser
     cdef Flattener *_fl
@@ -569,59 +456,23 @@ cdef class Core:
     cdef uint64_t _counts[N_COUNTERS]
     cdef SpanStore _spans     # the ready spans, until drained
     cdef i128 _watermark
-    cdef uint64_t _seq
     cdef uint32_t _name_idx
     cdef size_t _name_op      # ... and the lengths of its parts, operation and mount
     cdef size_t _name_mount
-
-    cdef Entry *_entries
-    cdef uint32_t _ent_cap
-    cdef uint32_t _ent_used
-    cdef uint32_t _free
-    cdef uint32_t _count
-    cdef uint32_t *_slots
-    cdef size_t _nslots
-    cdef uint32_t _head
-    cdef uint32_t _tail
-    cdef HeapItem *_heap
-    cdef size_t _heap_n
-    cdef size_t _heap_cap
-    cdef Extra *_extras
-    cdef uint32_t _ext_cap
-    cdef uint32_t _ext_used
-    cdef uint32_t _ext_free
-
-    # marks of the pending requests: runs in arrival order, dead ones dropped lazily
-    cdef uint64_t _mark       # the mark of the feed() at hand
-    cdef MarkRun *_runs
-    cdef size_t _run_head
-    cdef size_t _run_end
-    cdef size_t _run_cap
-    cdef size_t _runs_live    # runs with live > 0
-    cdef bint _runs_unsorted  # a run's mark is below an earlier one's
 
     def __cinit__(self):
         self._parser = new dom_parser()
         self._fl = new Flattener()
         self._names = new NameTable(<size_t> NAME_LIMIT)
         self._spans = SpanStore.__new__(SpanStore)
+        self._table = PendingTable.__new__(PendingTable)
         self._bad = {}
         self.trace_context = True
-        self._head = NONE
-        self._tail = NONE
-        self._free = NONE
-        self._ext_free = NONE
         memset(self._counts, 0, sizeof(self._counts))
-        self._nslots = 1024
-        self._slots = <uint32_t *> malloc(self._nslots * sizeof(uint32_t))
-        if self._slots == NULL:
-            raise MemoryError()
-        memset(self._slots, 0, self._nslots * sizeof(uint32_t))
         # the defaults of __init__, should a subclass skip it
         self._ttl = 10_000_000_000
         self._max_pending = 1_000_000
         self._max_line = 16 * 1024 * 1024
-        self._attrs_cap = _core_py.DEFAULT_PENDING_ATTRS_BYTES
         self.pending_attrs_bytes = _core_py.DEFAULT_PENDING_ATTRS_BYTES
         self.prefix = b""
 
@@ -660,7 +511,7 @@ cdef class Core:
             raise ValueError("sample_rate must be at least 1")
         cdef int sign = 0
         self.pending_attrs_bytes = _core_py.check_pending_attrs_bytes(pending_attrs_bytes)
-        self._attrs_cap = <size_t> self.pending_attrs_bytes
+        self._table.attrs_cap = <size_t> self.pending_attrs_bytes
         self.key_filter = _core_py.KeyFilter(include_, exclude) if include_ or exclude else None
         self._fl.filter = NULL
         if self._filter != NULL:
@@ -723,21 +574,6 @@ cdef class Core:
         self._rate = sample_rate if self._rate_c else 1
 
     def __dealloc__(self):
-        cdef uint32_t i
-        if self._extras != NULL:
-            for i in range(self._ext_used):
-                self._clear_extra(i)
-            free(self._extras)
-        if self._entries != NULL:
-            for i in range(self._ent_used):
-                free(self._entries[i].attrs)  # NULL in free entries
-        free(self._entries)
-        free(self._members)
-        free(self._tbuf)
-        free(self._popbuf)
-        free(self._slots)
-        free(self._heap)
-        free(self._runs)
         free(self._pad)
         free(self._prep)
         free(self._arena)
@@ -752,7 +588,7 @@ cdef class Core:
 
     @property
     def pending(self) -> int:
-        return self._count
+        return self._table.count
 
     @property
     def watermark_ns(self) -> int:
@@ -777,7 +613,7 @@ cdef class Core:
         cdef bint has_now = now_ns is not None
         self._enter()
         try:
-            self._mark = _check_mark(mark)
+            self._table.mark = _check_mark(mark)
             if has_now and py_to_i128(now_ns, &now, 100, &sign) != 0:
                 raise OverflowError("now_ns is out of range")
             try:
@@ -797,20 +633,7 @@ cdef class Core:
 
     def oldest_pending_mark(self):
         """The smallest mark among the requests still pending; None when none is."""
-        cdef MarkRun *runs = self._runs
-        while self._run_head < self._run_end and runs[self._run_head].live == 0:
-            self._run_head += 1
-        if self._run_head == self._run_end:
-            return None
-        if not self._runs_unsorted:
-            return runs[self._run_head].mark
-        self._compact_runs()
-        cdef uint64_t low = runs[self._run_head].mark
-        cdef size_t i
-        for i in range(self._run_head + 1, self._run_end):
-            if runs[i].mark < low:
-                low = runs[i].mark
-        return low
+        return self._table.oldest_mark()
 
     def expire(self, now_ns, limit=None) -> int:
         """Pending requests due by ``now_ns`` become UNANSWERED spans (at most ``limit``);
@@ -832,8 +655,8 @@ cdef class Core:
             if sign < 0:
                 now = -now
         while left:
-            idx = self._oldest()
-            if idx == NONE or self._deadline_of(idx) > now:
+            idx = self._table.oldest()
+            if idx == NONE or self._table.deadline_of(idx) > now:
                 break
             self._pop(idx, UNANSWERED)
             left -= 1
@@ -852,7 +675,7 @@ cdef class Core:
         cdef uint32_t idx
         cdef int64_t left = _check_limit(limit)
         while left:
-            idx = self._oldest()
+            idx = self._table.oldest()
             if idx == NONE:
                 break
             self._pop(idx, UNANSWERED)
@@ -991,7 +814,7 @@ cdef class Core:
             par.lo = env.parent_lo
             par.span = env.parent_span
         if kind == KIND_REQUEST:
-            keep = _keeps_attrs(env, n, self._attrs_cap)
+            keep = _keeps_attrs(env, n, self._table.attrs_cap)
             if keep and root != NULL:
                 if self._flatten_root(root) == FALLBACK:
                     return self._line_slow(p, n, has_now, now)
@@ -1125,7 +948,7 @@ cdef class Core:
         kind = _kind_of(env)
         if kind == KIND_UNKNOWN:
             return False
-        rec.flattened = kind == KIND_RESPONSE or _keeps_attrs(env, n, self._attrs_cap)
+        rec.flattened = kind == KIND_RESPONSE or _keeps_attrs(env, n, self._table.attrs_cap)
         if rec.flattened:
             if flatten_gil_free(self._fl[0], root, self.flatten_arrays) != OK:
                 return False
@@ -1350,7 +1173,7 @@ cdef class Core:
             canon = _trace_for(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), &hi, &lo)
             attrs = None
             raw_line = p
-            if n > self._attrs_cap:  # stored flattened
+            if n > self._table.attrs_cap:  # stored flattened
                 attrs = self._dump(entry, p, n)
                 raw_line = NULL
             has_parent = self._slow_parent(request, &par)
@@ -1411,31 +1234,20 @@ cdef class Core:
         canon = _trace_for(id, id_len, &hi, &lo)
         if request_id is None:
             request_id = _text(id, id_len)
-        idx = self._find(hi, lo, canon, id, id_len)
+        idx = self._table.find(hi, lo, canon, id, id_len)
         if idx == NONE:
             return self._emit(hi, lo, request_id, name, op_len, mount_len, time_ns, time_ns, error,
                               ORPHAN, attrs, True, par)
-        start = self._start_of(idx)
-        self._detach(idx)
-        self._release(idx)
+        start = self._table.start_of(idx)
+        self._table.remove(idx)
         return self._emit(hi, lo, request_id, name, op_len, mount_len, start,
                           time_ns if time_ns > start else start, error, PAIRED, attrs, True, par)
 
     cdef bytes _attrs_with(self, object attrs, int pairing):
         """The attribute bytes, with the pairing marker unless PAIRED."""
-        cdef const char *p
-        cdef size_t n
         if attrs is None:
-            p = self._attrs_p
-            n = self._attrs_n
-        else:
-            p = PyBytes_AS_STRING(attrs)
-            n = <size_t> PyBytes_GET_SIZE(attrs)
-        if pairing == PAIRED:
-            if attrs is not None:
-                return attrs
-            return PyBytes_FromStringAndSize(p, <Py_ssize_t> n)
-        return _with_marker(p, n, pairing)
+            attrs = PyBytes_FromStringAndSize(self._attrs_p, <Py_ssize_t> self._attrs_n)
+        return attrs if pairing == PAIRED else _with_pairing(attrs, pairing)
 
     cdef int _store(self, const char *id, size_t id_len, object request_id, i128 time_ns,
                     i128 deadline, object name, uint32_t name_idx, size_t op_len, size_t mount_len,
@@ -1444,20 +1256,19 @@ cdef class Core:
         """Store a request with its ``line`` (at most the cap), else its attributes:
         ``attrs`` (bytes) or the flattener's output. They are in a blob before an
         eviction, which may reuse the parser and the flattener."""
+        cdef PendingTable table = self._table
         cdef uint64_t hi, lo
         cdef bint canon = _trace_for(id, id_len, &hi, &lo)
-        cdef uint32_t idx = self._find(hi, lo, canon, id, id_len)
-        cdef Entry *e
-        cdef Extra *x
+        cdef uint32_t idx = table.find(hi, lo, canon, id, id_len)
         cdef char *blob
         if line != NULL:
-            blob = self._attrs_blob(line, line_n, True, time_ns, canon, hi, lo)
+            blob = table.pack_attrs(line, line_n, True, time_ns, canon, hi, lo)
         elif attrs is None:
-            blob = self._attrs_blob(self._attrs_p, self._attrs_n, False, time_ns, canon, hi, lo)
+            blob = table.pack_attrs(self._attrs_p, self._attrs_n, False, time_ns, canon, hi, lo)
         else:
-            blob = self._attrs_blob(PyBytes_AS_STRING(attrs), <size_t> PyBytes_GET_SIZE(attrs),
+            blob = table.pack_attrs(PyBytes_AS_STRING(attrs), <size_t> PyBytes_GET_SIZE(attrs),
                                     False, time_ns, canon, hi, lo)
-        cdef bint trimmed = self._trimmed
+        cdef bint trimmed = table.trimmed
         if not canon and request_id is None:
             try:
                 request_id = _text(id, id_len)
@@ -1467,66 +1278,19 @@ cdef class Core:
         # ``id`` may point into the parsed line: not used past here
         if idx != NONE:
             self._counts[C_DUPLICATES] += 1
-            self._detach(idx)
-            self._release(idx)
-        elif self._count >= self._max_pending:
-            self._pop(self._oldest(), EVICTED)
-        try:
-            idx = self._alloc_entry()
-        except MemoryError:
-            free(blob)
-            raise
-        e = &self._entries[idx]
-        e.k0 = hi
-        e.k1 = lo
-        self._seq += 1
-        e.seq = self._seq
-        self._mark_add(self._seq)
-        e = &self._entries[idx]
-        e.start = _sat(time_ns)
-        e.deadline = _sat(deadline)
-        e.name = name_idx
-        e.flags = F_CANON if canon else 0
-        e.extra = 0
-        e.attrs = blob
-        if trimmed:
-            e.flags |= F_TRIMMED
-        if (not canon or error is not None or name_idx == NONE
-                or e.start != time_ns or e.deadline != deadline or par != NULL):
-            e.extra = self._alloc_extra() + 1
-            e = &self._entries[idx]
-            x = &self._extras[e.extra - 1]
-            if not canon:
-                Py_INCREF(request_id)
-                x.request_id = <PyObject *> request_id
-            if error is not None:
-                Py_INCREF(error)
-                x.error = <PyObject *> error
-            if name_idx == NONE:
-                Py_INCREF(name)
-                x.name = <PyObject *> name
-                x.operation_len = op_len
-                x.mount_len = mount_len
-            if e.start != time_ns or e.deadline != deadline:
-                e.flags |= F_WIDE
-                x.start = time_ns
-                x.deadline = deadline
-            if par != NULL:
-                x.has_parent = True
-                x.parent_hi = par.hi
-                x.parent_lo = par.lo
-                x.parent_span = par.span
-        self._hash_insert(idx)
-        self._order_insert(idx)
-        self._count += 1
-        return 0
+            table.remove(idx)
+        elif table.count >= self._max_pending:
+            self._pop(table.oldest(), EVICTED)
+        return table.add(hi, lo, canon, time_ns, deadline, name_idx, name, op_len, mount_len,
+                         request_id, error, par, blob, trimmed)
 
     cdef int _pop(self, uint32_t idx, int pairing) except -1:
         """Emit a pending request as an UNANSWERED or EVICTED span."""
-        cdef Entry *e = &self._entries[idx]
+        cdef PendingTable table = self._table
+        cdef Entry *e = &table.entries[idx]
         cdef Extra *x = NULL
         cdef uint64_t hi = e.k0, lo = e.k1
-        cdef i128 start = self._start_of(idx)
+        cdef i128 start = table.start_of(idx)
         cdef object request_id, name, error
         cdef size_t op_len, mount_len
         cdef Parent par
@@ -1534,8 +1298,9 @@ cdef class Core:
         cdef char *blob = e.attrs
         cdef const char *saved_p = self._attrs_p
         cdef size_t saved_n = self._attrs_n
+        cdef bint is_line
         if e.extra:
-            x = &self._extras[e.extra - 1]
+            x = &table.extras[e.extra - 1]
             if x.has_parent:
                 par.hi = x.parent_hi
                 par.lo = x.parent_lo
@@ -1557,14 +1322,13 @@ cdef class Core:
         if e.flags & F_TRIMMED:
             self._counts[C_ATTRS_TRIMMED] += 1
         e.attrs = NULL  # the span takes the attributes from the blob, freed below
-        self._detach(idx)
-        self._release(idx)
+        table.remove(idx)
         # As "the attributes at hand", which an eviction in the middle of storing a
         # request must give back.
         try:
-            self._attrs_n = self._unpack_blob(blob, hi, lo, start)
-            self._attrs_p = self._popbuf
-            if (<uint8_t> blob[8]) & BLOB_RAW:
+            self._attrs_n = table.unpack_attrs(blob, hi, lo, start, SIMDJSON_PADDING, &is_line)
+            self._attrs_p = table.popbuf
+            if is_line:
                 self._attrs_of_line()
             return self._emit(hi, lo, request_id, name, op_len, mount_len, start, start, error,
                               pairing, None, True, pp)
@@ -1573,6 +1337,42 @@ cdef class Core:
             self._attrs_n = saved_n
             self._pop_attrs = None
             free(blob)
+
+    cdef int _attrs_of_line(self) except -1:
+        """The attributes of the request line at hand (_attrs_p), flattened as a
+        response's are and cut to the cap (counted), as the attributes at hand."""
+        cdef const char *line = self._attrs_p
+        cdef size_t line_n = self._attrs_n
+        cdef simdjson_result[element] res = self._parser.parse(line, line_n, False)
+        cdef int r = FALLBACK
+        cdef const char *p
+        cdef size_t n
+        if res.error() == SUCCESS:
+            r = self._fl.flatten(res.value_unsafe(), self.flatten_arrays)
+            if r != OK and r != FALLBACK and r != INVALID:  # INVALID: not an object any more
+                return _flatten_failed()
+        if r == OK:
+            p = self._fl.out.p
+            n = self._fl.out.n
+            if self._fl.reserved:
+                self._reserved(self._fl.reserved, line, line_n)
+        else:
+            try:
+                entry = _orjson_loads(PyBytes_FromStringAndSize(line, <Py_ssize_t> line_n))
+            except _JSONDecodeError:
+                entry = None
+            # Only a buffer changed by another thread while a feed read it gives a line
+            # that no longer reads as the request it was: its span then has no attributes.
+            self._pop_attrs = self._dump(entry, line, line_n) if type(entry) is dict else b"{}"
+            p = PyBytes_AS_STRING(self._pop_attrs)
+            n = <size_t> PyBytes_GET_SIZE(self._pop_attrs)
+        if n > self._table.attrs_cap:
+            n = self._table.trim(p, n)
+            p = self._table.tbuf
+            self._counts[C_ATTRS_TRIMMED] += 1
+        self._attrs_p = p
+        self._attrs_n = n
+        return 0
 
     cdef int _emit(self, uint64_t hi, uint64_t lo, object request_id, object name, size_t op_len,
                    size_t mount_len, i128 start, i128 end, object error, int pairing, object attrs,
@@ -1688,711 +1488,6 @@ cdef class Core:
             return h % self._rate == 0
         return not (<object> h % self.sample_rate)
 
-    # ------------------------------------------------------------ the table
-
-    cdef inline i128 _start_of(self, uint32_t idx) noexcept:
-        cdef Entry *e = &self._entries[idx]
-        if e.flags & F_WIDE:
-            return self._extras[e.extra - 1].start
-        return e.start
-
-    cdef inline i128 _deadline_of(self, uint32_t idx) noexcept:
-        cdef Entry *e = &self._entries[idx]
-        if e.flags & F_WIDE:
-            return self._extras[e.extra - 1].deadline
-        return e.deadline
-
-    cdef inline bint _before(self, int64_t da, uint64_t sa, uint32_t ia,
-                             int64_t db, uint64_t sb, uint32_t ib) noexcept:
-        """(deadline, arrival) of a < that of b."""
-        cdef i128 xa, xb
-        if da != db:
-            return da < db
-        if da == INT64_MAX or da == INT64_MIN:
-            xa = self._deadline_of(ia)
-            xb = self._deadline_of(ib)
-            if xa != xb:
-                return xa < xb
-        return sa < sb
-
-    cdef uint32_t _find(self, uint64_t hi, uint64_t lo, bint canon, const char *id, size_t id_len) except? 0xFFFFFFFE:
-        cdef size_t mask = self._nslots - 1
-        cdef size_t i = _home(hi, lo, mask)
-        cdef uint32_t s
-        cdef Entry *e
-        cdef const char *t
-        cdef Py_ssize_t tn
-        while True:
-            s = self._slots[i]
-            if s == 0:
-                return NONE
-            e = &self._entries[s - 1]
-            if e.k0 == hi and e.k1 == lo and ((e.flags & F_CANON) != 0) == canon:
-                if canon:
-                    return s - 1
-                t = PyUnicode_AsUTF8AndSize(<object> self._extras[e.extra - 1].request_id, &tn)
-                if <size_t> tn == id_len and memcmp(t, id, id_len) == 0:
-                    return s - 1
-            i = (i + 1) & mask
-
-    cdef int _hash_insert(self, uint32_t idx) except -1:
-        cdef size_t mask
-        cdef size_t i
-        if (<size_t> self._count + 1) * 2 > self._nslots:
-            self._rehash(self._nslots * 2)
-        mask = self._nslots - 1
-        i = _home(self._entries[idx].k0, self._entries[idx].k1, mask)
-        while self._slots[i] != 0:
-            i = (i + 1) & mask
-        self._slots[i] = idx + 1
-        return 0
-
-    cdef int _rehash(self, size_t nslots) except -1:
-        cdef uint32_t *old = self._slots
-        cdef size_t oldn = self._nslots
-        cdef uint32_t *slots = <uint32_t *> malloc(nslots * sizeof(uint32_t))
-        cdef size_t i, j, mask = nslots - 1
-        cdef uint32_t s
-        if slots == NULL:
-            raise MemoryError()
-        memset(slots, 0, nslots * sizeof(uint32_t))
-        for i in range(oldn):
-            s = old[i]
-            if s:
-                j = _home(self._entries[s - 1].k0, self._entries[s - 1].k1, mask)
-                while slots[j] != 0:
-                    j = (j + 1) & mask
-                slots[j] = s
-        self._slots = slots
-        self._nslots = nslots
-        free(old)
-        return 0
-
-    cdef void _hash_remove(self, uint32_t idx) noexcept:
-        cdef size_t mask = self._nslots - 1
-        cdef size_t i = _home(self._entries[idx].k0, self._entries[idx].k1, mask)
-        cdef size_t j, k
-        cdef uint32_t s
-        while self._slots[i] != idx + 1:
-            i = (i + 1) & mask
-        # backward-shift deletion: no tombstones
-        j = i
-        while True:
-            j = (j + 1) & mask
-            s = self._slots[j]
-            if s == 0:
-                break
-            k = _home(self._entries[s - 1].k0, self._entries[s - 1].k1, mask)
-            if (j > i and (k <= i or k > j)) or (j < i and k <= i and k > j):
-                self._slots[i] = s
-                i = j
-        self._slots[i] = 0
-
-    cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFE:
-        cdef uint32_t idx
-        cdef size_t cap
-        cdef Entry *q
-        if self._free != NONE:
-            idx = self._free
-            self._free = self._entries[idx].next
-            return idx
-        if self._ent_used == self._ent_cap:
-            cap = self._ent_cap * 2 if self._ent_cap else 256
-            q = <Entry *> realloc(self._entries, cap * sizeof(Entry))
-            if q == NULL:
-                raise MemoryError()
-            self._entries = q
-            self._ent_cap = <uint32_t> cap
-        idx = self._ent_used
-        self._ent_used += 1
-        return idx
-
-    cdef uint32_t _alloc_extra(self) except? 0xFFFFFFFE:
-        cdef uint32_t i
-        cdef size_t cap
-        cdef Extra *q
-        if self._ext_free != NONE:
-            i = self._ext_free
-            self._ext_free = self._extras[i].next_free
-        else:
-            if self._ext_used == self._ext_cap:
-                cap = self._ext_cap * 2 if self._ext_cap else 64
-                q = <Extra *> realloc(self._extras, cap * sizeof(Extra))
-                if q == NULL:
-                    raise MemoryError()
-                self._extras = q
-                self._ext_cap = <uint32_t> cap
-            i = self._ext_used
-            self._ext_used += 1
-        memset(&self._extras[i], 0, sizeof(Extra))
-        return i
-
-    cdef void _clear_extra(self, uint32_t i) noexcept:
-        cdef Extra *x = &self._extras[i]
-        Py_XDECREF(x.request_id)
-        Py_XDECREF(x.error)
-        Py_XDECREF(x.name)
-        x.request_id = NULL
-        x.error = NULL
-        x.name = NULL
-
-    cdef void _release(self, uint32_t idx) noexcept:
-        """Free a detached entry and its extra."""
-        cdef Entry *e = &self._entries[idx]
-        cdef uint32_t x
-        self._mark_remove(e.seq)
-        free(e.attrs)
-        e.attrs = NULL
-        if e.extra:
-            x = e.extra - 1
-            e.extra = 0
-            self._clear_extra(x)
-            self._extras[x].next_free = self._ext_free
-            self._ext_free = x
-        e.next = self._free
-        self._free = idx
-        self._count -= 1
-        if self._count == 0 and (self._ent_cap > SMALL_TABLE or self._nslots > SMALL_TABLE):
-            self._shrink_table()
-
-    cdef void _shrink_table(self) noexcept:
-        """The table is empty: give back its arrays, which a burst may have grown."""
-        cdef uint32_t *slots
-        cdef uint32_t i
-        for i in range(self._ext_used):
-            self._clear_extra(i)  # all free already; NULLs
-        free(self._extras)
-        self._extras = NULL
-        self._ext_cap = self._ext_used = 0
-        self._ext_free = NONE
-        free(self._entries)
-        self._entries = NULL
-        self._ent_cap = self._ent_used = 0
-        self._free = NONE
-        self._head = self._tail = NONE
-        slots = <uint32_t *> malloc(1024 * sizeof(uint32_t))
-        if slots != NULL:
-            memset(slots, 0, 1024 * sizeof(uint32_t))
-            free(self._slots)
-            self._slots = slots
-            self._nslots = 1024
-        else:
-            memset(self._slots, 0, self._nslots * sizeof(uint32_t))
-
-    cdef void _detach(self, uint32_t idx) noexcept:
-        """Take an entry out of the table and the expiry order."""
-        self._hash_remove(idx)
-        cdef Entry *e = &self._entries[idx]
-        if e.flags & F_IN_HEAP:
-            self._heap_remove(e.prev)
-            e.flags &= ~F_IN_HEAP
-            return
-        if e.prev != NONE:
-            self._entries[e.prev].next = e.next
-        else:
-            self._head = e.next
-        if e.next != NONE:
-            self._entries[e.next].prev = e.prev
-        else:
-            self._tail = e.prev
-
-    cdef int _order_insert(self, uint32_t idx) except -1:
-        cdef Entry *e = &self._entries[idx]
-        cdef Entry *t
-        if self._tail != NONE:
-            t = &self._entries[self._tail]
-            if self._before(e.deadline, e.seq, idx, t.deadline, t.seq, self._tail):
-                return self._heap_push(idx)
-        e.flags &= ~F_IN_HEAP
-        e.prev = self._tail
-        e.next = NONE
-        if self._tail != NONE:
-            self._entries[self._tail].next = idx
-        else:
-            self._head = idx
-        self._tail = idx
-        return 0
-
-    cdef uint32_t _oldest(self) noexcept:
-        """The pending entry with the smallest (deadline, arrival), or NONE."""
-        cdef uint32_t h = self._head
-        cdef HeapItem *top
-        cdef Entry *e
-        if self._heap_n == 0:
-            return h
-        top = &self._heap[0]
-        if h == NONE:
-            return top.idx
-        e = &self._entries[h]
-        if self._before(top.deadline, top.seq, top.idx, e.deadline, e.seq, h):
-            return top.idx
-        return h
-
-    # -- attributes
-
-    cdef char *_attrs_blob(self, const char *p, size_t n, bint raw, i128 time_ns, bint canon,
-                           uint64_t hi, uint64_t lo) except NULL:
-        """A waiting request's blob (see _pack_blob): its line (``raw``), else its
-        attributes cut to the cap (``_trimmed`` says whether)."""
-        self._trimmed = not raw and n > self._attrs_cap
-        if self._trimmed:
-            n = self._trim(p, n)
-            p = self._tbuf
-        return _pack_blob(p, n, raw, time_ns, canon, hi, lo)
-
-    cdef int _attrs_of_line(self) except -1:
-        """The attributes of the request line at hand (_attrs_p), flattened as a
-        response's are and cut to the cap (counted), as the attributes at hand."""
-        cdef const char *line = self._attrs_p
-        cdef size_t line_n = self._attrs_n
-        cdef simdjson_result[element] res = self._parser.parse(line, line_n, False)
-        cdef int r = FALLBACK
-        cdef const char *p
-        cdef size_t n
-        if res.error() == SUCCESS:
-            r = self._fl.flatten(res.value_unsafe(), self.flatten_arrays)
-            if r != OK and r != FALLBACK and r != INVALID:  # INVALID: not an object any more
-                return _flatten_failed()
-        if r == OK:
-            p = self._fl.out.p
-            n = self._fl.out.n
-            if self._fl.reserved:
-                self._reserved(self._fl.reserved, line, line_n)
-        else:
-            try:
-                entry = _orjson_loads(PyBytes_FromStringAndSize(line, <Py_ssize_t> line_n))
-            except _JSONDecodeError:
-                entry = None
-            # Only a buffer changed by another thread while a feed read it gives a line
-            # that no longer reads as the request it was: its span then has no attributes.
-            self._pop_attrs = self._dump(entry, line, line_n) if type(entry) is dict else b"{}"
-            p = PyBytes_AS_STRING(self._pop_attrs)
-            n = <size_t> PyBytes_GET_SIZE(self._pop_attrs)
-        if n > self._attrs_cap:
-            n = self._trim(p, n)
-            p = self._tbuf
-            self._counts[C_ATTRS_TRIMMED] += 1
-        self._attrs_p = p
-        self._attrs_n = n
-        return 0
-
-    cdef size_t _trim(self, const char *p, size_t n) except? 0:
-        """_core_py.trim_attrs of the flat JSON object ``p`` into _tbuf; its length."""
-        cdef size_t i, r, k, m, start, klen, used, budget, cost
-        cdef size_t *mem
-        cdef char *d
-        m = self._split_members(p, n)
-        mem = self._members
-        # rank: the place of the member's key in PENDING_FIRST, else N_FIRST
-        for i in range(m):
-            start = mem[3 * i]
-            klen = _key_length(p + start + 1, mem[3 * i + 1] - 1)
-            mem[3 * i + 2] = N_FIRST
-            for r in range(N_FIRST):
-                if _first_prefix[r]:
-                    if klen > _first_n[r] and memcmp(p + start + 1, _first_p[r], _first_n[r]) == 0:
-                        mem[3 * i + 2] = r
-                        break
-                elif klen == _first_n[r] and memcmp(p + start + 1, _first_p[r], klen) == 0:
-                    mem[3 * i + 2] = r
-                    break
-        # choose by (rank, place): a chosen member's rank becomes N_FIRST + 1
-        budget = self._attrs_cap - 1
-        for r in range(N_FIRST + 1):
-            for i in range(m):
-                if mem[3 * i + 2] == r:
-                    cost = mem[3 * i + 1] + 1
-                    if cost <= budget:
-                        budget -= cost
-                        mem[3 * i + 2] = N_FIRST + 1
-        used = self._attrs_cap - 1 - budget
-        if used + 2 > self._tbuf_cap:
-            d = <char *> realloc(self._tbuf, used + 2)
-            if d == NULL:
-                raise MemoryError()
-            self._tbuf = d
-            self._tbuf_cap = used + 2
-        d = self._tbuf
-        d[0] = 123  # {
-        k = 1
-        for i in range(m):
-            if mem[3 * i + 2] == N_FIRST + 1:
-                memcpy(d + k, p + mem[3 * i], mem[3 * i + 1])
-                k += mem[3 * i + 1]
-                d[k] = 44  # ,
-                k += 1
-        if k == 1:
-            d[1] = 125
-            k = 2
-        else:
-            d[k - 1] = 125  # the last "," becomes "}"
-        return k
-
-    cdef size_t _unpack_blob(self, const char *blob, uint64_t hi, uint64_t lo,
-                             i128 start) except? 0:
-        """The attribute bytes a blob was packed from, into _popbuf; their length."""
-        cdef uint32_t n, id_at
-        cdef uint8_t head = <uint8_t> blob[8]
-        cdef size_t total, k = 0
-        cdef const char *body = blob + BLOB_HEAD
-        cdef char *d
-        cdef char tbuf[32]
-        cdef size_t tl = 0
-        memcpy(&n, blob, 4)
-        memcpy(&id_at, blob + 4, 4)
-        head &= BLOB_DIGITS
-        total = n
-        if head:
-            tl = _format_time(start, head - 1, tbuf)
-            total += 9 + tl + 18
-        if id_at:
-            total += 36
-        if total + SIMDJSON_PADDING > self._popbuf_cap:
-            d = <char *> realloc(self._popbuf, total + SIMDJSON_PADDING)
-            if d == NULL:
-                raise MemoryError()
-            self._popbuf = d
-            self._popbuf_cap = total + SIMDJSON_PADDING
-        d = self._popbuf
-        if head:
-            memcpy(d, b'{"time":"', 9)
-            memcpy(d + 9, tbuf, tl)
-            memcpy(d + 9 + tl, b'","type":"request"', 18)
-            k = 9 + tl + 18
-        if id_at:
-            memcpy(d + k, body, id_at - 1)
-            k += id_at - 1
-            _uuid_into(hi, lo, d + k)
-            k += 36
-            memcpy(d + k, body + id_at - 1, n - (id_at - 1))
-            k += n - (id_at - 1)
-        else:
-            memcpy(d + k, body, n)
-            k += n
-        memset(d + k, 32, SIMDJSON_PADDING)
-        return k
-
-    cdef size_t _split_members(self, const char *p, size_t n) except? 0:
-        """(start, length) of each ``"key":value`` of the flat JSON object ``p`` into
-        _members (three slots each); their number."""
-        cdef size_t i = 1, end = n - 1, start, m = 0, cap
-        cdef size_t *grown
-        cdef int depth
-        cdef bint in_string
-        cdef char c
-        while i < end:
-            start = i
-            depth = 0
-            in_string = False
-            while i < end:
-                c = p[i]
-                if in_string:
-                    if c == 92:  # backslash: the next byte is escaped
-                        i += 1
-                    elif c == 34:
-                        in_string = False
-                elif c == 34:
-                    in_string = True
-                elif c == 91 or c == 123:
-                    depth += 1
-                elif c == 93 or c == 125:
-                    depth -= 1
-                elif c == 44 and depth == 0:
-                    break
-                i += 1
-            if 3 * (m + 1) > self._members_cap:
-                cap = self._members_cap * 2 + 3 * 64
-                grown = <size_t *> realloc(self._members, cap * sizeof(size_t))
-                if grown == NULL:
-                    raise MemoryError()
-                self._members = grown
-                self._members_cap = cap
-            self._members[3 * m] = start
-            self._members[3 * m + 1] = i - start
-            m += 1
-            i += 1  # the comma
-        return m
-
-    # -- marks
-
-    cdef int _mark_add(self, uint64_t seq) except -1:
-        """The request of arrival ``seq`` was stored under the mark at hand."""
-        cdef MarkRun *r
-        cdef MarkRun *grown
-        cdef size_t cap
-        if self._run_end > self._run_head:
-            r = &self._runs[self._run_end - 1]
-            if r.mark == self._mark:
-                if r.live == 0:
-                    self._runs_live += 1
-                r.live += 1
-                return 0
-            if self._mark < r.mark:
-                self._runs_unsorted = True
-        if self._run_end == self._run_cap:
-            if self._run_head:
-                memmove(self._runs, self._runs + self._run_head,
-                        (self._run_end - self._run_head) * sizeof(MarkRun))
-                self._run_end -= self._run_head
-                self._run_head = 0
-            if self._run_end > 2 * self._runs_live + 16:
-                self._compact_runs()
-            if self._run_end == self._run_cap:
-                cap = self._run_cap * 2 if self._run_cap else 16
-                grown = <MarkRun *> realloc(self._runs, cap * sizeof(MarkRun))
-                if grown == NULL:
-                    raise MemoryError()
-                self._runs = grown
-                self._run_cap = cap
-        r = &self._runs[self._run_end]
-        r.first_seq = seq
-        r.mark = self._mark
-        r.live = 1
-        self._run_end += 1
-        self._runs_live += 1
-        return 0
-
-    cdef void _mark_remove(self, uint64_t seq) noexcept:
-        """The request of arrival ``seq`` left the table."""
-        cdef size_t lo = self._run_head, hi = self._run_end, mid
-        cdef MarkRun *r
-        while hi - lo > 1:  # the last run with first_seq <= seq
-            mid = (lo + hi) >> 1
-            if self._runs[mid].first_seq <= seq:
-                lo = mid
-            else:
-                hi = mid
-        r = &self._runs[lo]
-        r.live -= 1
-        if r.live == 0:
-            self._runs_live -= 1
-            if self._runs_live == 0:
-                self._run_head = self._run_end = 0
-                self._runs_unsorted = False
-
-    cdef void _compact_runs(self) noexcept:
-        """Drop the runs without live requests (none of their seqs can be asked for
-        again); see whether the marks of the rest are in order."""
-        cdef size_t i, out = 0
-        cdef MarkRun *runs = self._runs
-        self._runs_unsorted = False
-        for i in range(self._run_head, self._run_end):
-            if runs[i].live:
-                if out and runs[i].mark < runs[out - 1].mark:
-                    self._runs_unsorted = True
-                runs[out] = runs[i]
-                out += 1
-        self._run_head = 0
-        self._run_end = out
-
-    # -- the heap of out-of-order entries (entry.prev = position)
-
-    cdef inline bint _heap_less(self, size_t a, size_t b) noexcept:
-        cdef HeapItem *x = &self._heap[a]
-        cdef HeapItem *y = &self._heap[b]
-        return self._before(x.deadline, x.seq, x.idx, y.deadline, y.seq, y.idx)
-
-    cdef inline void _heap_swap(self, size_t a, size_t b) noexcept:
-        cdef HeapItem t = self._heap[a]
-        self._heap[a] = self._heap[b]
-        self._heap[b] = t
-        self._entries[self._heap[a].idx].prev = <uint32_t> a
-        self._entries[self._heap[b].idx].prev = <uint32_t> b
-
-    cdef void _sift_up(self, size_t i) noexcept:
-        cdef size_t parent
-        while i > 0:
-            parent = (i - 1) >> 1
-            if not self._heap_less(i, parent):
-                break
-            self._heap_swap(i, parent)
-            i = parent
-
-    cdef void _sift_down(self, size_t i) noexcept:
-        cdef size_t left, right, best
-        while True:
-            left = 2 * i + 1
-            if left >= self._heap_n:
-                break
-            best = left
-            right = left + 1
-            if right < self._heap_n and self._heap_less(right, left):
-                best = right
-            if not self._heap_less(best, i):
-                break
-            self._heap_swap(i, best)
-            i = best
-
-    cdef int _heap_push(self, uint32_t idx) except -1:
-        cdef size_t cap
-        cdef HeapItem *q
-        cdef Entry *e = &self._entries[idx]
-        if self._heap_n == self._heap_cap:
-            cap = self._heap_cap * 2 if self._heap_cap else 64
-            q = <HeapItem *> realloc(self._heap, cap * sizeof(HeapItem))
-            if q == NULL:
-                raise MemoryError()
-            self._heap = q
-            self._heap_cap = cap
-        self._heap[self._heap_n].deadline = e.deadline
-        self._heap[self._heap_n].seq = e.seq
-        self._heap[self._heap_n].idx = idx
-        e.prev = <uint32_t> self._heap_n
-        e.next = NONE
-        e.flags |= F_IN_HEAP
-        self._heap_n += 1
-        self._sift_up(self._heap_n - 1)
-        return 0
-
-    cdef void _heap_remove(self, size_t pos) noexcept:
-        cdef size_t last = self._heap_n - 1
-        if pos != last:
-            self._heap_swap(pos, last)
-        self._heap_n -= 1
-        if pos < self._heap_n:
-            self._sift_down(pos)
-            self._sift_up(pos)
-        if self._heap_n == 0 and self._heap_cap > 4096:
-            free(self._heap)
-            self._heap = NULL
-            self._heap_cap = 0
-
-
-# A waiting request's line or attributes: a malloc'd blob of a 9-byte head (uint32_t
-# length of the body; uint32_t 1 + where the 36 characters of its canonical id go
-# back into it, 0 for nowhere; uint8_t: BLOB_RAW for a line, and in BLOB_DIGITS 1 +
-# the digits of the second's fraction when the body starts after '{"time":"<the
-# request's time>","type":"request"', else 0), then the body. What the entry holds
-# already (its time, its id) is left out of the body where writing it again gives
-# the same bytes; _unpack_blob puts it back.
-cdef size_t BLOB_HEAD = 9
-cdef uint8_t BLOB_DIGITS = 0x0F
-cdef uint8_t BLOB_RAW = 0x10
-
-
-cdef char *_pack_blob(const char *p, size_t n, bint raw, i128 time_ns, bint canon, uint64_t hi,
-                      uint64_t lo) except NULL:
-    cdef char tbuf[32]
-    cdef char idbuf[36]
-    cdef size_t hl = 0, tl, q, id_at = 0, body_n
-    cdef int digits = -1
-    cdef const char *close
-    cdef char *blob
-    cdef char *d
-    cdef uint32_t u32
-    # the head: '{"time":"' T '","type":"request"' then "," or "}"
-    if n > 9 + 20 + 18 and memcmp(p, b'{"time":"', 9) == 0:
-        close = <const char *> memchr(p + 9, 34, n - 9)
-        if close != NULL:
-            tl = <size_t> (close - (p + 9))
-            if tl == 20:
-                digits = 0
-            elif 22 <= tl <= 30:
-                digits = <int> (tl - 21)
-            if (digits >= 0 and 9 + tl + 18 < n
-                    and _format_time(time_ns, digits, tbuf) == tl and memcmp(tbuf, p + 9, tl) == 0
-                    and memcmp(p + 9 + tl, b'","type":"request"', 18) == 0
-                    and (p[9 + tl + 18] == 44 or p[9 + tl + 18] == 125)):
-                hl = 9 + tl + 18
-            else:
-                digits = -1
-    # the id: its first place as a string's whole text
-    if canon:
-        _uuid_into(hi, lo, idbuf)
-        q = hl
-        while q + 38 <= n:
-            close = <const char *> memchr(p + q, 34, n - q)
-            if close == NULL:
-                break
-            q = <size_t> (close - p)
-            if q + 38 <= n and p[q + 37] == 34 and memcmp(p + q + 1, idbuf, 36) == 0:
-                id_at = q + 1 - hl + 1
-                break
-            q += 1
-    body_n = n - hl - (36 if id_at else 0)
-    blob = <char *> malloc(BLOB_HEAD + body_n)
-    if blob == NULL:
-        raise MemoryError()
-    u32 = <uint32_t> body_n
-    memcpy(blob, &u32, 4)
-    u32 = <uint32_t> id_at
-    memcpy(blob + 4, &u32, 4)
-    blob[8] = <char> ((digits + 1 if hl else 0) | (BLOB_RAW if raw else 0))
-    d = blob + BLOB_HEAD
-    if id_at:
-        memcpy(d, p + hl, id_at - 1)
-        memcpy(d + id_at - 1, p + hl + id_at - 1 + 36, n - hl - (id_at - 1) - 36)
-    else:
-        memcpy(d, p + hl, n - hl)
-    return blob
-
-
-cdef size_t _format_time(i128 ns, int digits, char *out) noexcept:
-    """``YYYY-MM-DDTHH:MM:SS[.f{digits}]Z`` of Unix nanoseconds from 1970 to 9999 (the
-    first ``digits`` digits of the fraction); 0 outside those years."""
-    cdef int64_t secs, frac, days, sod, y, m, d, era, doe, yoe, doy, mp, v
-    cdef int i
-    if ns < 0 or ns >= (<i128> 253402300800) * 1000000000:
-        return 0
-    secs = <int64_t> (ns // 1000000000)
-    frac = <int64_t> (ns % 1000000000)
-    days = secs // 86400
-    sod = secs % 86400
-    # civil_from_days (H. Hinnant), days >= 0 here
-    days += 719468
-    era = days // 146097
-    doe = days - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    y = yoe + era * 400
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    if m <= 2:
-        y += 1
-    _digits_into(out, y, 4)
-    out[4] = 45
-    _digits_into(out + 5, m, 2)
-    out[7] = 45
-    _digits_into(out + 8, d, 2)
-    out[10] = 84
-    _digits_into(out + 11, sod // 3600, 2)
-    out[13] = 58
-    _digits_into(out + 14, (sod // 60) % 60, 2)
-    out[16] = 58
-    _digits_into(out + 17, sod % 60, 2)
-    if digits == 0:
-        out[19] = 90
-        return 20
-    out[19] = 46
-    v = frac
-    for i in range(9 - digits):
-        v //= 10
-    _digits_into(out + 20, v, digits)
-    out[20 + digits] = 90
-    return <size_t> (21 + digits)
-
-
-cdef inline void _digits_into(char *out, int64_t v, int width) noexcept:
-    cdef int i
-    for i in range(width - 1, -1, -1):
-        out[i] = <char> (48 + v % 10)
-        v //= 10
-
-
-cdef void _uuid_into(uint64_t hi, uint64_t lo, char *d) noexcept:
-    """The canonical text of a UUID's 16 bytes, 36 characters at ``d``."""
-    cdef int i, pos = 0
-    cdef uint64_t w
-    for i in range(32):
-        if i == 8 or i == 12 or i == 16 or i == 20:
-            d[pos] = 45
-            pos += 1
-        w = hi if i < 16 else lo
-        d[pos] = _HEXDIGITS[(w >> (60 - 4 * (i & 15))) & 15]
-        pos += 1
-
-
 cdef int _flatten_failed() except -1:
     """After the flattener failed: its Python exception, else out of memory."""
     if PyErr_Occurred() == NULL:
@@ -2402,44 +1497,18 @@ cdef int _flatten_failed() except -1:
 
 cdef int _put_with_marker(SpanStore store, const char *p, size_t n, int pairing,
                           size_t *off, size_t *length) except -1:
-    """_with_marker, written into the store's arena."""
+    """_core_py.with_pairing of the attribute bytes ``p``, written into the store's arena."""
     cdef bytes marker = _MARKERS[pairing]
     cdef size_t mn = <size_t> PyBytes_GET_SIZE(marker)
-    cdef char *d = store.reserve(n + 1 + mn)
-    cdef size_t total
+    cdef char *d = store.reserve(n + mn)
     if n == 2 and p[0] == 123 and p[1] == 125:
-        d[0] = 123
-        memcpy(d + 1, PyBytes_AS_STRING(marker), mn)
-        total = 1 + mn
+        n = 1  # "{}": no comma after its "{"
     else:
         memcpy(d, p, n - 1)
-        d[n - 1] = 44
-        memcpy(d + n, PyBytes_AS_STRING(marker), mn)
-        total = n + mn
+        d[n - 1] = 44  # the closing brace becomes a comma
+    d[0] = 123
+    memcpy(d + n, PyBytes_AS_STRING(marker), mn)
     off[0] = store.used
-    length[0] = total
-    store.used += total
+    length[0] = n + mn
+    store.used += n + mn
     return 0
-
-
-cdef bytes _with_marker(const char *p, size_t n, int pairing):
-    """_core_py.with_pairing on raw bytes."""
-    cdef bytes marker = _MARKERS[pairing]
-    cdef size_t mn = <size_t> PyBytes_GET_SIZE(marker)
-    cdef size_t keep
-    cdef bytes out
-    cdef char *d
-    if n == 2 and p[0] == 123 and p[1] == 125:
-        keep = 1  # "{"
-        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t> (keep + mn))
-        d = PyBytes_AS_STRING(out)
-        d[0] = 123
-        memcpy(d + 1, PyBytes_AS_STRING(marker), mn)
-        return out
-    keep = n - 1  # without the closing brace
-    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t> (keep + 1 + mn))
-    d = PyBytes_AS_STRING(out)
-    memcpy(d, p, keep)
-    d[keep] = 44
-    memcpy(d + keep + 1, PyBytes_AS_STRING(marker), mn)
-    return out

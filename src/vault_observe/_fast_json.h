@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "simdjson.h"
+#include "_pending_entry.h"
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -28,8 +29,6 @@ using simdjson::dom::array;
 using simdjson::dom::element;
 using simdjson::dom::element_type;
 using simdjson::dom::object;
-
-typedef __int128 i128;
 
 // ------------------------------------------------------------------ output buffer
 
@@ -230,11 +229,7 @@ static inline int put_double(Buf &out, double d) {
 
 // ------------------------------------------------------------------ hashing
 
-static inline uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
+// mix64: _pending_entry.h
 
 // A function of the bytes only (the words overlap at the end); no reads outside.
 static inline uint64_t hash_bytes(const char *s, size_t len) {
@@ -1114,24 +1109,6 @@ class NameTable {
     std::vector<std::pair<size_t, size_t>> parts_;  // (operation, mount) lengths in bytes
     std::vector<uint64_t> hashes_;
 };
-
-// ------------------------------------------------------------------ pending requests
-
-// One pending request: 56 bytes.
-struct Entry {
-    uint64_t k0;            // trace id, high half (the UUID bytes or the id's hash)
-    uint64_t k1;            // trace id, low half
-    int64_t start;          // request time (saturated; exact in the extra when wide)
-    int64_t deadline;       // (saturated likewise)
-    uint64_t seq : 56;      // arrival order
-    uint64_t flags : 8;
-    uint32_t prev;          // sorted list links; for heap entries prev = heap position
-    uint32_t next;          // also the free-list link
-    uint32_t name;          // interned span name, or none when the extra holds it
-    uint32_t extra;         // 1 + index into the extras, 0 = none
-    char *attrs;            // malloc'd: uint32_t length, then the attribute bytes
-};
-static_assert(sizeof(Entry) == 64, "pending entry size");
 
 // ------------------------------------------------------------------ 128-bit ints
 

@@ -765,9 +765,9 @@ def _main(args: argparse.Namespace) -> int:
         faulthandler.enable(file=sys.__stderr__)
     except (AttributeError, ValueError, OSError):  # no real stderr (a test captures it)
         pass
-    from vault_observe import _batch_json, _fast, _zipkin_proto
+    from vault_observe import _batch_json, _fast, _pending, _spans, _zipkin_proto
 
-    modules = [_fast.__file__, _batch_json.__file__, _zipkin_proto.__file__]
+    modules = [_fast.__file__, _pending.__file__, _spans.__file__, _batch_json.__file__, _zipkin_proto.__file__]
     print(f"fuzz: seed {args.seed}, modules {', '.join(str(m) for m in modules)}", flush=True)
     if args.expect_sanitized:
         maps = Path("/proc/self/maps").read_text()

@@ -1,0 +1,3 @@
+"""Type stub of the compiled core's pending requests; the core calls its C methods only."""
+
+class PendingTable: ...
