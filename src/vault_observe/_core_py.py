@@ -49,7 +49,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -524,6 +524,78 @@ def with_pairing(attrs_json: bytes, pairing: int) -> bytes:
 # ---------------------------------------------------------------- the core
 
 
+class SkippedLine(Exception):
+    """A line that is no request or response: the counter it counts under and why."""
+
+    def __init__(self, counter: str, reason: str) -> None:
+        super().__init__(reason)
+        self.counter = counter
+        self.reason = reason
+
+
+class Envelope(NamedTuple):
+    """What both cores read of a request or response line before correlating it."""
+
+    entry: dict[str, Any]
+    kind: str  # "request" or "response"
+    time_ns: int
+    request: dict[str, Any]  # {} when the entry has none
+    request_id: str | None
+    error: str  # "" for none
+
+
+def read_entry(line: bytes) -> Envelope:
+    """The envelope of one audit line by the rules above; SkippedLine for a line that
+    is malformed, invalid or of an unknown type."""
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise SkippedLine("malformed", f"not JSON ({exc})") from None
+    if not isinstance(entry, dict):
+        raise SkippedLine("invalid", "not a JSON object")
+    kind = entry.get("type")
+    time_text = entry.get("time")
+    request = entry.get("request")
+    if not isinstance(kind, str) or not isinstance(time_text, str):
+        raise SkippedLine("invalid", "'type' or 'time' missing or not a string")
+    if request is None:
+        request = {}
+    elif not isinstance(request, dict):
+        raise SkippedLine("invalid", "'request' is not an object")
+    request_id = request.get("id")
+    error = entry.get("error")
+    if (request_id is not None and not isinstance(request_id, str)) or (
+        error is not None and not isinstance(error, str)
+    ):
+        raise SkippedLine("invalid", "'request.id' or 'error' is not a string")
+    time_ns = parse_rfc3339_ns(time_text)
+    if time_ns is None:
+        raise SkippedLine("invalid", "'time' is not RFC 3339")
+    if kind != "request" and kind != "response":
+        raise SkippedLine("unknown_type", f"unknown type {kind[:40]!r}")
+    return Envelope(entry, kind, time_ns, request, request_id, error or "")
+
+
+def traceparent_of(request: dict[str, Any]) -> tuple[bytes, int] | None:
+    """(trace id, parent span id) of the request's valid traceparent header, if any."""
+    headers = request.get("headers")
+    if not isinstance(headers, dict):
+        return None
+    return parse_traceparent(headers.get("traceparent"))
+
+
+def entry_attrs(
+    entry: dict[str, Any], flatten_arrays: bool, key_filter: KeyFilter | None
+) -> tuple[dict[str, Any], int]:
+    """An entry's attributes: flattened, kept by the filter; and how many reserved keys
+    were dropped."""
+    attrs, reserved = flatten_counted(entry, flatten_arrays)
+    if key_filter is not None:
+        keep = key_filter.keep
+        attrs = {key: value for key, value in attrs.items() if keep(key)}
+    return attrs, reserved
+
+
 class _Pending:
     __slots__ = (
         "attrs_json",
@@ -724,52 +796,15 @@ class Core:
     def _line(self, line: bytes, now_ns: int | None) -> None:
         counts = self._counts
         try:
-            entry = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            counts["malformed"] += 1
-            self._bad("malformed", f"not JSON ({exc})", line)
+            envelope = read_entry(line)
+        except SkippedLine as skipped:
+            counts[skipped.counter] += 1
+            self._bad(skipped.counter, skipped.reason, line)
             return
-        if not isinstance(entry, dict):
-            counts["invalid"] += 1
-            self._bad("invalid", "not a JSON object", line)
-            return
-        kind = entry.get("type")
-        time_text = entry.get("time")
-        request = entry.get("request")
-        if not isinstance(kind, str) or not isinstance(time_text, str):
-            counts["invalid"] += 1
-            self._bad("invalid", "'type' or 'time' missing or not a string", line)
-            return
-        if request is None:
-            request = {}
-        elif not isinstance(request, dict):
-            counts["invalid"] += 1
-            self._bad("invalid", "'request' is not an object", line)
-            return
-        request_id = request.get("id")
-        error = entry.get("error")
-        if (request_id is not None and not isinstance(request_id, str)) or (
-            error is not None and not isinstance(error, str)
-        ):
-            counts["invalid"] += 1
-            self._bad("invalid", "'request.id' or 'error' is not a string", line)
-            return
-        time_ns = parse_rfc3339_ns(time_text)
-        if time_ns is None:
-            counts["invalid"] += 1
-            self._bad("invalid", "'time' is not RFC 3339", line)
-            return
-        if kind == "request":
-            counts["requests"] += 1
-        elif kind == "response":
-            counts["responses"] += 1
-        else:
-            counts["unknown_type"] += 1
-            self._bad("unknown_type", f"unknown type {kind[:40]!r}", line)
-            return
+        entry, kind, time_ns, request, request_id, error = envelope
+        counts["requests" if kind == "request" else "responses"] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns
-        error = error or ""
         name, operation, mount = span_parts(request, kind)
         if kind == "request":
             if request.get("path") == PROBE_PATH:
@@ -833,25 +868,17 @@ class Core:
         )
 
     def _parent(self, request: dict[str, Any]) -> tuple[bytes, int] | None:
-        if not self.trace_context:
-            return None
-        headers = request.get("headers")
-        if not isinstance(headers, dict):
-            return None
-        return parse_traceparent(headers.get("traceparent"))
+        return traceparent_of(request) if self.trace_context else None
 
     def _bad(self, counter: str, reason: str, line: bytes) -> None:
         # Only the head of the line: with log_raw=true, lines hold secrets.
         self._bad_samples[counter] = (reason, line[:BAD_SAMPLE_BYTES])
 
     def _attrs(self, entry: dict[str, Any], line: bytes) -> dict[str, Any]:
-        attrs, reserved = flatten_counted(entry, self.flatten_arrays)
+        attrs, reserved = entry_attrs(entry, self.flatten_arrays, self.key_filter)
         if reserved:
             self._counts["reserved_keys"] += reserved
             self._bad("reserved_keys", RESERVED_REASON, line)
-        if self.key_filter is not None:
-            keep = self.key_filter.keep
-            attrs = {key: value for key, value in attrs.items() if keep(key)}
         return attrs
 
     def _attrs_json(self, entry: dict[str, Any], line: bytes) -> bytes:

@@ -175,12 +175,24 @@ cdef size_t STORE_KEEP_MAX = 1 << 20
 
 cdef object _PROBE_PATH = _core_py.PROBE_PATH
 cdef object _span_parts = _core_py.span_parts
-cdef object _flatten_counted = _core_py.flatten_counted
+cdef object _entry_attrs = _core_py.entry_attrs
+cdef object _read_entry = _core_py.read_entry
+cdef object _SkippedLine = _core_py.SkippedLine
+cdef dict _COUNTER_INDEX = {name: i for i, name in enumerate(_core_py.COUNTER_NAMES)}
 cdef str _RESERVED_REASON = _core_py.RESERVED_REASON
 cdef object _dump_attrs = _core_py.dump_attrs
-cdef object _parse_traceparent = _core_py.parse_traceparent
+cdef object _traceparent_of = _core_py.traceparent_of
 cdef object _check_mark = _core_py.check_mark
 cdef object _with_pairing = _core_py.with_pairing
+
+
+cdef tuple _filter_args(str caller, dict filters):
+    """(include, exclude) of ``**filters``: ``include`` is a word of Cython's own."""
+    include_ = filters.pop("include", ())
+    exclude = filters.pop("exclude", ())
+    if filters:
+        raise TypeError(f"{caller} got an unexpected keyword argument {next(iter(filters))!r}")
+    return include_, exclude
 
 
 cdef int64_t _check_limit(object limit) except? -2:
@@ -188,7 +200,6 @@ cdef int64_t _check_limit(object limit) except? -2:
     return <int64_t> _core_py.check_limit(limit) if limit is not None else -1
 
 
-cdef object _sample_hash = _core_py.sample_hash
 cdef Py_ssize_t BAD_SAMPLE_BYTES = _core_py.BAD_SAMPLE_BYTES
 cdef object _orjson_loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
@@ -395,6 +406,17 @@ ctypedef struct Prepared:
 cdef size_t TWO_PASS_BYTES = 64 << 10
 
 
+cdef inline const char *_line_end(const char *p, const char *end) noexcept nogil:
+    """Where the line at ``p`` ends: its newline, or ``end``."""
+    cdef const char *nl = <const char *> memchr(p, 10, <size_t> (end - p))
+    return end if nl == NULL else nl
+
+
+cdef inline size_t _prefix_length(const char *p, size_t n, const char *pre, size_t pre_n) noexcept nogil:
+    """How many bytes at the line's start are the prefix to drop: ``pre_n`` or 0."""
+    return pre_n if pre_n and n >= pre_n and memcmp(p, pre, pre_n) == 0 else 0
+
+
 cdef inline int _kind_of(Envelope &env) noexcept nogil:
     if env.type_len == 7 and memcmp(env.type, b"request", 7) == 0:
         return KIND_REQUEST
@@ -500,11 +522,7 @@ cdef class Core:
     cdef int _configure(self, ttl_s, max_pending, max_line_bytes, prefix, flatten_arrays,
                         sample_rate, trace_context, release_gil, pending_attrs_bytes,
                         dict filters) except -1:
-        # ``include`` is a word of Cython's own, so the filters come as **filters
-        include_ = filters.pop("include", ())
-        exclude = filters.pop("exclude", ())
-        if filters:
-            raise TypeError(f"Core() got an unexpected keyword argument {next(iter(filters))!r}")
+        include_, exclude = _filter_args("Core()", filters)
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         if sample_rate < 1:
@@ -512,18 +530,7 @@ cdef class Core:
         cdef int sign = 0
         self.pending_attrs_bytes = _core_py.check_pending_attrs_bytes(pending_attrs_bytes)
         self._table.attrs_cap = <size_t> self.pending_attrs_bytes
-        self.key_filter = _core_py.KeyFilter(include_, exclude) if include_ or exclude else None
-        self._fl.filter = NULL
-        if self._filter != NULL:
-            del self._filter
-            self._filter = NULL
-        if self.key_filter is not None:
-            self._filter = new KeyCache(self.key_filter.keep)
-            self._fl.filter = self._filter
-        self.sample_rate = sample_rate
-        self._sampling = sample_rate > 1
-        self._rate_c = self._sampling and type(sample_rate) is int and sample_rate <= 0xFFFFFFFFFFFFFFFF
-        self._rate = sample_rate if self._rate_c else 1
+        self._set_filters(include_, exclude, sample_rate)
         self.trace_context = bool(trace_context)
         self.release_gil = bool(release_gil)
         self.ttl_ns = int(ttl_s * 1_000_000_000)
@@ -554,12 +561,12 @@ cdef class Core:
 
     def set_filters(self, *, sample_rate=1, **filters):
         """Change --include, --exclude and --sample-rate for the lines fed from now on (a reload)."""
-        include_ = filters.pop("include", ())
-        exclude = filters.pop("exclude", ())
-        if filters:
-            raise TypeError(f"set_filters() got an unexpected keyword argument {next(iter(filters))!r}")
+        include_, exclude = _filter_args("set_filters()", filters)
         if sample_rate < 1:
             raise ValueError("sample_rate must be at least 1")
+        self._set_filters(include_, exclude, sample_rate)
+
+    cdef int _set_filters(self, object include_, object exclude, object sample_rate) except -1:
         self.key_filter = _core_py.KeyFilter(include_, exclude) if include_ or exclude else None
         self._fl.filter = NULL
         if self._filter != NULL:
@@ -572,6 +579,7 @@ cdef class Core:
         self._sampling = sample_rate > 1
         self._rate_c = self._sampling and type(sample_rate) is int and sample_rate <= 0xFFFFFFFFFFFFFFFF
         self._rate = sample_rate if self._rate_c else 1
+        return 0
 
     def __dealloc__(self):
         free(self._pad)
@@ -728,15 +736,13 @@ cdef class Core:
         cdef const char *pre = PyBytes_AS_STRING(self.prefix)
         cdef size_t pre_n = <size_t> PyBytes_GET_SIZE(self.prefix)
         cdef bint two_pass = self.release_gil and n >= TWO_PASS_BYTES and self._filter == NULL
-        cdef size_t k = 0
+        cdef size_t k = 0, skip
         cdef Prepared *rec
         if two_pass:
             with nogil:
                 two_pass = self._prepare(data, n, pre, pre_n, writable)
         while p < end:
-            nl = <const char *> memchr(p, 10, <size_t> (end - p))
-            if nl == NULL:
-                nl = end
+            nl = _line_end(p, end)
             length = <size_t> (nl - p)
             if length:
                 self._counts[C_LINES] += 1
@@ -748,10 +754,8 @@ cdef class Core:
                     self._counts[C_OVERSIZE] += 1
                     self._bad_line("oversize", f"line of {length} bytes is over the limit", p, length)
                 else:
-                    if pre_n and length >= pre_n and memcmp(p, pre, pre_n) == 0:
-                        self._line_of(rec, p + pre_n, length - pre_n, end, has_now, now)
-                    else:
-                        self._line_of(rec, p, length, end, has_now, now)
+                    skip = _prefix_length(p, length, pre, pre_n)
+                    self._line_of(rec, p + skip, length - skip, end, has_now, now)
             p = nl + 1
         return 0
 
@@ -895,15 +899,13 @@ cdef class Core:
         cdef const char *p = data
         cdef const char *end = data + n
         cdef const char *nl
-        cdef size_t length
+        cdef size_t length, skip
         cdef Prepared *rec
         cdef Prepared *grown
         self._prep_n = 0
         self._arena_n = 0
         while p < end:
-            nl = <const char *> memchr(p, 10, <size_t> (end - p))
-            if nl == NULL:
-                nl = end
+            nl = _line_end(p, end)
             length = <size_t> (nl - p)
             if length:
                 if self._prep_n == self._prep_cap:
@@ -916,10 +918,8 @@ cdef class Core:
                 self._prep_n += 1
                 rec.ready = False
                 if <int64_t> length <= self._max_line:
-                    if pre_n and length >= pre_n and memcmp(p, pre, pre_n) == 0:
-                        rec.ready = self._prepare_line(p + pre_n, length - pre_n, end, rec, writable)
-                    else:
-                        rec.ready = self._prepare_line(p, length, end, rec, writable)
+                    skip = _prefix_length(p, length, pre, pre_n)
+                    rec.ready = self._prepare_line(p + skip, length - skip, end, rec, writable)
             p = nl + 1
         return True
 
@@ -1096,71 +1096,37 @@ cdef class Core:
                            self._name_op, self._name_mount, error, None, line, line_n, par)
 
     cdef int _line_slow(self, const char *p, size_t n, bint has_now, i128 now) except -1:
-        """The reference logic on orjson's objects, for the lines simdjson leaves."""
+        """The lines simdjson leaves: read by the reference core (_core_py.read_entry),
+        then stored or answered here."""
         cdef bytes line = PyBytes_FromStringAndSize(p, <Py_ssize_t> n)
         cdef i128 time_ns
+        cdef int sign = 0
         cdef const char *s
         cdef Py_ssize_t sn, op_n, mount_n
         cdef bytes key
-        cdef uint64_t hi, lo
-        cdef bint canon
         cdef uint32_t name_idx
         cdef Parent par
         cdef bint has_parent
         cdef const char *raw_line
         try:
-            entry = _orjson_loads(line)
-        except _JSONDecodeError as exc:
-            self._counts[C_MALFORMED] += 1
-            self._bad_line("malformed", f"not JSON ({exc})", p, n)
+            envelope = _read_entry(line)
+        except _SkippedLine as skipped:
+            self._counts[<Py_ssize_t> _COUNTER_INDEX[skipped.counter]] += 1
+            self._bad_line(skipped.counter, skipped.reason, p, n)
             return 0
-        if not isinstance(entry, dict):
-            self._counts[C_INVALID] += 1
-            self._bad_line("invalid", "not a JSON object", p, n)
-            return 0
-        kind = entry.get("type")
-        time_text = entry.get("time")
-        request = entry.get("request")
-        if not isinstance(kind, str) or not isinstance(time_text, str):
-            self._counts[C_INVALID] += 1
-            self._bad_line("invalid", "'type' or 'time' missing or not a string", p, n)
-            return 0
-        if request is None:
-            request = {}
-        elif not isinstance(request, dict):
-            self._counts[C_INVALID] += 1
-            self._bad_line("invalid", "'request' is not an object", p, n)
-            return 0
-        request_id = request.get("id")
-        error = entry.get("error")
-        if (request_id is not None and not isinstance(request_id, str)) or (
-            error is not None and not isinstance(error, str)
-        ):
-            self._counts[C_INVALID] += 1
-            self._bad_line("invalid", "'request.id' or 'error' is not a string", p, n)
-            return 0
-        time_bytes = (<str> time_text).encode("utf-8", "surrogatepass")
-        if not _parse_time(PyBytes_AS_STRING(time_bytes), <size_t> PyBytes_GET_SIZE(time_bytes), &time_ns):
-            self._counts[C_INVALID] += 1
-            self._bad_line("invalid", "'time' is not RFC 3339", p, n)
-            return 0
-        if kind == "request":
-            self._counts[C_REQUESTS] += 1
-        elif kind == "response":
-            self._counts[C_RESPONSES] += 1
-        else:
-            self._counts[C_UNKNOWN_TYPE] += 1
-            self._bad_line("unknown_type", f"unknown type {kind[:40]!r}", p, n)
-            return 0
+        entry, kind, time_obj, request, request_id, error = envelope
+        if py_to_i128(time_obj, &time_ns, 100, &sign) != 0:  # RFC 3339 years: 0 to 9999
+            raise OverflowError("time_ns is out of range")
+        self._counts[C_REQUESTS if kind == "request" else C_RESPONSES] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns
-        error = error or ""
-        name_text, operation, mount = _span_parts(request, kind)
+        name_text, operation, mount = _span_parts(request, kind)  # held: ``s`` points into it
         PyUnicode_AsUTF8AndSize(operation, &op_n)
         PyUnicode_AsUTF8AndSize(mount, &mount_n)
         s = PyUnicode_AsUTF8AndSize(name_text, &sn)
         name = self._intern(s, <size_t> sn, <size_t> op_n, <size_t> mount_n)
         name_idx = self._name_idx
+        has_parent = self._slow_parent(request, &par)
         if kind == "request":
             if request.get("path") == _PROBE_PATH:
                 self._counts[C_PROBES] += 1
@@ -1170,20 +1136,17 @@ cdef class Core:
                 self._bad_line("no_id", "request without request.id", p, n)
                 return 0
             key = (<str> request_id).encode("utf-8", "surrogatepass")
-            canon = _trace_for(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), &hi, &lo)
             attrs = None
             raw_line = p
             if n > self._table.attrs_cap:  # stored flattened
                 attrs = self._dump(entry, p, n)
                 raw_line = NULL
-            has_parent = self._slow_parent(request, &par)
             return self._store(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
                                time_ns, (now if has_now else time_ns) + self._ttl, name,
                                name_idx, <size_t> op_n, <size_t> mount_n, error if error else None,
                                attrs, raw_line, n,
                                &par if has_parent else NULL)
         attrs = self._dump(entry, p, n)
-        has_parent = self._slow_parent(request, &par)
         if not request_id:
             return self._respond(NULL, 0, None, time_ns, name, <size_t> op_n, <size_t> mount_n,
                                  error, p, n, attrs, &par if has_parent else NULL)
@@ -1193,13 +1156,10 @@ cdef class Core:
                              &par if has_parent else NULL)
 
     cdef bint _slow_parent(self, object request, Parent *out) except -1:
-        """_core_py.Core._parent into ``out``; False when there is none."""
+        """_core_py.traceparent_of into ``out``; False when there is none."""
         if not self.trace_context:
             return False
-        headers = request.get("headers")
-        if not isinstance(headers, dict):
-            return False
-        parent = _parse_traceparent(headers.get("traceparent"))
+        parent = _traceparent_of(request)
         if parent is None:
             return False
         trace = <bytes> parent[0]
@@ -1209,12 +1169,10 @@ cdef class Core:
         return True
 
     cdef bytes _dump(self, entry, const char *p, size_t n):
-        flat, reserved = _flatten_counted(entry, self.flatten_arrays)
+        """_core_py.Core._attrs_json: the attribute bytes of an entry, reserved keys counted."""
+        flat, reserved = _entry_attrs(entry, self.flatten_arrays, self.key_filter)
         if reserved:
             self._reserved(reserved, p, n)
-        if self.key_filter is not None:
-            keep = self.key_filter.keep
-            flat = {key: value for key, value in flat.items() if keep(key)}
         return _dump_attrs(flat)
 
     # ------------------------------------------------------------ correlation

@@ -545,3 +545,17 @@ def test_hostile_input_gives_identical_counters(fast_cls: Any, max_line_bytes: i
     counters = fast.counters()
     assert counters["lines"] == len(lines)
     assert counters["malformed"] + counters["oversize"] >= 9
+
+
+def test_lines_read_by_the_reference_keep_their_span_names(fast_cls: Any) -> None:
+    # A repeated key sends a line to the reference reading (orjson) in the compiled
+    # core; its span name is a str built for that line alone, used after it is made.
+    lines = []
+    for i in range(300):
+        kind = "request" if i % 2 == 0 else "response"
+        request = {"id": f"slow-{i // 2}", "operation": f"op-{i}-\u00e9\u4e2d", "mount_point": f"m{i}/"}
+        entry = json.dumps({"time": t(i), "type": kind, "request": request})
+        lines.append(('{"type":"x",' + entry[1:]).encode())  # the first "type" is overridden
+    ops: list[tuple[Any, ...]] = [("feed", b"\n".join(lines) + b"\n", None), ("flush",)]
+    ref, _fast = run_both(fast_cls, ops)
+    assert ref.counters()["paired"] == 150
