@@ -76,7 +76,7 @@ cdef class PendingTable:
     cdef char *tbuf           # the attributes as trim cut them
     cdef char *popbuf         # what unpack_attrs gave back (with simdjson's padding after it)
 
-    cdef uint32_t _ent_cap
+    cdef size_t _ent_cap
     cdef uint32_t _ent_used
     cdef uint32_t _free
     cdef uint32_t *_slots
@@ -86,7 +86,7 @@ cdef class PendingTable:
     cdef HeapItem *_heap      # the out-of-order ones (entry.prev = position)
     cdef size_t _heap_n
     cdef size_t _heap_cap
-    cdef uint32_t _ext_cap
+    cdef size_t _ext_cap
     cdef uint32_t _ext_used
     cdef uint32_t _ext_free
     cdef uint64_t _seq

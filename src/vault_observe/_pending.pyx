@@ -52,6 +52,17 @@ cdef inline size_t _key_length(const char *p, size_t n) noexcept:
     return n
 
 
+cdef void *_grown(void *array, size_t *cap, size_t item_size, size_t first) except NULL:
+    """``array`` reallocated to twice its ``cap`` items (``first`` when it has none);
+    ``cap`` updated."""
+    cdef size_t n = cap[0] * 2 if cap[0] else first
+    cdef void *q = realloc(array, n * item_size)
+    if q == NULL:
+        raise MemoryError()
+    cap[0] = n
+    return q
+
+
 cdef inline int64_t _sat(i128 v) noexcept:
     if v > INT64_MAX:
         return INT64_MAX
@@ -287,38 +298,24 @@ cdef class PendingTable:
 
     cdef uint32_t _alloc_entry(self) except? 0xFFFFFFFE:
         cdef uint32_t idx
-        cdef size_t cap
-        cdef Entry *q
         if self._free != NONE:
             idx = self._free
             self._free = self.entries[idx].next
             return idx
         if self._ent_used == self._ent_cap:
-            cap = self._ent_cap * 2 if self._ent_cap else 256
-            q = <Entry *> realloc(self.entries, cap * sizeof(Entry))
-            if q == NULL:
-                raise MemoryError()
-            self.entries = q
-            self._ent_cap = <uint32_t> cap
+            self.entries = <Entry *> _grown(self.entries, &self._ent_cap, sizeof(Entry), 256)
         idx = self._ent_used
         self._ent_used += 1
         return idx
 
     cdef uint32_t _alloc_extra(self) except? 0xFFFFFFFE:
         cdef uint32_t i
-        cdef size_t cap
-        cdef Extra *q
         if self._ext_free != NONE:
             i = self._ext_free
             self._ext_free = self.extras[i].next_free
         else:
             if self._ext_used == self._ext_cap:
-                cap = self._ext_cap * 2 if self._ext_cap else 64
-                q = <Extra *> realloc(self.extras, cap * sizeof(Extra))
-                if q == NULL:
-                    raise MemoryError()
-                self.extras = q
-                self._ext_cap = <uint32_t> cap
+                self.extras = <Extra *> _grown(self.extras, &self._ext_cap, sizeof(Extra), 64)
             i = self._ext_used
             self._ext_used += 1
         memset(&self.extras[i], 0, sizeof(Extra))
@@ -539,8 +536,7 @@ cdef class PendingTable:
     cdef size_t _split_members(self, const char *p, size_t n) except? 0:
         """(start, length) of each ``"key":value`` of the flat JSON object ``p`` into
         _members (three slots each); their number."""
-        cdef size_t i = 1, end = n - 1, start, m = 0, cap
-        cdef size_t *grown
+        cdef size_t i = 1, end = n - 1, start, m = 0
         cdef int depth
         cdef bint in_string
         cdef char c
@@ -565,12 +561,7 @@ cdef class PendingTable:
                     break
                 i += 1
             if 3 * (m + 1) > self._members_cap:
-                cap = self._members_cap * 2 + 3 * 64
-                grown = <size_t *> realloc(self._members, cap * sizeof(size_t))
-                if grown == NULL:
-                    raise MemoryError()
-                self._members = grown
-                self._members_cap = cap
+                self._members = <size_t *> _grown(self._members, &self._members_cap, sizeof(size_t), 3 * 64)
             self._members[3 * m] = start
             self._members[3 * m + 1] = i - start
             m += 1
@@ -582,8 +573,6 @@ cdef class PendingTable:
     cdef int _mark_add(self, uint64_t seq) except -1:
         """The request of arrival ``seq`` was stored under the mark at hand."""
         cdef MarkRun *r
-        cdef MarkRun *grown
-        cdef size_t cap
         if self._run_end > self._run_head:
             r = &self._runs[self._run_end - 1]
             if r.mark == self.mark:
@@ -602,12 +591,7 @@ cdef class PendingTable:
             if self._run_end > 2 * self._runs_live + 16:
                 self._compact_runs()
             if self._run_end == self._run_cap:
-                cap = self._run_cap * 2 if self._run_cap else 16
-                grown = <MarkRun *> realloc(self._runs, cap * sizeof(MarkRun))
-                if grown == NULL:
-                    raise MemoryError()
-                self._runs = grown
-                self._run_cap = cap
+                self._runs = <MarkRun *> _grown(self._runs, &self._run_cap, sizeof(MarkRun), 16)
         r = &self._runs[self._run_end]
         r.first_seq = seq
         r.mark = self.mark
@@ -688,16 +672,9 @@ cdef class PendingTable:
             i = best
 
     cdef int _heap_push(self, uint32_t idx) except -1:
-        cdef size_t cap
-        cdef HeapItem *q
         cdef Entry *e = &self.entries[idx]
         if self._heap_n == self._heap_cap:
-            cap = self._heap_cap * 2 if self._heap_cap else 64
-            q = <HeapItem *> realloc(self._heap, cap * sizeof(HeapItem))
-            if q == NULL:
-                raise MemoryError()
-            self._heap = q
-            self._heap_cap = cap
+            self._heap = <HeapItem *> _grown(self._heap, &self._heap_cap, sizeof(HeapItem), 64)
         self._heap[self._heap_n].deadline = e.deadline
         self._heap[self._heap_n].seq = e.seq
         self._heap[self._heap_n].idx = idx
