@@ -557,17 +557,6 @@ def config_from_args(
         # libhoney confirms deliveries later, from its own thread: the checkpoint would
         # pass spans it has not delivered yet.
         raise ConfigError("--follow needs --honeycomb-encoder native (libhoney confirms deliveries too late)")
-    for sink, encoder in (("zipkin", args.zipkin_encoder), ("honeycomb", args.honeycomb_encoder)):
-        if encoder not in ("sdk", "libhoney"):
-            continue
-        for name in ("ca_file", "client_cert", "client_key"):
-            path = getattr(args, f"{sink}_{name}")
-            if path:
-                raise ConfigError(
-                    f"the {encoder} encoder's own HTTP client takes no TLS files; the native encoder does",
-                    setting=f"{sink}_{name}",
-                    value=path,
-                )
     if args.input is None and not listeners:
         listeners.append(DEFAULT_LISTENER)
     api_key = env.get("HONEYCOMB_API_KEY", "")

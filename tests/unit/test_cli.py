@@ -67,8 +67,8 @@ BAD_SETTINGS = [
     (
         ["--zipkin", "--zipkin-encoder", "sdk"],
         {},
-        'zipkin-client-cert = "client.pem"\n',
-        "{file}: zipkin-client-cert 'client.pem': the sdk encoder's own HTTP client takes no TLS files",
+        'zipkin-client-cert = "vault.conf"\n',
+        "{file}: zipkin-client-cert 'vault.conf': not a PEM certificate",
     ),
     (
         ["--honeycomb"],

@@ -352,3 +352,72 @@ def test_a_client_certificate_the_receiver_does_not_trust_is_counted_and_named(
     failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("otlp: ")]
     assert len(failures) == 1, failures
     assert "SSLError: TLS: " in failures[0] and f"(the client certificate {stranger} was offered)" in failures[0]
+
+
+# ---------------------------------------------------------------- the reference encoders
+
+
+def _zipkin_sdk_argv(rx: Receiver) -> list[str]:
+    return ["--zipkin", f"{rx.base_url}/api/v2/spans", "--zipkin-encoder", "sdk"]
+
+
+def _honeycomb_libhoney_argv(rx: Receiver) -> list[str]:
+    return ["--honeycomb", "--honeycomb-api-host", rx.base_url, "--honeycomb-encoder", "libhoney"]
+
+
+# (sink, receiver, its command line, how many spans the receiver decoded)
+REFERENCE_PATHS: dict[str, tuple[str, Callable[[], Receiver], Callable[[Receiver], list[str]], Callable[[Any], int]]] = {
+    "zipkin-sdk": ("zipkin", ZipkinReceiver, _zipkin_sdk_argv, lambda rx: len(rx.spans)),
+    "honeycomb-libhoney": ("honeycomb", HoneycombReceiver, _honeycomb_libhoney_argv, lambda rx: len(rx.events)),
+}
+
+
+def tls_argv(sink: str, tls: dict[str, str]) -> list[str]:
+    return [arg for name, path in tls.items() for arg in (f"--{sink}-{name.replace('_', '-')}", path)]
+
+
+def send_and_flush(argv: list[str], spans: list[SpanRecord], seconds: float) -> dict[str, int]:
+    """Build the sink the command line asks for, send ``spans`` by a deadline ``seconds``
+    away, wait for every outcome (libhoney answers later), and return its stats."""
+    env = {"HONEYCOMB_API_KEY": "test-key"}
+    config, _ = load_config(argv, env)
+    (sink,) = build_checked_sinks(config, env)
+    sink.start()
+    try:
+        sink.send(spans, time.monotonic() + seconds)
+        sink.flush(seconds + 10.0)
+    finally:
+        sink.close()
+    return sink.stats()
+
+
+@pytest.mark.parametrize("path", REFERENCE_PATHS)
+def test_the_reference_encoders_deliver_with_mutual_tls(
+    pki: Pki, spans: list[SpanRecord], no_proxy_env: pytest.MonkeyPatch, path: str
+) -> None:
+    sink, receiver, argv, delivered = REFERENCE_PATHS[path]
+    # requests would let this override a session's CA bundle: the sink's must win
+    no_proxy_env.setenv("REQUESTS_CA_BUNDLE", str(pki.other_ca))
+    with serve_tls(receiver(), pki.server_context()) as rx:
+        stats = send_and_flush(argv(rx) + tls_argv(sink, mutual_tls(pki)), spans, 10.0)
+    assert stats["sent"] == len(spans) and stats["failed"] == 0, stats
+    assert delivered(rx) == len(spans) and rx.errors == [] and rx.handshake_errors == []
+
+
+@pytest.mark.parametrize("path", REFERENCE_PATHS)
+def test_the_reference_encoders_without_the_client_certificate_fail_and_are_counted(
+    pki: Pki,
+    spans: list[SpanRecord],
+    no_proxy_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+) -> None:
+    sink, receiver, argv, delivered = REFERENCE_PATHS[path]
+    with serve_tls(receiver(), pki.server_context()) as rx, caplog.at_level(logging.WARNING):
+        stats = send_and_flush(argv(rx) + tls_argv(sink, {"ca_file": str(pki.ca)}), spans, 1.0)
+    assert stats["failed"] == len(spans) and stats["sent"] == 0, stats
+    assert delivered(rx) == 0 and rx.handshake_errors  # refused by the receiver
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{sink}: ")]
+    assert failures, [r.getMessage() for r in caplog.records]
+    assert "SSLError: TLS: the receiver ended the connection (" in failures[0], failures
+    assert f"give one with --{sink}-client-cert" in failures[0], failures

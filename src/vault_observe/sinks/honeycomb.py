@@ -190,6 +190,7 @@ class HoneycombSink:
                 libhoney_max_pending,
                 libhoney_concurrency,
                 RateLimitedLog(log, 60.0, secrets=(api_key,)),
+                tls,
             )
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..model import SpanRecord
@@ -25,6 +25,9 @@ from ..ratelog import RateLimitedLog
 from .base import Counters
 from .exporter import RetryPolicy, is_retryable
 from .isolate import EncodeGuard
+
+if TYPE_CHECKING:
+    from .tls import TlsOptions
 
 log = logging.getLogger("vault_observe.sinks.honeycomb")
 
@@ -66,11 +69,13 @@ class LibhoneySender:
         max_pending: int,
         concurrency: int,
         rate_log: RateLimitedLog,
+        tls: TlsOptions | None = None,
     ) -> None:
         import libhoney  # noqa: F401 - missing is a start-up error, not a first-send one
 
         self._settings = (api_key, dataset, api_host, timeout, batch_size, send_frequency, concurrency)
         self._fields_of = fields_of
+        self._tls = tls
         self._retry = retry or RetryPolicy()
         self._log = rate_log
         self.guard = EncodeGuard("honeycomb", rate_log)
@@ -98,10 +103,12 @@ class LibhoneySender:
 
         api_key, dataset, api_host, timeout, batch_size, send_frequency, concurrency = self._settings
         counts = self.counts
+        tls_kwargs = self._tls.requests_kwargs() if self._tls is not None else {}
 
         class CountingTransmission(Transmission):  # type: ignore[misc]
             """Counts batches and bytes and gives each POST the sink's timeout,
-            shortened to the earliest deadline of the batch's spans."""
+            shortened to the earliest deadline of the batch's spans, and its CA bundle
+            and client certificate."""
 
             def __init__(self, **kwargs: Any) -> None:
                 super().__init__(**kwargs)
@@ -114,6 +121,7 @@ class LibhoneySender:
                         timeout if deadline is None else min(timeout, max(0.05, deadline - time.monotonic()))
                     )
                     kw["timeout"] = limit
+                    kw.update(tls_kwargs)
                     counts.add(bytes=len(data))
                     return post(url, data=data, **kw)
 
@@ -233,7 +241,7 @@ class LibhoneySender:
                 "gave-up",
                 logging.WARNING,
                 "honeycomb: event not delivered by the deadline: %s",
-                _describe_response(status, error),
+                self._describe_response(status, error),
             )
             return
         with self._cond:
@@ -242,7 +250,7 @@ class LibhoneySender:
             f"refused-{status}",
             logging.ERROR,
             "honeycomb: event refused: %s",
-            _describe_response(status, error),
+            self._describe_response(status, error),
         )
 
     def _start_due_retries(self) -> None:
@@ -281,6 +289,16 @@ class LibhoneySender:
 
     def stats(self) -> dict[str, int]:
         return {**self.counts.snapshot(), "unencodable": self.guard.unencodable}
+
+    def _describe_response(self, status: int, error: object) -> str:
+        if isinstance(error, BaseException) and self._tls is not None:
+            # OpenSSL's reason and the settings to look at
+            described = self._tls.describe_failure(error)
+            if described is not None:
+                import requests  # libhoney's transport
+
+                error = requests.exceptions.SSLError(described)
+        return _describe_response(status, error)
 
 
 def _transient(error: object) -> bool:

@@ -44,6 +44,17 @@ class TlsOptions:
             kwargs["key_file"] = self.key_file
         return kwargs
 
+    def requests_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for each call of a ``requests`` session. Given per request,
+        not set on the session: requests lets ``REQUESTS_CA_BUNDLE`` and
+        ``CURL_CA_BUNDLE`` override a session's ``verify``, never a request's."""
+        kwargs: dict[str, Any] = {}
+        if self.ca_file:
+            kwargs["verify"] = self.ca_file
+        if self.cert_file:
+            kwargs["cert"] = (self.cert_file, self.key_file) if self.key_file else self.cert_file
+        return kwargs
+
     def check(self) -> None:
         """Refuse files a connection could not use, before the first one fails: a
         ConfigError naming the setting and its value. The files are loaded into an
@@ -113,10 +124,18 @@ class TlsOptions:
 
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
-    """The ``ssl.SSLError`` behind ``exc``: itself, or what an HTTP library wrapped."""
-    for candidate in (exc, *exc.args[:1], exc.__cause__, exc.__context__):
+    """The ``ssl.SSLError`` behind ``exc``: itself, or what HTTP libraries wrapped in it
+    (requests wraps urllib3's errors, which wrap the ``ssl`` one)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo and len(seen) < 16:
+        candidate = todo.pop(0)
+        if not isinstance(candidate, BaseException) or id(candidate) in seen:
+            continue
         if isinstance(candidate, ssl.SSLError):
             return candidate
+        seen.add(id(candidate))
+        todo += [*candidate.args, getattr(candidate, "reason", None), candidate.__cause__, candidate.__context__]
     return None
 
 

@@ -117,7 +117,10 @@ class ZipkinSink:
             from .zipkin_sdk import SdkPath, SdkSender
 
             self._sdk = SdkSender(
-                SdkPath(endpoint, service_name, timeout, scope_name=SCOPE_NAME, gzip=gzip, headers=headers), self._exporter
+                SdkPath(
+                    endpoint, service_name, timeout, scope_name=SCOPE_NAME, gzip=gzip, headers=headers, tls=tls
+                ),
+                self._exporter,
             )
             self.implementation = "sdk"
 

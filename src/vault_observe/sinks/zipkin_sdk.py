@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from opentelemetry.exporter.zipkin.proto.http import ZipkinExporter
     from opentelemetry.sdk.trace import ReadableSpan
 
+    from .tls import TlsOptions
+
 EXPORTER_LOGGER = "opentelemetry.exporter.zipkin.proto.http"
 # The exporter logs every failed POST at ERROR, retries included, and the sink logs
 # failures itself: one of its records a minute, for every sink of the process.
@@ -50,6 +52,7 @@ class SdkPath:
         scope_name: str,
         gzip: bool,
         headers: Mapping[str, str] | None,
+        tls: TlsOptions | None = None,
     ) -> None:
         import opentelemetry.exporter.zipkin.proto.http  # noqa: F401 - when missing: a config error
         from opentelemetry.sdk.resources import Resource
@@ -62,6 +65,7 @@ class SdkPath:
         self._unset = Status(StatusCode.UNSET)
         self._server = SpanKind.SERVER
         self._sampled = TraceFlags(TraceFlags.SAMPLED)
+        self.tls = tls
         self.resource = Resource({"service.name": service_name})  # one for all spans
         self.scope = InstrumentationScope(scope_name, __version__)
         self._settings = (url, timeout, gzip, dict(headers or {}))
@@ -82,10 +86,13 @@ class SdkPath:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         url, timeout, gzip, headers = self._settings
+        tls_kwargs = self.tls.requests_kwargs() if self.tls is not None else {}
+        self._SSLError = requests.exceptions.SSLError
 
         class RecordingClient(requests.Session):
             """Keeps the status and size of the last POST (the exporter only says
-            SUCCESS or FAILURE); gzips the body when asked."""
+            SUCCESS or FAILURE); gzips the body when asked; gives each POST the sink's
+            CA bundle and client certificate."""
 
             last_status: int | None = None
             last_size = 0
@@ -95,6 +102,7 @@ class SdkPath:
                 if gzip and isinstance(data, bytes):
                     kwargs["data"] = data = gzip_compress(data)
                     kwargs["headers"] = {**(kwargs.get("headers") or {}), "Content-Encoding": "gzip"}
+                kwargs.update(tls_kwargs)
                 self.last_status = None
                 self.last_size = len(data) if isinstance(data, bytes) else 0
                 response = super().request(method, url, *args, **kwargs)
@@ -147,8 +155,12 @@ class SdkPath:
         try:
             # The exporter's hints say trace.Span; a ReadableSpan has all it reads.
             result = self.exporter.export(spans)  # type: ignore[arg-type]
-        except OSError:
-            raise
+        except OSError as exc:
+            # in the log: OpenSSL's reason and the settings to look at
+            described = self.tls.describe_failure(exc) if self.tls is not None else None
+            if described is None:
+                raise
+            raise self._SSLError(described) from exc
         except Exception as exc:
             raise Unencodable(str(exc)) from exc
         status: int | None = self.http.last_status
