@@ -113,13 +113,13 @@ def test_own_udp_socket_is_emptied_before_it_is_closed() -> None:
 
 
 def test_a_passed_socket_that_does_not_listen_is_refused(tmp_path: Path) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unbound:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unbound, unbound.dup() as passed:
         unbound.bind(str(tmp_path / "x.sock"))
-        source = source_for([], [(unbound.dup(), "x")])
+        source = source_for([], [(passed, "x")])
         with pytest.raises(ConfigError, match="Accept=no"):
             source.start()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram:
-        source = source_for([], [(dgram.dup(), "x")])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram, dgram.dup() as passed:
+        source = source_for([], [(passed, "x")])
         with pytest.raises(ConfigError, match="ListenStream"):
             source.start()
 

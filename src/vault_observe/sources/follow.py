@@ -390,8 +390,8 @@ class FileFollower(Source):
         folder = Path(self.path).parent
         base = Path(self.path).name
         found: list[tuple[int, str, int, int]] = []
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for entry in entries:
                 name = entry.name
                 if not name.startswith((base + ".", base + "-")) or name.endswith(COMPRESSED):
                     continue
@@ -546,8 +546,9 @@ class FileFollower(Source):
 
 
 def _find_inode(folder: Path, dev: int, inode: int) -> Path | None:
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
+    # the iterator holds a directory descriptor until closed: the early return must close it
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
             with contextlib.suppress(OSError):
                 st = entry.stat(follow_symlinks=False)
                 if (st.st_dev, st.st_ino) == (dev, inode) and entry.is_file(follow_symlinks=False):
