@@ -51,8 +51,96 @@ cdef extern from *:
         return i;
     }
     #endif
+
+    #if defined(__GNUC__) || defined(__clang__)
+    #define VO_ALWAYS_INLINE inline __attribute__((always_inline))
+    #else
+    #define VO_ALWAYS_INLINE inline
+    #endif
+
+    /* Bytes that end a run of plain string bytes: quote, backslash, control,
+       non-ASCII. How orjson (and json's encode_basestring, hence canonical
+       attributes) escape a byte; 0: as it is. Both filled at import. */
+    static unsigned char vo_STOP[256];
+    static unsigned char vo_ESCAPE[256];
+
+    /* The length of the valid UTF-8 sequence at p[i] (a byte >= 0x80), 0 if invalid. */
+    static VO_ALWAYS_INLINE int vo_utf8_length(const unsigned char* p, Py_ssize_t i, Py_ssize_t end) {
+        unsigned char c = p[i], c1, c2, c3;
+        if (0xC2 <= c && c <= 0xDF)
+            return (i + 1 < end && (p[i + 1] & 0xC0) == 0x80) ? 2 : 0;
+        if (0xE0 <= c && c <= 0xEF) {
+            if (i + 2 >= end) return 0;
+            c1 = p[i + 1]; c2 = p[i + 2];
+            if ((c1 & 0xC0) != 0x80 || (c2 & 0xC0) != 0x80) return 0;
+            if (c == 0xE0 && c1 < 0xA0) return 0;  /* overlong */
+            if (c == 0xED && c1 >= 0xA0) return 0;  /* a surrogate */
+            return 3;
+        }
+        if (0xF0 <= c && c <= 0xF4) {
+            if (i + 3 >= end) return 0;
+            c1 = p[i + 1]; c2 = p[i + 2]; c3 = p[i + 3];
+            if ((c1 & 0xC0) != 0x80 || (c2 & 0xC0) != 0x80 || (c3 & 0xC0) != 0x80) return 0;
+            if ((c == 0xF0 && c1 < 0x90) || (c == 0xF4 && c1 >= 0x90)) return 0;
+            return 4;
+        }
+        return 0;
+    }
+
+    static inline int vo_hex_lower(unsigned char c) {
+        if (0x30 <= c && c <= 0x39) return c - 0x30;
+        if (0x61 <= c && c <= 0x66) return c - 0x61 + 10;
+        return -1;
+    }
+
+    /* i is just past an opening quote: the index of the closing one, or -1 when the
+       string is not as canonical attributes (and orjson) write it: a bad or
+       non-canonical escape, a raw control byte, invalid UTF-8. *escaped tells whether
+       it holds an escape. Always inlined: it runs for every key and string value. */
+    static VO_ALWAYS_INLINE Py_ssize_t vo_scan_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                                      int* escaped) {
+        unsigned char c, e;
+        int hi, lo, k;
+        *escaped = 0;
+        for (;;) {
+            i = vo_skip_plain(p, i, n);
+            while (i < n && !vo_STOP[p[i]]) i++;
+            if (i >= n) return -1;
+            c = p[i];
+            if (c == 0x22) return i;
+            if (c >= 0x80) {
+                k = vo_utf8_length(p, i, n);
+                if (k == 0) return -1;
+                i += k;
+            } else if (c == 0x5C) {
+                if (i + 1 >= n) return -1;
+                *escaped = 1;
+                e = p[i + 1];
+                if (e == 0x22 || e == 0x5C || e == 0x6E || e == 0x72 || e == 0x74 || e == 0x62 || e == 0x66) {
+                    i += 2;
+                } else if (e == 0x75) {
+                    /* only backslash-u00XX of a control character without a short form */
+                    if (i + 6 > n || p[i + 2] != 0x30 || p[i + 3] != 0x30) return -1;
+                    hi = vo_hex_lower(p[i + 4]);
+                    lo = vo_hex_lower(p[i + 5]);
+                    if (hi < 0 || hi > 1 || lo < 0) return -1;
+                    if (vo_ESCAPE[(hi << 4) | lo] != 0x75) return -1;
+                    i += 6;
+                } else {
+                    return -1;
+                }
+            } else {
+                return -1;  /* a raw control byte */
+            }
+        }
+    }
     """
     Py_ssize_t skip_plain "vo_skip_plain"(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
+    unsigned char STOP "vo_STOP"[256]
+    unsigned char ESCAPE "vo_ESCAPE"[256]
+    int hex_lower "vo_hex_lower"(unsigned char c) noexcept nogil
+    Py_ssize_t scan_string_escaped "vo_scan_string"(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                                    bint* escaped) noexcept nogil
 
 
 include "_bytebuf.pxi"
@@ -68,11 +156,7 @@ cdef enum:
     # skip_value's bracket stack; the cores accept about 1,024 levels
     MAX_SKIP_DEPTH = 4096
 
-# Bytes that end a run of plain string bytes: quote, backslash, control, non-ASCII.
-cdef unsigned char STOP[256]
-# How orjson (and json's encode_basestring, hence canonical attributes) escape a
-# byte; 0: as it is.
-cdef unsigned char ESCAPE[256]
+# STOP and ESCAPE (declared in C above, for the scanner): filled once.
 cdef int _b
 for _b in range(256):
     STOP[_b] = _b < 0x20 or _b == 0x22 or _b == 0x5C or _b >= 0x80
@@ -109,94 +193,6 @@ cdef inline size_t varint_size(uint64_t value) noexcept nogil:
 
 
 # ---------------------------------------------------------------- canonical attributes
-
-
-cdef inline int utf8_length(const unsigned char* p, Py_ssize_t i, Py_ssize_t end) noexcept nogil:
-    """The length of the valid UTF-8 sequence at p[i] (a byte >= 0x80), 0 if invalid."""
-    cdef unsigned char c = p[i], c1, c2, c3
-    if 0xC2 <= c <= 0xDF:
-        if i + 1 < end and (p[i + 1] & 0xC0) == 0x80:
-            return 2
-        return 0
-    if 0xE0 <= c <= 0xEF:
-        if i + 2 >= end:
-            return 0
-        c1 = p[i + 1]
-        c2 = p[i + 2]
-        if (c1 & 0xC0) != 0x80 or (c2 & 0xC0) != 0x80:
-            return 0
-        if c == 0xE0 and c1 < 0xA0:
-            return 0  # overlong
-        if c == 0xED and c1 >= 0xA0:
-            return 0  # a surrogate
-        return 3
-    if 0xF0 <= c <= 0xF4:
-        if i + 3 >= end:
-            return 0
-        c1 = p[i + 1]
-        c2 = p[i + 2]
-        c3 = p[i + 3]
-        if (c1 & 0xC0) != 0x80 or (c2 & 0xC0) != 0x80 or (c3 & 0xC0) != 0x80:
-            return 0
-        if (c == 0xF0 and c1 < 0x90) or (c == 0xF4 and c1 >= 0x90):
-            return 0
-        return 4
-    return 0
-
-
-cdef inline int hex_lower(unsigned char c) noexcept nogil:
-    if 0x30 <= c <= 0x39:
-        return c - 0x30
-    if 0x61 <= c <= 0x66:
-        return c - 0x61 + 10
-    return -1
-
-
-cdef Py_ssize_t scan_string_escaped(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
-                                    bint* escaped) noexcept nogil:
-    """``i`` is just past an opening quote: the index of the closing one, or -1 when
-    the string is not as canonical attributes (and orjson) write it: a bad or
-    non-canonical escape, a raw control byte, invalid UTF-8. ``escaped`` tells
-    whether it holds an escape."""
-    cdef unsigned char c, e
-    cdef int hi, lo, k
-    escaped[0] = False
-    while True:
-        i = skip_plain(p, i, n)
-        while i < n and not STOP[p[i]]:
-            i += 1
-        if i >= n:
-            return -1
-        c = p[i]
-        if c == 0x22:
-            return i
-        if c >= 0x80:
-            k = utf8_length(p, i, n)
-            if k == 0:
-                return -1
-            i += k
-        elif c == 0x5C:
-            if i + 1 >= n:
-                return -1
-            escaped[0] = True
-            e = p[i + 1]
-            if e == 0x22 or e == 0x5C or e == 0x6E or e == 0x72 or e == 0x74 or e == 0x62 or e == 0x66:
-                i += 2
-            elif e == 0x75:
-                # only \u00XX of a control character without a short form
-                if i + 6 > n or p[i + 2] != 0x30 or p[i + 3] != 0x30:
-                    return -1
-                hi = hex_lower(p[i + 4])
-                lo = hex_lower(p[i + 5])
-                if hi < 0 or hi > 1 or lo < 0:
-                    return -1
-                if ESCAPE[(hi << 4) | lo] != 0x75:
-                    return -1
-                i += 6
-            else:
-                return -1
-        else:
-            return -1  # a raw control byte
 
 
 cdef inline Py_ssize_t scan_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -311,7 +307,7 @@ cdef inline Py_ssize_t first_member(const unsigned char* p, Py_ssize_t n) noexce
     return 1
 
 
-cdef Py_ssize_t next_member(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Member* m) noexcept nogil:
+cdef inline Py_ssize_t next_member(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Member* m) noexcept nogil:
     """Read the member at p[i] into ``m``: the index of the next member (n after the
     last), or -1 when the object is not canonical JSON."""
     if i >= n or p[i] != 0x22:
