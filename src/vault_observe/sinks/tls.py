@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import ssl
+
+# ``ssl`` is imported where it is used: it costs ~10 ms at start-up, and a daemon with
+# only plain-http or stdout sinks (every sink's settings come through here) never needs it.
 
 _CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 _PRIVATE_KEY = "PRIVATE KEY-----"  # PKCS#8, RSA, EC and ENCRYPTED keys alike
@@ -59,6 +64,8 @@ class TlsOptions:
         """Refuse files a connection could not use, before the first one fails: a
         ConfigError naming the setting and its value. The files are loaded into an
         ``ssl.SSLContext`` as a connection would load them."""
+        import ssl
+
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if self.ca_file:
             text = self._read("ca_file")
@@ -93,6 +100,8 @@ class TlsOptions:
     def describe_failure(self, exc: BaseException) -> str | None:
         """A failed HTTPS exchange in words an operator can act on (the settings to
         look at), or None when ``exc`` is no TLS error."""
+        import ssl
+
         tls_error = _ssl_error(exc)
         if tls_error is None:
             return None
@@ -126,6 +135,8 @@ class TlsOptions:
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
     """The ``ssl.SSLError`` behind ``exc``: itself, or what HTTP libraries wrapped in it
     (requests wraps urllib3's errors, which wrap the ``ssl`` one)."""
+    import ssl
+
     seen: set[int] = set()
     todo: list[object] = [exc]
     while todo and len(seen) < 16:
