@@ -113,6 +113,9 @@ class Config:
         return names
 
 
+# Config fields that config_from_args does not copy from the parsed flags.
+_NOT_ARGS = {"listeners", "honeycomb_api_key", "origins"}
+
 # where the daemon listens when told nothing (not when systemd passes it sockets)
 DEFAULT_LISTENER = Listener("unix", "observe.sock")
 
@@ -564,58 +567,13 @@ def config_from_args(
         raise ConfigError("--honeycomb needs the API key in the HONEYCOMB_API_KEY environment variable")
     if args.metrics_address is not None:
         parse_address(args.metrics_address)  # a bad address fails here, not at start
-    return Config(
-        origins=dict(origins or {}),
-        listeners=listeners,
-        socket_mode=args.socket_mode,
-        input=args.input,
-        follow=args.follow,
-        checkpoint=args.checkpoint,
-        prefix=args.prefix,
-        capture=args.capture,
-        stdout=args.stdout,
-        zipkin=args.zipkin,
-        zipkin_encoder=args.zipkin_encoder,
-        zipkin_compression=args.zipkin_compression,
-        zipkin_ca_file=args.zipkin_ca_file,
-        zipkin_client_cert=args.zipkin_client_cert,
-        zipkin_client_key=args.zipkin_client_key,
-        honeycomb=args.honeycomb,
-        honeycomb_api_key=api_key,
-        honeycomb_dataset=args.honeycomb_dataset,
-        honeycomb_api_host=args.honeycomb_api_host,
-        honeycomb_encoder=args.honeycomb_encoder,
-        honeycomb_compression=args.honeycomb_compression,
-        honeycomb_ca_file=args.honeycomb_ca_file,
-        honeycomb_client_cert=args.honeycomb_client_cert,
-        honeycomb_client_key=args.honeycomb_client_key,
-        otlp=args.otlp,
-        otlp_ca_file=args.otlp_ca_file,
-        otlp_client_cert=args.otlp_client_cert,
-        otlp_client_key=args.otlp_client_key,
-        service_name=args.service_name,
-        ttl=args.ttl,
-        max_pending=args.max_pending,
-        pending_attrs_bytes=args.pending_attrs_bytes,
-        max_line_bytes=args.max_line_bytes,
-        flatten_arrays=args.flatten_arrays,
-        include=args.include,
-        exclude=args.exclude,
-        sample_rate=args.sample_rate,
-        trace_context=args.trace_context,
-        queue_size=args.queue_size,
-        queue_bytes=args.queue_bytes,
-        batch_size=args.batch_size,
-        flush_interval=args.flush_interval,
-        send_timeout=args.send_timeout,
-        retry_window=args.retry_window,
-        shutdown_timeout=args.shutdown_timeout,
-        summary_interval=args.summary_interval,
-        metrics_address=args.metrics_address,
-        health_failure_seconds=args.health_failure_seconds,
-        log_level=args.log_level,
-        log_format=args.log_format,
-    )
+    # Every other field is the flag of the same name (its argparse dest).
+    from_flags = {
+        item.name: getattr(args, item.name)
+        for item in dataclasses.fields(Config)
+        if item.name not in _NOT_ARGS
+    }
+    return Config(origins=dict(origins or {}), listeners=listeners, honeycomb_api_key=api_key, **from_flags)
 
 
 # Environment variables that set an option (below flags, above the config file).
@@ -742,19 +700,6 @@ def load_config(
         raise
 
 
-def _drop_flag(argv: list[str], flag: str) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == flag:
-            skip = True
-        else:
-            out.append(item)
-    return out
-
-
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -768,8 +713,8 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-# Config fields that are not a flag of the same name.
-_NOT_FLAGS = {"listeners", "trace_context", "honeycomb_api_key", "origins"}
+# Config fields that are not a flag of the same name (--no-trace-context sets trace_context).
+_NOT_FLAGS = {*_NOT_ARGS, "trace_context"}
 # Settings that name a sink: false when off (the file accepts that back).
 _SINK_URLS = {"zipkin", "otlp"}
 
