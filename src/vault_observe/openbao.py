@@ -391,12 +391,3 @@ class DevServer:
     def audit_request_header(self, name: str, hmac: bool = False) -> None:
         """Have every device record request header ``name`` (HMACed if asked)."""
         self.api("PUT", f"sys/config/auditing/request-headers/{name}", {"hmac": hmac})
-
-    def enable_secrets(self, path: str, engine: str, options: Mapping[str, str] | None = None) -> None:
-        body: dict[str, Any] = {"type": engine}
-        if options:
-            body["options"] = dict(options)
-        self.api("POST", f"sys/mounts/{path}", body)
-
-    def enable_auth(self, path: str, method: str) -> None:
-        self.api("POST", f"sys/auth/{path}", {"type": method})

@@ -115,10 +115,6 @@ def resolve_endpoint_named(endpoint: str | None, environ: Mapping[str, str]) -> 
     return DEFAULT_ENDPOINT, "otlp"
 
 
-def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str]) -> str:
-    return resolve_endpoint_named(endpoint, environ)[0]
-
-
 class OtlpSink:
     """Posts spans as OTLP/HTTP JSON; see the module docstring."""
 

@@ -56,9 +56,6 @@ class Position:
     inode: int
     offset: int
 
-    def same_file(self, dev: int, inode: int) -> bool:
-        return (self.dev, self.inode) == (dev, inode)
-
 
 @dataclass(frozen=True)
 class Saved:
@@ -127,7 +124,6 @@ class FollowCounters:
     rotations: int = 0
     truncations: int = 0
     lost_files: int = 0  # a checkpoint's file (or a file to replay) was gone or truncated
-    reread_bytes: int = 0
     checkpoint_errors: int = 0  # checkpoint writes that failed
     replay_framing: FramingCounters = field(default_factory=FramingCounters)
 
@@ -354,9 +350,7 @@ class FileFollower(Source):
                 )
                 self._close()
                 return
-            before = self.stats.replay_framing.bytes
             yield from self._read_available(replay=True)
-            self.stats.reread_bytes += self.stats.replay_framing.bytes - before
         # Positioned at the checkpoint: read on with the real counters.
         assert self._file is not None
         self._framer = StreamFramer(self._file, self.max_line_bytes, self.counters)
