@@ -9,12 +9,11 @@ cost does not reach it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
 from typing import Any
-
-from pythonjsonlogger.orjson import OrjsonFormatter
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -41,29 +40,39 @@ class TextFormatter(logging.Formatter):
         return utc_timestamp(record.created)
 
 
-class JsonFormatter(OrjsonFormatter):
-    """``{"time": ..., "level": "info", "logger": ..., "msg": ...}``; a summary's message
-    is its title, and its counters are fields of their own (``sinks`` an object of
-    per-sink counters)."""
+@functools.cache
+def json_formatter_class() -> type[logging.Formatter]:
+    """The formatter of ``--log-format json``. Defined when first asked for: importing
+    python-json-logger costs ~4 ms at start-up, which text logs need not pay."""
+    from pythonjsonlogger.orjson import OrjsonFormatter
 
-    def __init__(self) -> None:
-        super().__init__(
-            ["asctime", "levelname", "name", "message"],
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "message": "msg"},
-        )
+    class JsonFormatter(OrjsonFormatter):
+        """``{"time": ..., "level": "info", "logger": ..., "msg": ...}``; a summary's message
+        is its title, and its counters are fields of their own (``sinks`` an object of
+        per-sink counters)."""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        return utc_timestamp(record.created)
+        def __init__(self) -> None:
+            super().__init__(
+                ["asctime", "levelname", "name", "message"],
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "message": "msg"},
+            )
 
-    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
-        super().add_fields(log_data, record, message_dict)
-        log_data["level"] = str(log_data.get("level", "")).lower()
-        title = log_data.pop(SUMMARY_TITLE, None)
-        fields = log_data.pop(SUMMARY_FIELDS, None)
-        if title is not None and isinstance(fields, dict):
-            log_data["msg"] = title
-            for key, value in fields.items():
-                log_data.setdefault(key, value)
+        def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+            return utc_timestamp(record.created)
+
+        def add_fields(
+            self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+        ) -> None:
+            super().add_fields(log_data, record, message_dict)
+            log_data["level"] = str(log_data.get("level", "")).lower()
+            title = log_data.pop(SUMMARY_TITLE, None)
+            fields = log_data.pop(SUMMARY_FIELDS, None)
+            if title is not None and isinstance(fields, dict):
+                log_data["msg"] = title
+                for key, value in fields.items():
+                    log_data.setdefault(key, value)
+
+    return JsonFormatter
 
 
 def configure(level: str = "info", log_format: str = "text") -> None:
@@ -75,7 +84,7 @@ def configure(level: str = "info", log_format: str = "text") -> None:
         root.addHandler(_handler)
     else:
         _handler.setStream(sys.stderr)
-    _handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    _handler.setFormatter(json_formatter_class()() if log_format == "json" else TextFormatter())
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
