@@ -369,6 +369,17 @@ static inline bool key_is(const object::iterator &it, const char *lit, uint32_t 
     return it.key_length() == len && std::memcmp(it.key_c_str(), lit, len) == 0;
 }
 
+// Keeps the value at `it` in `value`; false when `seen` says the object already had
+// that key (a repeated key the checks read: the line goes to the fallback). Always
+// inlined: left to itself, GCC then stops inlining the key comparisons around it,
+// which costs read_envelope about 8% more instructions.
+static inline __attribute__((always_inline)) bool take_once(const object::iterator &it, bool &seen, element &value) {
+    if (seen) return false;
+    seen = true;
+    value = it.value();
+    return true;
+}
+
 static inline bool str_of(element e, const char **p, size_t *n) {
     std::string_view v;
     if (e.get_string().get(v)) return false;
@@ -388,28 +399,16 @@ static inline int read_envelope(element root, Envelope &env, bool trace_context)
         switch (it.key_length()) {
             case 4:
                 if (key_is(it, "type", 4)) {
-                    if (s_type) return FALLBACK;
-                    s_type = true;
-                    e_type = it.value();
+                    if (!take_once(it, s_type, e_type)) return FALLBACK;
                 } else if (key_is(it, "time", 4)) {
-                    if (s_time) return FALLBACK;
-                    s_time = true;
-                    e_time = it.value();
+                    if (!take_once(it, s_time, e_time)) return FALLBACK;
                 }
                 break;
             case 5:
-                if (key_is(it, "error", 5)) {
-                    if (s_error) return FALLBACK;
-                    s_error = true;
-                    e_error = it.value();
-                }
+                if (key_is(it, "error", 5) && !take_once(it, s_error, e_error)) return FALLBACK;
                 break;
             case 7:
-                if (key_is(it, "request", 7)) {
-                    if (s_request) return FALLBACK;
-                    s_request = true;
-                    e_request = it.value();
-                }
+                if (key_is(it, "request", 7) && !take_once(it, s_request, e_request)) return FALLBACK;
                 break;
         }
     }
@@ -423,39 +422,19 @@ static inline int read_envelope(element root, Envelope &env, bool trace_context)
         for (object::iterator it = req.begin(), end = req.end(); it != end; ++it) {
             switch (it.key_length()) {
                 case 2:
-                    if (key_is(it, "id", 2)) {
-                        if (s_id) return FALLBACK;
-                        s_id = true;
-                        e_id = it.value();
-                    }
+                    if (key_is(it, "id", 2) && !take_once(it, s_id, e_id)) return FALLBACK;
                     break;
                 case 4:
-                    if (key_is(it, "path", 4)) {
-                        if (s_path) return FALLBACK;
-                        s_path = true;
-                        e_path = it.value();
-                    }
+                    if (key_is(it, "path", 4) && !take_once(it, s_path, e_path)) return FALLBACK;
                     break;
                 case 7:
-                    if (key_is(it, "headers", 7)) {
-                        if (s_headers) return FALLBACK;
-                        s_headers = true;
-                        e_headers = it.value();
-                    }
+                    if (key_is(it, "headers", 7) && !take_once(it, s_headers, e_headers)) return FALLBACK;
                     break;
                 case 9:
-                    if (key_is(it, "operation", 9)) {
-                        if (s_op) return FALLBACK;
-                        s_op = true;
-                        e_op = it.value();
-                    }
+                    if (key_is(it, "operation", 9) && !take_once(it, s_op, e_op)) return FALLBACK;
                     break;
                 case 11:
-                    if (key_is(it, "mount_point", 11)) {
-                        if (s_mount) return FALLBACK;
-                        s_mount = true;
-                        e_mount = it.value();
-                    }
+                    if (key_is(it, "mount_point", 11) && !take_once(it, s_mount, e_mount)) return FALLBACK;
                     break;
             }
         }
@@ -498,11 +477,7 @@ static inline int read_envelope(element root, Envelope &env, bool trace_context)
         element e_tp;
         bool s_tp = false;
         for (object::iterator it = headers.begin(), end = headers.end(); it != end; ++it) {
-            if (key_is(it, "traceparent", 11)) {
-                if (s_tp) return FALLBACK;
-                s_tp = true;
-                e_tp = it.value();
-            }
+            if (key_is(it, "traceparent", 11) && !take_once(it, s_tp, e_tp)) return FALLBACK;
         }
         if (s_tp) {
             array values;
