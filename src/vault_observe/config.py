@@ -113,8 +113,10 @@ class Config:
         return names
 
 
-# Config fields that config_from_args does not copy from the parsed flags.
+# Config fields that are not the parsed flag of the same name (its argparse dest)...
 _NOT_ARGS = {"listeners", "honeycomb_api_key", "origins"}
+# ... and those that are: their defaults are the flags' defaults.
+_ARG_FIELDS = tuple(item.name for item in dataclasses.fields(Config) if item.name not in _NOT_ARGS)
 
 # where the daemon listens when told nothing (not when systemd passes it sockets)
 DEFAULT_LISTENER = Listener("unix", "observe.sock")
@@ -291,7 +293,6 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
     src = parser.add_argument_group("input")
     src.add_argument(
         "--socket-path",
-        default=None,
         metavar="PATH",
         help="unix stream socket to listen on (default: observe.sock when no other input is given)",
     )
@@ -305,7 +306,6 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
     src.add_argument(
         "--socket-mode",
         type=_octal_mode,
-        default=0o600,
         metavar="MODE",
         help="file mode of unix sockets (default 0600; 0660 lets the socket's group write)",
     )
@@ -315,9 +315,7 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         help="replay a recorded audit log (the file device's output or a capture; - for stdin) "
         "to its end, flush and exit; with no sink, only the summary is printed",
     )
-    src.add_argument(
-        "--prefix", default="", help="the socket device's 'prefix' option, stripped from each line"
-    )
+    src.add_argument("--prefix", help="the socket device's 'prefix' option, stripped from each line")
     src.add_argument(
         "--follow",
         action="store_true",
@@ -341,20 +339,17 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         "--zipkin",
         nargs="?",
         const=env.get("OTEL_EXPORTER_ZIPKIN_ENDPOINT") or DEFAULT_ZIPKIN_URL,
-        default=None,
         metavar="URL",
         help=f"send to Zipkin (default URL $OTEL_EXPORTER_ZIPKIN_ENDPOINT or {DEFAULT_ZIPKIN_URL})",
     )
     sinks.add_argument(
         "--zipkin-encoder",
         choices=("native", "sdk", "json"),
-        default="native",
         help="native protobuf encoding (default), the OpenTelemetry SDK exporter, or Zipkin JSON v2",
     )
     sinks.add_argument(
         "--zipkin-compression",
         choices=("gzip", "none"),
-        default="none",
         help="request body compression for Zipkin (default none, as the OpenTelemetry exporters; "
         "gzip cuts the bytes about eightfold)",
     )
@@ -364,24 +359,20 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
     )
     sinks.add_argument(
         "--honeycomb-dataset",
-        default="vault",
         help="dataset (default $HONEYCOMB_DATASET or vault)",
     )
     sinks.add_argument(
         "--honeycomb-api-host",
-        default=DEFAULT_HONEYCOMB_HOST,
         help=f"API host (default $HONEYCOMB_API_HOST or {DEFAULT_HONEYCOMB_HOST})",
     )
     sinks.add_argument(
         "--honeycomb-encoder",
         choices=("native", "libhoney"),
-        default="native",
         help="native batch encoding (default) or the libhoney library",
     )
     sinks.add_argument(
         "--honeycomb-compression",
         choices=("gzip", "zstd", "none"),
-        default="gzip",
         help="request body compression (default gzip at level 1, through ISA-L when installed; "
         "zstd sends about half the bytes for about the same CPU)",
     )
@@ -390,7 +381,6 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         "--otlp",
         nargs="?",
         const="",
-        default=None,
         metavar="URL",
         help="send OTLP/HTTP JSON (default URL from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
         "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces; headers, timeout and "
@@ -399,27 +389,23 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
     _tls_flags(sinks, "otlp", "the OTLP collector", "OTEL_EXPORTER_OTLP_")
     sinks.add_argument(
         "--service-name",
-        default="vault",
         help="service name of the spans (default $OTEL_SERVICE_NAME or vault)",
     )
     core = parser.add_argument_group("processing")
     core.add_argument(
         "--ttl",
         type=_positive_float,
-        default=10.0,
         help="seconds a request waits for its response (default 10)",
     )
     core.add_argument(
         "--max-pending",
         type=_positive_int,
-        default=40_000,
         help="requests waiting for a response at most; the oldest is evicted (default 40000: "
         "about 48 MB with typical requests, 84 MB with requests all over --pending-attrs-bytes)",
     )
     core.add_argument(
         "--pending-attrs-bytes",
         type=_pending_attrs_bytes,
-        default=2048,
         help="bytes a waiting request keeps for its span should no response come: its line, "
         "or its attributes cut to this size, the most useful keys first; a span so cut is "
         "counted attrs_trimmed (default 2048)",
@@ -427,7 +413,6 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
     core.add_argument(
         "--max-line-bytes",
         type=_positive_int,
-        default=16 * MiB,
         help="longer lines are skipped and counted (default 16 MiB)",
     )
     core.add_argument(
@@ -438,21 +423,18 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
     core.add_argument(
         "--include",
         action="append",
-        default=[],
         metavar="GLOB",
         help="keep only attributes whose flattened key matches (repeatable; e.g. 'request.*')",
     )
     core.add_argument(
         "--exclude",
         action="append",
-        default=[],
         metavar="GLOB",
         help="drop attributes whose flattened key matches (repeatable; e.g. 'response.data.*')",
     )
     core.add_argument(
         "--sample-rate",
         type=_positive_int,
-        default=1,
         metavar="N",
         help="keep 1 in N successful spans, chosen by trace id; error, orphan and unanswered "
         "spans are always kept (default 1: all)",
@@ -467,48 +449,41 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
     work.add_argument(
         "--queue-size",
         type=_positive_int,
-        default=200_000,
         help="spans each sink may hold before new ones are dropped (default 200000)",
     )
     work.add_argument(
         "--queue-bytes",
         type=_byte_size,
-        default=64 * MiB,
         metavar="BYTES",
         help="bytes the spans queued for each sink may keep alive before new ones are dropped "
         "(a replay waits instead); 64MiB, 512KiB or a plain number (default 64MiB)",
     )
-    work.add_argument("--batch-size", type=_positive_int, default=1000, help="spans per send (default 1000)")
+    work.add_argument("--batch-size", type=_positive_int, help="spans per send (default 1000)")
     work.add_argument(
         "--flush-interval",
         type=_positive_float,
-        default=0.5,
         help="seconds a partial batch waits before it is sent (default 0.5)",
     )
     work.add_argument(
         "--send-timeout",
         type=_positive_float,
-        default=None,
         help="HTTP timeout per request in seconds (default 10; OTLP: $OTEL_EXPORTER_OTLP_TIMEOUT)",
     )
     work.add_argument(
         "--retry-window",
         type=_positive_float,
-        default=30.0,
         help="seconds a failed batch is retried before its spans are dropped (default 30); "
         "with --follow a batch is retried until the sink takes it",
     )
     work.add_argument(
         "--shutdown-timeout",
         type=_positive_float,
-        default=15.0,
         help="at exit (a signal, or the end of --input), seconds left to deliver what is queued; "
         "what is still queued then is dropped and counted (default 15)",
     )
     work.add_argument(
         "--summary-interval",
         type=_positive_float,
-        default=60.0,
         help="seconds between counter summaries in the log (default 60)",
     )
     ops = parser.add_argument_group("self-monitoring")
@@ -520,19 +495,16 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
     ops.add_argument(
         "--health-failure-seconds",
         type=_positive_float,
-        default=60.0,
         metavar="SECONDS",
         help="/healthz answers 503 once a sink has been failing for this long (default 60)",
     )
     parser.add_argument(
         "--log-level",
-        default="info",
         choices=("debug", "info", "warning", "error"),
         help="log level (default $VAULT_OBSERVE_LOG_LEVEL or info)",
     )
     parser.add_argument(
         "--log-format",
-        default="text",
         choices=("text", "json"),
         help="text lines with UTC RFC 3339 times, or one JSON object per line with time, level, "
         "logger, msg and a summary's counters as fields (default $VAULT_OBSERVE_LOG_FORMAT or text)",
@@ -541,6 +513,9 @@ def build_parser(env: Mapping[str, str], *, demo: bool = False) -> argparse.Argu
         # One parser for both keeps one set of config file keys; the demo reads no input.
         for action in src._group_actions:
             action.help = argparse.SUPPRESS
+    # Each default is the Config field's of the flag's name: written once, there.
+    blank = Config()
+    parser.set_defaults(**{name: getattr(blank, name) for name in _ARG_FIELDS})
     return parser
 
 
@@ -567,12 +542,7 @@ def config_from_args(
         raise ConfigError("--honeycomb needs the API key in the HONEYCOMB_API_KEY environment variable")
     if args.metrics_address is not None:
         parse_address(args.metrics_address)  # a bad address fails here, not at start
-    # Every other field is the flag of the same name (its argparse dest).
-    from_flags = {
-        item.name: getattr(args, item.name)
-        for item in dataclasses.fields(Config)
-        if item.name not in _NOT_ARGS
-    }
+    from_flags = {name: getattr(args, name) for name in _ARG_FIELDS}
     return Config(origins=dict(origins or {}), listeners=listeners, honeycomb_api_key=api_key, **from_flags)
 
 
