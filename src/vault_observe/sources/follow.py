@@ -451,9 +451,19 @@ class FileFollower(Source):
                 yield Read((Chunk(view[lo:hi], self._base + start + lo),), None, replay)
                 lo = hi
 
-    def _idle(self) -> Read:
-        """No lines: the clock is the wall clock, as the file's times are Vault's."""
-        return Read((), time.time_ns())
+    def _read_all(self) -> Generator[Read, None, bool]:
+        """The reads the open file has now; True when there was any."""
+        got = False
+        for read in self._read_available():
+            got = True
+            yield read
+        return got
+
+    def _pause(self) -> Iterator[Read]:
+        """An idle read (no lines: the clock is the wall clock, as the file's times are
+        Vault's), then a wait of ``poll_interval``."""
+        yield Read((), time.time_ns())
+        time.sleep(self.poll_interval)
 
     def _follow(self) -> Generator[Read, None, None]:
         """Reads as they come, one piece of lines each, or idle (the reader loop does its
@@ -469,15 +479,10 @@ class FileFollower(Source):
         while self._file is None:
             if self._open(self.path, 0):
                 break
-            yield self._idle()
-            time.sleep(self.poll_interval)
+            yield from self._pause()
         quiet_since: float | None = None
         while True:
-            got = False
-            for read in self._read_available():
-                got = True
-                yield read
-            if got:
+            if (yield from self._read_all()):
                 quiet_since = None
                 continue
             now = time.monotonic()
@@ -486,11 +491,7 @@ class FileFollower(Source):
             change = self._rotation(now - quiet_since)
             if change == "rotated":
                 # The writer has moved on: what it wrote to the old file came first.
-                final = False
-                for read in self._read_available():
-                    final = True
-                    yield read
-                if final:
+                if (yield from self._read_all()):
                     quiet_since = None
                     continue
                 self.stats.rotations += 1
@@ -506,8 +507,7 @@ class FileFollower(Source):
                     if self._open(self.path, 0):
                         quiet_since = None
                         continue
-                    yield self._idle()
-                    time.sleep(self.poll_interval)
+                    yield from self._pause()
                     continue
                 quiet_since = None
                 continue
@@ -517,8 +517,7 @@ class FileFollower(Source):
                 if self._open(self.path, 0):
                     quiet_since = None
                     continue
-            yield self._idle()
-            time.sleep(self.poll_interval)
+            yield from self._pause()
 
     def _rotation(self, quiet_for: float) -> str | None:
         """ "rotated" when the writer has moved to a new file at the path and the open one

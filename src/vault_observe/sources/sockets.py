@@ -278,7 +278,7 @@ class SocketSource(Source):
             conn = self._connections[fd]
             unix = conn.sock.family == socket.AF_UNIX
             while True:
-                if self._read_stream(conn, chunks, until_eof=True):
+                if self._read_stream(conn, chunks):
                     break  # EOF: closed
                 if not unix or time.monotonic() >= deadline:
                     if not unix:
@@ -330,7 +330,7 @@ class SocketSource(Source):
             else:
                 conn = self._connections.get(key.fd)
                 if conn is not None:
-                    self._read_stream(conn, chunks, until_eof=True)
+                    self._read_stream(conn, chunks)
         return chunks
 
     def _accept(self, server: socket.socket) -> None:
@@ -353,7 +353,7 @@ class SocketSource(Source):
             self._selector.register(sock, selectors.EVENT_READ, "conn")
             log.debug("%s: accepted", label)
 
-    def _read_stream(self, conn: _Connection, chunks: list[bytes], until_eof: bool) -> bool:
+    def _read_stream(self, conn: _Connection, chunks: list[bytes]) -> bool:
         """Read what the connection holds now; True if it ended (and was closed)."""
         fd = conn.sock.fileno()
         while True:
@@ -366,8 +366,7 @@ class SocketSource(Source):
                     log.warning("%s: read failed: %s", conn.label, exc)
                 data = b""
             if not data:
-                if until_eof:
-                    self._close(fd)
+                self._close(fd)
                 return True
             lines = conn.framer.feed(data)
             if lines:
