@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .model import PAIRED, SpanRecord
 from .openbao import BaoError, BaoNotFound, Client, DevServer
+from .sinks.base import LocalSink
 
 if TYPE_CHECKING:
     from .config import Config
@@ -187,20 +188,16 @@ def run_workload(server: DevServer, *, clients: int = 4, rounds: int = 5) -> Wor
     return workload
 
 
-class SpanTable:
+class SpanTable(LocalSink):
     """A sink that keeps, per span name, the count, the errors and the durations of
     paired spans, for the table the demo ends with."""
 
     name = "demo-table"
     internal = True  # the demo's own: not in the sinks' counters
-    concurrency = 1
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.rows: dict[str, list[Any]] = {}  # name -> [count, errors, durations in ms]
-
-    def start(self) -> None:
-        pass
 
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         with self._lock:
@@ -211,12 +208,6 @@ class SpanTable:
                 if span.pairing == PAIRED:
                     row[2].append((span.end_ns - span.start_ns) / 1e6)
         return 0
-
-    def flush(self, timeout: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def stats(self) -> dict[str, int]:
         return {}

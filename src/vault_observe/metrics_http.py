@@ -38,6 +38,7 @@ from .counters import Snapshot, SnapshotSource
 from .errors import listen_error
 from .model import PAIRED, SpanRecord
 from .ratelog import RateLimitedLog
+from .sinks.base import LocalSink
 
 log = logging.getLogger("vault_observe")
 
@@ -90,7 +91,7 @@ class _Series:
         self.total = 0.0
 
 
-class MetricsSink(Collector):
+class MetricsSink(LocalSink, Collector):
     """Feeds ``vault_request_duration_seconds`` from PAIRED spans (the only ones with
     a real duration), labelled by the operation and mount the core read from the
     response (``SpanRecord.operation``, ``.mount``). Never fails.
@@ -103,8 +104,6 @@ class MetricsSink(Collector):
     name = "metrics"
     internal = True  # not a sink to an operator: no sink series, no health entry
     summary_key = "latency"  # its counters in the summary
-
-    concurrency = 1
 
     def __init__(self, registry: CollectorRegistry | None = None, max_series: int = MAX_SERIES) -> None:
         self._series: dict[tuple[str, str, str], _Series] = {}
@@ -167,15 +166,6 @@ class MetricsSink(Collector):
                 buckets.append((le, float(cumulative)))
             family.add_metric(list(key), buckets, total)
         yield family
-
-    def start(self) -> None:
-        pass
-
-    def flush(self, timeout: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def stats(self) -> dict[str, int]:
         return {"observed": self.observed, "overflow": self.overflow}

@@ -41,6 +41,23 @@ class Sink(Protocol):
         ...
 
 
+class LocalSink:
+    """What a sink that delivers within ``send`` in this process (a stream, a table,
+    a histogram) has nothing to do for: no thread or pool to start, no buffer to
+    flush, nothing to release. One sender thread."""
+
+    concurrency = 1
+
+    def start(self) -> None:
+        pass
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 # What every sink counts (``stats()``; the metrics read these names).
 SINK_COUNTERS = ("sent", "failed", "retries", "batches", "bytes")
 

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from ..model import PAIRING_NAMES, SpanRecord
 from ..ratelog import RateLimitedLog
-from .base import Counters
+from .base import Counters, LocalSink
 from .encoding.wire import duration_ms, json_str, rfc3339_ns
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,10 @@ def encode_line(record: SpanRecord) -> bytes:
     )
 
 
-class StdoutSink:
+class StdoutSink(LocalSink):
     """Writes JSON lines; a failing stream (closed pipe, full disk) is counted, not raised."""
 
     name = "stdout"
-
-    concurrency = 1
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
@@ -78,9 +76,6 @@ class StdoutSink:
             return len(spans)
         self.counts.add(sent=len(spans), batches=1, bytes=len(data))
         return 0
-
-    def start(self) -> None:
-        pass
 
     def flush(self, timeout: float) -> None:
         try:
