@@ -51,6 +51,20 @@ def test_usable_files_pass(pki: Pki) -> None:
     TlsOptions(cert_file=str(pki.client_combined)).check()  # the key in the certificate's file
 
 
+def test_without_files_nothing_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink without TLS settings (plain http, or the system's CA store) starts without
+    making an SSLContext: the first one costs a few milliseconds of start-up."""
+    import ssl
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an SSLContext was made")
+
+    monkeypatch.setattr(ssl, "SSLContext", refuse)
+    TlsOptions(settings=SETTINGS).check()
+    with pytest.raises(AssertionError):
+        TlsOptions(ca_file="ca.pem", settings=SETTINGS).check()
+
+
 def test_missing_and_unreadable_files(pki: Pki, tmp_path: Path) -> None:
     missing = tmp_path / "nope.pem"
     assert refusal(ca_file=missing) == (
