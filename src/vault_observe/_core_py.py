@@ -152,15 +152,10 @@ def uuid_bytes(text: bytes) -> bytes | None:
 
 
 def is_canonical_uuid(text: bytes) -> bool:
-    """A UUID in the lower-case form that ``uuid_text`` gives back."""
+    """A UUID in its lower-case form (the text of its 16 bytes with dashes)."""
     return uuid_bytes(text) is not None and all(
         ch in _LOWER_HEX for i, ch in enumerate(text) if i not in _DASHES
     )
-
-
-def uuid_text(trace_id: bytes) -> str:
-    h = trace_id.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def trace_id_for(key: bytes) -> bytes:

@@ -107,7 +107,6 @@ cdef extern from "_fast_json.h" namespace "vo":
         PyObject *get(uint32_t idx)
         size_t operation_len(uint32_t idx)
         size_t mount_len(uint32_t idx)
-        size_t size()
     object i128_to_py(i128 v)
     int py_to_i128(object o, i128 *out, int limit_bits, int *sign) except -1
 

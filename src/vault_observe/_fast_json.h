@@ -1064,7 +1064,6 @@ class NameTable {
     PyObject *get(uint32_t idx) const { return objs_[idx]; }
     size_t operation_len(uint32_t idx) const { return parts_[idx].first; }
     size_t mount_len(uint32_t idx) const { return parts_[idx].second; }
-    size_t size() const { return objs_.size(); }
 
    private:
     void resize(size_t n) {

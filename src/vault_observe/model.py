@@ -87,10 +87,6 @@ class SpanRecord:
         return self.trace_id.hex()
 
     @property
-    def span_id_hex(self) -> str:
-        return f"{self.span_id:016x}"
-
-    @property
     def duration_ns(self) -> int:
         return self.end_ns - self.start_ns
 

@@ -12,21 +12,20 @@ from typing import Any
 from ..errors import ConfigError
 
 _deflate_module: ModuleType | None = None
-GZIP_IMPLEMENTATION = ""  # "isal" or "zlib", known after the first gzip_compress
 
 
 def _deflate() -> ModuleType:
     """ISA-L's deflate: standard gzip output about six times faster than zlib at level
     1, with the GIL released; zlib where the wheel is not there. Imported by the first
     compression (on a sender thread), not at start-up."""
-    global _deflate_module, GZIP_IMPLEMENTATION
+    global _deflate_module
     if _deflate_module is None:
         try:
             from isal import isal_zlib
 
-            _deflate_module, GZIP_IMPLEMENTATION = isal_zlib, "isal"
+            _deflate_module = isal_zlib
         except ImportError:  # pragma: no cover - platforms without an isal wheel
-            _deflate_module, GZIP_IMPLEMENTATION = zlib, "zlib"
+            _deflate_module = zlib
     return _deflate_module
 
 
