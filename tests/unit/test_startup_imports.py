@@ -46,3 +46,10 @@ def test_text_logs_do_not_import_the_json_log_formatter(tmp_path: Path, sample_l
     assert "pythonjsonlogger" not in modules_of_replay(tmp_path, sample_log)
     # the probe sees it when it is used
     assert "pythonjsonlogger" in modules_of_replay(tmp_path, sample_log, "--log-format", "json")
+
+
+def test_a_replay_without_a_network_sink_does_not_import_socket(tmp_path: Path, sample_log: Path) -> None:
+    # the systemd protocols make their sockets only under systemd
+    assert "socket" not in modules_of_replay(tmp_path, sample_log)
+    assert "socket" not in modules_of_replay(tmp_path, sample_log, "--stdout")
+    assert "socket" in modules_of_replay(tmp_path, sample_log, "--metrics-address", "127.0.0.1:0")
