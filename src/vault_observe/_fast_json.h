@@ -165,28 +165,26 @@ static inline void put_escaped(Buf &out, const char *s, size_t len) {
         i = j + 1;
     }
 #endif
-    while (i + 8 <= len) {
-        uint64_t w;
-        std::memcpy(&w, s + i, 8);
-        if (!word_needs_escape(w)) {
-            i += 8;
-            continue;
+    // A word at a time where 8 bytes are left, skipping plain words; byte by byte
+    // through a word that needs escaping and through the tail.
+    while (i < len) {
+        size_t end = len;
+        if (i + 8 <= len) {
+            uint64_t w;
+            std::memcpy(&w, s + i, 8);
+            if (!word_needs_escape(w)) {
+                i += 8;
+                continue;
+            }
+            end = i + 8;
         }
-        for (size_t end = i + 8; i < end; i++) {
+        for (; i < end; i++) {
             unsigned char c = static_cast<unsigned char>(s[i]);
             if (kEscape[c]) {
                 out.put(s + run, i - run);
                 put_escaped_char(out, c);
                 run = i + 1;
             }
-        }
-    }
-    for (; i < len; i++) {
-        unsigned char c = static_cast<unsigned char>(s[i]);
-        if (kEscape[c]) {
-            out.put(s + run, i - run);
-            put_escaped_char(out, c);
-            run = i + 1;
         }
     }
     out.put(s + run, len - run);
