@@ -51,49 +51,30 @@ MAX_BATCH_BYTES = 5_000_000
 MAX_BATCH_EVENTS = 1000
 ENCODERS = ("native", "libhoney")
 
-def _statuses(body: bytes, count: int) -> list[int] | None:
-    """Per-event statuses of a batch answer; None when the answer is not the usual array."""
-    try:
-        items = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(items, list):
-        return None
-    out = []
-    for item in items[:count]:
-        status = item.get("status") if isinstance(item, dict) else None
-        out.append(status if isinstance(status, int) else 0)
-    return out
-
-
-def _errors_of(body: bytes) -> list[str]:
-    try:
-        items = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return []
-    if not isinstance(items, list):
-        return []
-    return [str(item.get("error") or "") if isinstance(item, dict) else "" for item in items]
-
 
 def read_statuses(body: bytes, count: int) -> Verdict:
     """The batch API's per-event statuses: 429/5xx events worth posting again, the
     other failures refused for good (statuses 0 are events the answer leaves out)."""
-    statuses = _statuses(body, count)
-    if statuses is None:
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        items = None
+    if not isinstance(items, list):
         # The request was accepted; only its per-event report is unreadable.
-        return Verdict(detail="batch accepted with an unexpected reply: " + body[:200].decode("utf-8", "replace"))
+        return Verdict(
+            detail="batch accepted with an unexpected reply: " + body[:200].decode("utf-8", "replace")
+        )
     retry: list[int] = []
     refused: list[int] = []
-    for i, status in enumerate(statuses):
-        if 200 <= status <= 299 or status == 0:
+    for i, item in enumerate(items[:count]):
+        status = item.get("status") if isinstance(item, dict) else None
+        if not isinstance(status, int) or status == 0 or 200 <= status <= 299:
             continue
         (retry if is_retryable(status) else refused).append(i)
     if not refused:
         return Verdict(retry=retry)
-    errors = _errors_of(body)
-    first = refused[0]
-    detail = f"event refused ({statuses[first]}): {errors[first] if first < len(errors) else ''}"
+    first = items[refused[0]]
+    detail = f"event refused ({first['status']}): {first.get('error') or ''}"
     return Verdict(len(refused), retry, detail)
 
 
