@@ -106,13 +106,12 @@ def resolve_endpoint_named(endpoint: str | None, environ: Mapping[str, str]) -> 
     """(the endpoint, the setting that gave it: ``otlp`` or a variable)."""
     if endpoint:
         return endpoint, "otlp"
-    traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    if traces:
-        return traces, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if base:
-        return base + ("v1/traces" if base.endswith("/") else "/v1/traces"), "OTEL_EXPORTER_OTLP_ENDPOINT"
-    return DEFAULT_ENDPOINT, "otlp"
+    variable, value = _env_named(environ, "ENDPOINT")
+    if value is None:
+        return DEFAULT_ENDPOINT, "otlp"
+    if variable == "OTEL_EXPORTER_OTLP_ENDPOINT":  # the base URL: the traces path goes after it
+        value += "v1/traces" if value.endswith("/") else "/v1/traces"
+    return value, variable
 
 
 class OtlpSink:
