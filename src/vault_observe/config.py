@@ -38,6 +38,8 @@ class Listener:
 
 @dataclass
 class Config:
+    """Every setting of the daemon, from the flags, the variables and the config file."""
+
     listeners: list[Listener] = field(default_factory=list)
     socket_mode: int = 0o600
     input: str | None = None  # a recorded log to replay ("-" = stdin), instead of sockets
