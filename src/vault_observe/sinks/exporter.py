@@ -158,21 +158,37 @@ class HttpClient:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._managers: list[PoolManager] = []  # every thread's, for close()
+        # urllib3's ProtocolError and SSLError, set with the first opener
+        self._protocol_error: type[Exception]
+        self._ssl_error: type[Exception]
 
     def _opener(self) -> Callable[..., Any]:
         """This thread's ``urlopen``: its pool's own, to the URL's path, without a proxy
         (a PoolManager would look the pool up again on every POST); else the
-        ProxyManager's, which writes the request for the proxy."""
+        ProxyManager's, which writes the request for the proxy. Every argument but the
+        body and the timeout is bound here once: urlopen would otherwise build the
+        same ``Retry`` from ``retries=False`` on every call."""
         opener: Callable[..., Any] | None = getattr(self._local, "urlopen", None)
         if opener is None:
+            from urllib3.exceptions import ProtocolError, SSLError
+            from urllib3.util import Retry
+
+            self._protocol_error, self._ssl_error = ProtocolError, SSLError
             manager = self._new_manager()
             with self._lock:
                 self._managers.append(manager)
+            fixed: dict[str, Any] = {
+                "headers": self.headers,
+                "retries": Retry(False, redirect=False),  # what urlopen makes of retries=False
+                "redirect": False,
+                "preload_content": True,
+            }
             if self.proxy is None:
                 pool = manager.connection_from_url(self.url)
-                opener = functools.partial(pool.urlopen, "POST", self._path)
+                # the path is this pool's host's: nothing to check on each POST
+                opener = functools.partial(pool.urlopen, "POST", self._path, assert_same_host=False, **fixed)
             else:
-                opener = functools.partial(manager.urlopen, "POST", self.url)
+                opener = functools.partial(manager.urlopen, "POST", self.url, **fixed)
             self._local.urlopen = opener
         return opener
 
@@ -201,31 +217,22 @@ class HttpClient:
 
     def post(self, body: bytes, timeout: float) -> Reply:
         """The answer; raises (urllib3's ``HTTPError`` or an ``OSError``) when none came."""
-        from urllib3.exceptions import ProtocolError, SSLError
-
         urlopen = self._opener()
         for last_try in (False, True):
             try:
-                response = urlopen(
-                    body=body,
-                    headers=self.headers,
-                    timeout=timeout,
-                    retries=False,
-                    redirect=False,
-                    preload_content=True,
-                )
-            except ProtocolError:
+                response = urlopen(body=body, timeout=timeout)
+            except self._protocol_error:
                 # The server dropped a kept-alive connection as the request went out:
                 # once more at once, on a new one.
                 if last_try:
                     raise
                 continue
-            except SSLError as exc:
+            except self._ssl_error as exc:
                 # in the log: OpenSSL's reason and the settings to look at
                 described = self._tls.describe_failure(exc) if self._tls is not None else None
                 if described is None:
                     raise
-                raise SSLError(described) from exc
+                raise self._ssl_error(described) from exc
             return Reply(response.status, response.data, response.headers)
         raise AssertionError("unreachable")
 
