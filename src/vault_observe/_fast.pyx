@@ -23,9 +23,8 @@ from libc.stdint cimport (INT64_MAX, INT64_MIN, SIZE_MAX, UINT16_MAX, int64_t, u
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
+import json
 import math
-
-import orjson
 
 from . import _core_py
 from .model import PAIRING_KEY, PAIRING_NAMES
@@ -200,8 +199,7 @@ cdef int64_t _check_limit(object limit) except? -2:
 
 
 cdef Py_ssize_t BAD_SAMPLE_BYTES = _core_py.BAD_SAMPLE_BYTES
-cdef object _orjson_loads = orjson.loads
-cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _JSONDecodeError = json.JSONDecodeError  # orjson's is a subclass
 cdef object _ZERO = 0
 cdef object _ONE = 1
 cdef object _EMPTY = ""
@@ -1315,7 +1313,8 @@ cdef class Core:
                 self._reserved(self._fl.reserved, line, line_n)
         else:
             try:
-                entry = _orjson_loads(PyBytes_FromStringAndSize(line, <Py_ssize_t> line_n))
+                # _core_py imports orjson on the first line that needs it (start-up cost)
+                entry = _core_py.loads_json(PyBytes_FromStringAndSize(line, <Py_ssize_t> line_n))
             except _JSONDecodeError:
                 entry = None
             # Only a buffer changed by another thread while a feed read it gives a line

@@ -13,6 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.receivers import ZipkinReceiver
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Runs the command line's main() and writes the names of the loaded modules to argv[1].
@@ -53,3 +57,20 @@ def test_a_replay_without_a_network_sink_does_not_import_socket(tmp_path: Path, 
     assert "socket" not in modules_of_replay(tmp_path, sample_log)
     assert "socket" not in modules_of_replay(tmp_path, sample_log, "--stdout")
     assert "socket" in modules_of_replay(tmp_path, sample_log, "--metrics-address", "127.0.0.1:0")
+
+
+@pytest.mark.c_extension("_fast", "_zipkin_proto")
+def test_orjson_is_imported_by_the_first_line_or_body_that_needs_it(tmp_path: Path, sample_log: Path) -> None:
+    # With the uuid and platform modules it imports, orjson costs ~4 ms of start-up: the
+    # compiled core reads well-formed lines without it, and the protobuf Zipkin body
+    # does not use it.
+    with ZipkinReceiver() as receiver:
+        loaded = modules_of_replay(tmp_path, sample_log, "--zipkin", receiver.url)
+        assert len(receiver.spans) == 718
+    assert "orjson" not in loaded and "uuid" not in loaded
+    assert "orjson" not in modules_of_replay(tmp_path, sample_log)
+    # a line with a repeated key goes to the reference reader, on orjson
+    odd = tmp_path / "odd.jsonl"
+    repeated_key = b'{"type": "request", "type": "request", "time": "2026-01-01T00:00:00Z"}\n'
+    odd.write_bytes(sample_log.read_bytes() + repeated_key)
+    assert "orjson" in modules_of_replay(tmp_path, odd)
