@@ -15,6 +15,8 @@ from typing import Protocol
 
 @dataclass
 class FramingCounters:
+    """What the framers of every source counted."""
+
     bytes: int = 0
     truncated: int = 0  # unterminated tails at EOF
     oversize: int = 0  # lines skipped here because they outgrew max_line_bytes
