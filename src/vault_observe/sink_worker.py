@@ -271,12 +271,17 @@ class SinkWorker:
                         self._push(part, self._cost(part))
                     self.counts["dropped_queue_full"] += total - taken
                 self.counts["queued"] += taken
-            # Wake the senders only when there is news for them: the first spans (a
-            # partial batch starts its flush_interval) or another full batch. Each
-            # wake-up takes the GIL from the reader.
+            # Wake the senders only when there is news for them, and only as many as
+            # can act on it: one per new full batch, or one for the first spans (a
+            # partial batch starts its flush_interval). Only senders wait here while
+            # the reader offers; a second one woken for the same batch would find
+            # nothing and wait again, and each wake-up takes the GIL from the reader.
             size = self._batch_size
-            if (before == 0 and self._depth) or self._depth // size > before // size:
-                self._cond.notify_all()
+            batches = self._depth // size - before // size
+            if batches > 0:
+                self._cond.notify(batches)
+            elif before == 0 and self._depth:
+                self._cond.notify()
 
     def abandon_waiting(self) -> None:
         """Make an ``offer`` waiting for room return (the daemon is stopping)."""
