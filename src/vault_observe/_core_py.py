@@ -779,7 +779,7 @@ class Core:
         counts["requests" if kind == "request" else "responses"] += 1
         if time_ns > self._watermark:
             self._watermark = time_ns
-        name, operation, mount = span_parts(request, kind)
+        naming = span_parts(request, kind)
         if kind == "request":
             if request.get("path") == PROBE_PATH:
                 counts["probes"] += 1
@@ -797,7 +797,7 @@ class Core:
                 request_id,
                 time_ns,
                 (now_ns if now_ns is not None else time_ns) + self.ttl_ns,
-                (name, operation, mount),
+                naming,
                 error,
                 attrs_json,
                 trimmed,
@@ -807,39 +807,20 @@ class Core:
             return
         attrs_json = self._attrs_json(entry, line)
         parent = self._parent(request)
+        # an ORPHAN span of zero length unless the request is pending
+        start_ns, pairing = time_ns, ORPHAN
         if not request_id:
-            naming = (name, operation, mount)
-            self._emit(trace_id_for(line), "", naming, time_ns, time_ns, error, ORPHAN, attrs_json, parent)
-            return
-        key = request_id.encode("utf-8", "surrogatepass")
-        pending = self._pending.pop(key, None)
-        if pending is not None:
-            self._unmark(pending.mark)
-        if pending is None:
-            self._emit(
-                trace_id_for(key),
-                request_id,
-                (name, operation, mount),
-                time_ns,
-                time_ns,
-                error,
-                ORPHAN,
-                attrs_json,
-                parent,
-            )
-            return
-        end_ns = max(time_ns, pending.start_ns)
-        self._emit(
-            pending.trace_id,
-            request_id,
-            (name, operation, mount),
-            pending.start_ns,
-            end_ns,
-            error,
-            PAIRED,
-            attrs_json,
-            parent,
-        )
+            id_bytes = trace_id_for(line)
+        else:
+            key = request_id.encode("utf-8", "surrogatepass")
+            pending = self._pending.pop(key, None)
+            if pending is None:
+                id_bytes = trace_id_for(key)
+            else:
+                self._unmark(pending.mark)
+                id_bytes, start_ns, pairing = pending.trace_id, pending.start_ns, PAIRED
+        end_ns = max(time_ns, start_ns)
+        self._emit(id_bytes, request_id or "", naming, start_ns, end_ns, error, pairing, attrs_json, parent)
 
     def _parent(self, request: dict[str, Any]) -> tuple[bytes, int] | None:
         return traceparent_of(request) if self.trace_context else None
