@@ -127,7 +127,6 @@ PENDING_FIRST = (
 DEFAULT_PENDING_ATTRS_BYTES = 2048
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-_LOWER_HEX = frozenset(b"0123456789abcdef")
 _LOWER_HEX_STR = frozenset("0123456789abcdef")
 _DASHES = (8, 13, 18, 23)
 
@@ -162,13 +161,6 @@ def uuid_bytes(text: bytes) -> bytes | None:
             return None
     raw = bytes.fromhex(text.replace(b"-", b"").decode("ascii"))
     return raw if any(raw) else None
-
-
-def is_canonical_uuid(text: bytes) -> bool:
-    """A UUID in its lower-case form (the text of its 16 bytes with dashes)."""
-    return uuid_bytes(text) is not None and all(
-        ch in _LOWER_HEX for i, ch in enumerate(text) if i not in _DASHES
-    )
 
 
 def trace_id_for(key: bytes) -> bytes:
