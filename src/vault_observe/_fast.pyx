@@ -12,16 +12,13 @@ on orjson, so both cores agree on every input. Ready spans are packed into a Spa
 (``_spans.pyx``), not made into one Python object each.
 """
 
-cimport cython
 from cpython.exc cimport PyErr_Occurred
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
-from cpython.object cimport PyTypeObject
-from libc.stdint cimport (INT64_MAX, INT64_MIN, SIZE_MAX, UINT16_MAX, int64_t, uint8_t, uint16_t,
-                          uint32_t, uint64_t)
-from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcmp, memcpy, memmove, memset
+from cpython.ref cimport PyObject
+from libc.stdint cimport SIZE_MAX, UINT16_MAX, int64_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 import json
 import math

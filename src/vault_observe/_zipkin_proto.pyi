@@ -7,11 +7,8 @@ from collections.abc import Sequence
 
 from .model import SpanRecord
 
-CONTENT_TYPE: str
-
 class ProtoEncoder:
     implementation: str
-    content_type: str
     service_name: str
     scope_name: str
     scope_version: str

@@ -14,8 +14,6 @@ so the reader thread keeps going meanwhile.
 include "_encode_common.pxi"
 
 
-CONTENT_TYPE = "application/x-protobuf"
-
 cdef enum:
     N_TAIL = 7  # service.name, 4 scope keys, otel.status_code, error
     N_PLAIN_TAIL = 5  # the ones every span gets
@@ -110,7 +108,6 @@ cdef class ProtoEncoder:
     cdef ZipkinOut _out  # the same as C pointers (into the bytes above); no buffers
 
     implementation = "c"
-    content_type = CONTENT_TYPE
 
     def __init__(self, str service_name, str scope_name, str scope_version):
         self.service_name = service_name
