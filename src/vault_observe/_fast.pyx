@@ -27,7 +27,7 @@ from . import _core_py
 from .model import PAIRING_KEY, PAIRING_NAMES
 
 from vault_observe._pending cimport (
-    F_TRIMMED, NONE, Entry, Extra, Parent, PendingTable, i128, uuid_into,
+    F_TRIMMED, NONE, Entry, Extra, Parent, PendingTable, i128, mix64, uuid_into,
 )
 from vault_observe._spans cimport (
     PackedSpan, PackedSpans, SpanStore, copy_spans, new_span, packed_view,
@@ -215,10 +215,7 @@ cdef inline uint64_t _fnv1a64(const unsigned char *p, size_t n, uint64_t h) noex
 
 
 cdef inline uint64_t _splitmix64(uint64_t x) noexcept nogil:
-    cdef uint64_t z = x + GOLDEN
-    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9
-    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EB
-    return z ^ (z >> 31)
+    return mix64(x + GOLDEN)  # _core_py.splitmix64
 
 
 cdef signed char _HEXVAL[256]
