@@ -1251,9 +1251,7 @@ cdef class Core:
         if e.extra:
             x = &table.extras[e.extra - 1]
             if x.has_parent:
-                par.hi = x.parent_hi
-                par.lo = x.parent_lo
-                par.span = x.parent_span
+                par = x.parent  # a copy: the table may free its extras below
                 pp = &par
         if x != NULL and x.request_id != NULL:
             request_id = <object> x.request_id

@@ -49,9 +49,7 @@ ctypedef struct Extra:
     i128 deadline
     uint32_t next_free
     bint has_parent       # a traceparent header: the span joins that trace
-    uint64_t parent_hi
-    uint64_t parent_lo
-    uint64_t parent_span
+    Parent parent
 
 ctypedef struct HeapItem:
     int64_t deadline

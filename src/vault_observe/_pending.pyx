@@ -162,9 +162,7 @@ cdef class PendingTable:
                 x.deadline = deadline
             if par != NULL:
                 x.has_parent = True
-                x.parent_hi = par.hi
-                x.parent_lo = par.lo
-                x.parent_span = par.span
+                x.parent = par[0]
         self._hash_insert(idx)
         self._order_insert(idx)
         self.count += 1
