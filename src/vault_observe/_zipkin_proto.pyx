@@ -18,6 +18,11 @@ cdef enum:
     N_TAIL = 7  # service.name, 4 scope keys, otel.status_code, error
     N_PLAIN_TAIL = 5  # the ones every span gets
 
+# The byte each escape of one letter stands for (n: newline...): ESCAPE read backwards.
+cdef unsigned char UNESCAPE[256]
+for _b in range(256):
+    if ESCAPE[_b] != 0 and ESCAPE[_b] != 0x75:
+        UNESCAPE[ESCAPE[_b]] = _b
 
 cdef inline void put_be64(Buf* b, uint64_t value) noexcept nogil:
     cdef int i
@@ -67,21 +72,11 @@ cdef int unescape(const unsigned char* p, Py_ssize_t i, Py_ssize_t end, Buf* out
             continue
         c = p[i + 1]
         i += 2
-        if c == 0x6E:
-            put_byte(out, 0x0A)
-        elif c == 0x74:
-            put_byte(out, 0x09)
-        elif c == 0x72:
-            put_byte(out, 0x0D)
-        elif c == 0x62:
-            put_byte(out, 0x08)
-        elif c == 0x66:
-            put_byte(out, 0x0C)
-        elif c == 0x75:  # \u00XX, a control character
+        if c == 0x75:  # \u00XX, a control character
             put_byte(out, (hex_lower(p[i + 2]) << 4) | hex_lower(p[i + 3]))
             i += 4
-        else:  # \" or \\
-            put_byte(out, c)
+        else:
+            put_byte(out, UNESCAPE[c])
     return OK
 
 
