@@ -637,49 +637,45 @@ cdef class Core:
     def expire(self, now_ns, limit=None) -> int:
         """Pending requests due by ``now_ns`` become UNANSWERED spans (at most ``limit``);
         return how many spans are ready."""
-        self._enter()
-        try:
-            return self._expire(now_ns, limit)
-        finally:
-            self._busy = False
-
-    cdef object _expire(self, object now_ns, object limit):
         cdef i128 now = 0
         cdef int sign = 0
         cdef uint32_t idx
-        cdef int64_t left = _check_limit(limit)
-        if py_to_i128(now_ns, &now, 120, &sign) != 0:
-            # beyond any deadline the core can hold
-            now = (<i128> 1) << 121
-            if sign < 0:
-                now = -now
-        while left:
-            idx = self._table.oldest()
-            if idx == NONE or self._table.deadline_of(idx) > now:
-                break
-            self._pop(idx, UNANSWERED)
-            left -= 1
-        return self._spans.n
+        cdef int64_t left
+        self._enter()
+        try:
+            left = _check_limit(limit)
+            if py_to_i128(now_ns, &now, 120, &sign) != 0:
+                # beyond any deadline the core can hold
+                now = (<i128> 1) << 121
+                if sign < 0:
+                    now = -now
+            while left:
+                idx = self._table.oldest()
+                if idx == NONE or self._table.deadline_of(idx) > now:
+                    break
+                self._pop(idx, UNANSWERED)
+                left -= 1
+            return self._spans.n
+        finally:
+            self._busy = False
 
     def flush(self, limit=None) -> int:
         """Pending requests become UNANSWERED spans (at most ``limit``); return how many
         spans are ready."""
+        cdef uint32_t idx
+        cdef int64_t left
         self._enter()
         try:
-            return self._flush(limit)
+            left = _check_limit(limit)
+            while left:
+                idx = self._table.oldest()
+                if idx == NONE:
+                    break
+                self._pop(idx, UNANSWERED)
+                left -= 1
+            return self._spans.n
         finally:
             self._busy = False
-
-    cdef object _flush(self, object limit):
-        cdef uint32_t idx
-        cdef int64_t left = _check_limit(limit)
-        while left:
-            idx = self._table.oldest()
-            if idx == NONE:
-                break
-            self._pop(idx, UNANSWERED)
-            left -= 1
-        return self._spans.n
 
     def drain(self) -> list:
         return self.drain_spans().records()
