@@ -416,10 +416,11 @@ cdef inline int _kind_of(Envelope &env) noexcept nogil:
     return KIND_UNKNOWN
 
 
-cdef inline bint _keeps_attrs(Envelope &env, size_t n, size_t cap) noexcept nogil:
-    """A request that can wait for its response keeps its line (``n`` bytes) for the
-    span made should none come; flattened and cut only when the line is over ``cap``."""
-    return not env.is_probe and env.has_id and env.id_len > 0 and n > cap
+cdef inline bint _flattens(Envelope &env, int kind, size_t n, size_t cap) noexcept nogil:
+    """Whether a line's attributes are flattened as it is read: a response's always. A
+    request that can wait for its response keeps its line (``n`` bytes) for the span
+    made should none come; flattened and cut only when the line is over ``cap``."""
+    return kind == KIND_RESPONSE or (not env.is_probe and env.has_id and env.id_len > 0 and n > cap)
 
 
 cdef class Core:
@@ -797,23 +798,22 @@ cdef class Core:
                     size_t n, bint has_now, i128 now) except -1:
         """A request or response whose envelope is read. With ``root`` NULL, the first
         pass flattened it already (``_attrs_p``)."""
-        cdef bint keep
+        cdef bint flat = _flattens(env, kind, n, self._table.attrs_cap)
         cdef Parent par
-        cdef const char *line
+        cdef const Parent *pp = NULL
         if env.has_parent:
             par.hi = env.parent_hi
             par.lo = env.parent_lo
             par.span = env.parent_span
+            pp = &par
+        if flat and root != NULL and self._flatten_root(root) == FALLBACK:
+            return self._line_slow(p, n, has_now, now)
+        if flat and self._attrs_reserved:
+            self._reserved(self._attrs_reserved, p, n)
+        self._counts[C_REQUESTS if kind == KIND_REQUEST else C_RESPONSES] += 1
+        if time_ns > self._watermark:
+            self._watermark = time_ns
         if kind == KIND_REQUEST:
-            keep = _keeps_attrs(env, n, self._table.attrs_cap)
-            if keep and root != NULL:
-                if self._flatten_root(root) == FALLBACK:
-                    return self._line_slow(p, n, has_now, now)
-            if keep and self._attrs_reserved:
-                self._reserved(self._attrs_reserved, p, n)
-            self._counts[C_REQUESTS] += 1
-            if time_ns > self._watermark:
-                self._watermark = time_ns
             if env.is_probe:
                 self._counts[C_PROBES] += 1
                 return 0
@@ -821,20 +821,10 @@ cdef class Core:
                 self._counts[C_NO_ID] += 1
                 self._bad_line("no_id", "request without request.id", p, n)
                 return 0
-            line = p
-            if keep:
-                line = NULL  # stored flattened
+            # a flattened request is stored as its attributes, else as its line
             self._request_fast(env, time_ns, (now if has_now else time_ns) + self._ttl,
-                               line, n, &par if env.has_parent else NULL)
+                               <const char *> NULL if flat else p, n, pp)
             return 0
-        if root != NULL:
-            if self._flatten_root(root) == FALLBACK:
-                return self._line_slow(p, n, has_now, now)
-        if self._attrs_reserved:
-            self._reserved(self._attrs_reserved, p, n)
-        self._counts[C_RESPONSES] += 1
-        if time_ns > self._watermark:
-            self._watermark = time_ns
         name = self._name_fast(env, kind)
         self._respond(
             env.id if env.has_id else NULL,
@@ -848,7 +838,7 @@ cdef class Core:
             p,
             n,
             None,
-            &par if env.has_parent else NULL,
+            pp,
         )
         return 0
 
@@ -935,7 +925,7 @@ cdef class Core:
         kind = _kind_of(env)
         if kind == KIND_UNKNOWN:
             return False
-        rec.flattened = kind == KIND_RESPONSE or _keeps_attrs(env, n, self._table.attrs_cap)
+        rec.flattened = _flattens(env, kind, n, self._table.attrs_cap)
         if rec.flattened:
             if flatten_gil_free(self._fl[0], root, self.flatten_arrays) != OK:
                 return False
