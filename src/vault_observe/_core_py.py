@@ -596,21 +596,55 @@ def entry_attrs(
     return attrs, reserved
 
 
-class _Pending(NamedTuple):
-    trace_id: bytes  # the id's own 16 bytes (UUID or hash)
-    request_id: str
-    start_ns: int
-    deadline: int
-    seq: int
-    name: str
-    operation: str
-    mount: str
-    error: str
-    attrs_json: bytes
-    parent: tuple[bytes, int] | None  # (trace id, parent span id) from a traceparent header
-    mark: int  # the mark of the feed() call that stored it
-    trimmed: bool  # attrs_json was cut to the cap
-    raw: bool  # attrs_json holds the request's line, not its attributes
+class _Pending:
+    __slots__ = (
+        "attrs_json",
+        "deadline",
+        "error",
+        "mark",
+        "mount",
+        "name",
+        "operation",
+        "parent",
+        "raw",
+        "request_id",
+        "seq",
+        "start_ns",
+        "trace_id",
+        "trimmed",
+    )
+
+    def __init__(
+        self,
+        trace_id: bytes,
+        request_id: str,
+        start_ns: int,
+        deadline: int,
+        seq: int,
+        name: str,
+        operation: str,
+        mount: str,
+        error: str,
+        attrs_json: bytes,
+        parent: tuple[bytes, int] | None,
+        mark: int,
+        trimmed: bool,
+        raw: bool,
+    ) -> None:
+        self.trace_id = trace_id  # the id's own 16 bytes (UUID or hash)
+        self.request_id = request_id
+        self.start_ns = start_ns
+        self.deadline = deadline
+        self.seq = seq
+        self.name = name
+        self.operation = operation
+        self.mount = mount
+        self.error = error
+        self.attrs_json = attrs_json
+        self.parent = parent  # (trace id, parent span id) from a traceparent header
+        self.mark = mark  # the mark of the feed() call that stored it
+        self.trimmed = trimmed  # attrs_json was cut to the cap
+        self.raw = raw  # attrs_json holds the request's line, not its attributes
 
 
 class Core:
