@@ -24,8 +24,8 @@ from vault_observe._core_py import Core, parse_rfc3339_ns
 from vault_observe.errors import ConfigError
 from vault_observe.model import ORPHAN, PAIRED, UNANSWERED, SpanRecord
 from vault_observe.sinks.encoding.honeycomb import EventEncoder
-from vault_observe.sinks.exporter import RetryPolicy
-from vault_observe.sinks.honeycomb import HoneycombSink
+from vault_observe.sinks.exporter import RetryPolicy, Verdict
+from vault_observe.sinks.honeycomb import HoneycombSink, read_statuses
 
 KEY = "hcaik_01hq-test-Key-that-must-never-be-logged-7f3a"
 SERVICE = "vault-test"
@@ -578,3 +578,15 @@ def test_a_native_sink_starts_no_thread() -> None:
     sink.start()
     assert set(threading.enumerate()) == before
     sink.close()
+
+
+@pytest.mark.parametrize("count", [1, 2, 1000])
+def test_compact_answers_are_read_event_by_event_unless_all_accepted(count: int) -> None:
+    accepted = b"[" + b",".join([b'{"status":202}'] * count) + b"]"
+    assert read_statuses(accepted, count) == Verdict(retry=[])
+    head = accepted[: -len(b'{"status":202}]')]
+    assert read_statuses(head + b'{"status":503}]', count) == Verdict(retry=[count - 1])
+    assert read_statuses(head + b'{"status":400,"error":"bad"}]', count) == Verdict(
+        1, [], "event refused (400): bad"
+    )
+    assert read_statuses(head + b'{"status":202}', count).detail.startswith("batch accepted with an unexpected")

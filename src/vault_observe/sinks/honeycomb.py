@@ -52,9 +52,19 @@ MAX_BATCH_EVENTS = 1000
 ENCODERS = ("native", "libhoney")
 
 
+@functools.lru_cache(maxsize=4)
+def _all_accepted(count: int) -> bytes:
+    """The batch API's answer when it accepts each of ``count`` events."""
+    return b"[" + b",".join([b'{"status":202}'] * count) + b"]"
+
+
 def read_statuses(body: bytes, count: int) -> Verdict:
     """The batch API's per-event statuses: 429/5xx events worth posting again, the
     other failures refused for good (statuses 0 are events the answer leaves out)."""
+    if len(body) == 15 * count + 1 and body == _all_accepted(count):
+        # The usual answer, compared instead of parsed: a thousand events' statuses
+        # cost ~0.2 ms of CPU to decode and walk, on every request.
+        return Verdict(retry=[])
     try:
         items = orjson.loads(body)
     except orjson.JSONDecodeError:
