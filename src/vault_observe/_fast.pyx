@@ -1083,7 +1083,7 @@ cdef class Core:
         cdef bytes key
         cdef uint32_t name_idx
         cdef Parent par
-        cdef bint has_parent
+        cdef const Parent *pp
         cdef const char *raw_line
         try:
             envelope = _read_entry(line)
@@ -1103,7 +1103,9 @@ cdef class Core:
         s = PyUnicode_AsUTF8AndSize(name_text, &sn)
         name = self._intern(s, <size_t> sn, <size_t> op_n, <size_t> mount_n)
         name_idx = self._name_idx
-        has_parent = self._slow_parent(request, &par)
+        pp = &par if self._slow_parent(request, &par) else NULL
+        # b"" without an id: an orphan response
+        key = (<str> request_id).encode("utf-8", "surrogatepass") if request_id else b""
         if kind == "request":
             if request.get("path") == _PROBE_PATH:
                 self._counts[C_PROBES] += 1
@@ -1112,7 +1114,6 @@ cdef class Core:
                 self._counts[C_NO_ID] += 1
                 self._bad_line("no_id", "request without request.id", p, n)
                 return 0
-            key = (<str> request_id).encode("utf-8", "surrogatepass")
             attrs = None
             raw_line = p
             if n > self._table.attrs_cap:  # stored flattened
@@ -1121,16 +1122,10 @@ cdef class Core:
             return self._store(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
                                time_ns, (now if has_now else time_ns) + self._ttl, name,
                                name_idx, <size_t> op_n, <size_t> mount_n, error if error else None,
-                               attrs, raw_line, n,
-                               &par if has_parent else NULL)
+                               attrs, raw_line, n, pp)
         attrs = self._dump(entry, p, n)
-        if not request_id:
-            return self._respond(NULL, 0, None, time_ns, name, <size_t> op_n, <size_t> mount_n,
-                                 error, p, n, attrs, &par if has_parent else NULL)
-        key = (<str> request_id).encode("utf-8", "surrogatepass")
         return self._respond(PyBytes_AS_STRING(key), <size_t> PyBytes_GET_SIZE(key), request_id,
-                             time_ns, name, <size_t> op_n, <size_t> mount_n, error, p, n, attrs,
-                             &par if has_parent else NULL)
+                             time_ns, name, <size_t> op_n, <size_t> mount_n, error, p, n, attrs, pp)
 
     cdef bint _slow_parent(self, object request, Parent *out) except -1:
         """_core_py.traceparent_of into ``out``; False when there is none."""
