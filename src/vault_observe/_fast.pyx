@@ -27,7 +27,7 @@ from . import _core_py
 from .model import PAIRING_KEY, PAIRING_NAMES
 
 from vault_observe._pending cimport (
-    F_TRIMMED, NONE, Entry, Extra, Parent, PendingTable, i128, mix64, uuid_into,
+    F_TRIMMED, NONE, Entry, Extra, Parent, PendingTable, grow_to, i128, mix64, uuid_into,
 )
 from vault_observe._spans cimport (
     PackedSpan, PackedSpans, SpanStore, copy_spans, new_span, packed_view,
@@ -945,15 +945,9 @@ cdef class Core:
 
     cdef bint _keep(self, const char *s, size_t n, size_t *offset) noexcept nogil:
         """Copy ``s`` to the arena; its offset there in ``offset``. False when out of memory."""
-        cdef size_t cap
-        cdef char *grown
-        if self._arena_n + n > self._arena_cap:
-            cap = self._arena_cap * 2 + n + 65536
-            grown = <char *> realloc(self._arena, cap)
-            if grown == NULL:
-                return False
-            self._arena = grown
-            self._arena_cap = cap
+        if (self._arena_n + n > self._arena_cap
+                and not grow_to(&self._arena, &self._arena_cap, self._arena_cap * 2 + n + 65536)):
+            return False
         if n:
             memcpy(self._arena + self._arena_n, s, n)
         offset[0] = self._arena_n
@@ -963,14 +957,8 @@ cdef class Core:
     cdef const char *_padded_gil_free(self, const char *p, size_t n) noexcept nogil:
         """The line copied into a buffer with simdjson's padding after it; NULL when out
         of memory."""
-        cdef size_t need = n + SIMDJSON_PADDING
-        cdef char *q
-        if need > self._pad_cap:
-            q = <char *> realloc(self._pad, need)
-            if q == NULL:
-                return NULL
-            self._pad = q
-            self._pad_cap = need
+        if not grow_to(&self._pad, &self._pad_cap, n + SIMDJSON_PADDING):
+            return NULL
         memcpy(self._pad, p, n)
         memset(self._pad + n, 32, SIMDJSON_PADDING)
         return self._pad
@@ -1019,23 +1007,16 @@ cdef class Core:
         """_core_py.span_parts from the envelope's parts."""
         cdef const char *s
         cdef size_t n
-        cdef size_t need
-        cdef char *q
         cdef size_t op_len = env.operation_len if env.operation != NULL else 0
         cdef size_t mount_len = env.target_len if env.target != NULL and env.target_is_mount else 0
         if env.operation != NULL and env.target != NULL:
-            need = env.operation_len + 1 + env.target_len
-            if need > self._namebuf_cap:
-                q = <char *> realloc(self._namebuf, need)
-                if q == NULL:
-                    raise MemoryError()
-                self._namebuf = q
-                self._namebuf_cap = need
+            n = env.operation_len + 1 + env.target_len
+            if not grow_to(&self._namebuf, &self._namebuf_cap, n):
+                raise MemoryError()
             memcpy(self._namebuf, env.operation, env.operation_len)
             self._namebuf[env.operation_len] = 32
             memcpy(self._namebuf + env.operation_len + 1, env.target, env.target_len)
             s = self._namebuf
-            n = need
         elif env.operation != NULL:
             s = env.operation
             n = env.operation_len

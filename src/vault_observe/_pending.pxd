@@ -5,6 +5,7 @@
 
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdlib cimport realloc
 
 cdef extern from "_pending_entry.h" namespace "vo":
     ctypedef long long i128 "vo::i128"
@@ -143,3 +144,16 @@ cdef class PendingTable:
 
 
 cdef void uuid_into(uint64_t hi, uint64_t lo, char *d) noexcept
+
+
+cdef inline bint grow_to(char **buf, size_t *cap, size_t need) noexcept nogil:
+    """A buffer of ``cap`` bytes reallocated to ``need`` unless it holds that many
+    already; False when out of memory (the buffer is then as it was)."""
+    cdef char *grown
+    if need > cap[0]:
+        grown = <char *> realloc(buf[0], need)
+        if grown == NULL:
+            return False
+        buf[0] = grown
+        cap[0] = need
+    return True

@@ -16,7 +16,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from . import _core_py
@@ -463,12 +463,8 @@ cdef class PendingTable:
                         budget -= cost
                         mem[3 * i + 2] = N_FIRST + 1
         used = self.attrs_cap - 1 - budget
-        if used + 2 > self._tbuf_cap:
-            d = <char *> realloc(self.tbuf, used + 2)
-            if d == NULL:
-                raise MemoryError()
-            self.tbuf = d
-            self._tbuf_cap = used + 2
+        if not grow_to(&self.tbuf, &self._tbuf_cap, used + 2):
+            raise MemoryError()
         d = self.tbuf
         d[0] = 123  # {
         k = 1
@@ -506,12 +502,8 @@ cdef class PendingTable:
             total += 9 + tl + 18
         if id_at:
             total += 36
-        if total + padding > self._popbuf_cap:
-            d = <char *> realloc(self.popbuf, total + padding)
-            if d == NULL:
-                raise MemoryError()
-            self.popbuf = d
-            self._popbuf_cap = total + padding
+        if not grow_to(&self.popbuf, &self._popbuf_cap, total + padding):
+            raise MemoryError()
         d = self.popbuf
         if head:
             memcpy(d, b'{"time":"', 9)
