@@ -743,24 +743,16 @@ cdef class Core:
                     self._bad_line("oversize", f"line of {length} bytes is over the limit", p, length)
                 else:
                     skip = _prefix_length(p, length, pre, pre_n)
-                    self._line_of(rec, p + skip, length - skip, end, has_now, now)
+                    if rec != NULL and rec.ready:
+                        self._prepared_entry(rec, p + skip, length - skip, has_now, now)
+                    else:
+                        self._line(p + skip, length - skip, end, has_now, now)
+                        if length - skip > BIG_LINE:
+                            self._shrink()
             p = nl + 1
         return 0
 
-    cdef inline int _line_of(self, Prepared *rec, const char *p, size_t n, const char *buf_end,
-                             bint has_now, i128 now) except -1:
-        if rec != NULL and rec.ready:
-            return self._prepared_entry(rec, p, n, has_now, now)
-        return self._line(p, n, buf_end, has_now, now)
-
     cdef int _line(self, const char *p, size_t n, const char *buf_end, bint has_now, i128 now) except -1:
-        self._line_inner(p, n, buf_end, has_now, now)
-        if n > BIG_LINE:
-            self._shrink()
-        return 0
-
-    cdef int _line_inner(self, const char *p, size_t n, const char *buf_end, bint has_now,
-                         i128 now) except -1:
         cdef const char *src = p
         cdef simdjson_result[element] res
         cdef element root
