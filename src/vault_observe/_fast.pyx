@@ -504,38 +504,31 @@ cdef class Core:
         pending_attrs_bytes=_core_py.DEFAULT_PENDING_ATTRS_BYTES,
         **filters,
     ):
+        cdef int sign = 0
         self._enter()
         try:
-            self._configure(ttl_s, max_pending, max_line_bytes, prefix, flatten_arrays, sample_rate,
-                            trace_context, release_gil, pending_attrs_bytes, filters)
+            include_, exclude = _filter_args("Core()", filters)
+            if max_pending < 1:
+                raise ValueError("max_pending must be at least 1")
+            if sample_rate < 1:
+                raise ValueError("sample_rate must be at least 1")
+            self.pending_attrs_bytes = _core_py.check_pending_attrs_bytes(pending_attrs_bytes)
+            self._table.attrs_cap = <size_t> self.pending_attrs_bytes
+            self._set_filters(include_, exclude, sample_rate)
+            self.trace_context = bool(trace_context)
+            self.release_gil = bool(release_gil)
+            self.ttl_ns = int(ttl_s * 1_000_000_000)
+            if py_to_i128(self.ttl_ns, &self._ttl, 100, &sign) != 0:
+                raise OverflowError("ttl_s is too large")
+            self.max_pending = max_pending
+            # the reference compares counts and lengths with these numbers as given
+            self._max_pending = <uint64_t> min(math.ceil(max_pending), 0xFFFFFFF0)
+            self.max_line_bytes = max_line_bytes
+            self._max_line = <int64_t> max(-1, min(math.floor(max_line_bytes), 1 << 62))
+            self.prefix = bytes(prefix)
+            self.flatten_arrays = bool(flatten_arrays)
         finally:
             self._busy = False
-
-    cdef int _configure(self, ttl_s, max_pending, max_line_bytes, prefix, flatten_arrays,
-                        sample_rate, trace_context, release_gil, pending_attrs_bytes,
-                        dict filters) except -1:
-        include_, exclude = _filter_args("Core()", filters)
-        if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
-        if sample_rate < 1:
-            raise ValueError("sample_rate must be at least 1")
-        cdef int sign = 0
-        self.pending_attrs_bytes = _core_py.check_pending_attrs_bytes(pending_attrs_bytes)
-        self._table.attrs_cap = <size_t> self.pending_attrs_bytes
-        self._set_filters(include_, exclude, sample_rate)
-        self.trace_context = bool(trace_context)
-        self.release_gil = bool(release_gil)
-        self.ttl_ns = int(ttl_s * 1_000_000_000)
-        if py_to_i128(self.ttl_ns, &self._ttl, 100, &sign) != 0:
-            raise OverflowError("ttl_s is too large")
-        self.max_pending = max_pending
-        # the reference compares counts and lengths with these numbers as given
-        self._max_pending = <uint64_t> min(math.ceil(max_pending), 0xFFFFFFF0)
-        self.max_line_bytes = max_line_bytes
-        self._max_line = <int64_t> max(-1, min(math.floor(max_line_bytes), 1 << 62))
-        self.prefix = bytes(prefix)
-        self.flatten_arrays = bool(flatten_arrays)
-        return 0
 
     cdef int _enter(self) except -1:
         """Mark the core busy for one public call. Every call may let the GIL go (the
@@ -683,36 +676,33 @@ cdef class Core:
 
     def drain_spans(self) -> PackedSpans:
         """The ready spans as one packed sequence (what the daemon queues for the sinks)."""
+        cdef SpanStore store, fresh
+        cdef PackedSpans out
         self._enter()
         try:
-            return self._take()
+            store = self._spans
+            if store.used <= STORE_COPY_MAX and store.n * sizeof(PackedSpan) <= STORE_COPY_MAX:
+                # A few spans (a socket read's worth) leave in blocks of their exact size and
+                # the store keeps its own for the next ones: handing out the store itself,
+                # trimmed, left the heap as much free as used after a long sink outage
+                # (measured with mallinfo2), each trimmed tail a hole too small to reuse.
+                out = copy_spans(store, 0, store.n, SIZE_MAX)
+                store.clear()
+                if store.room > STORE_KEEP_MAX:  # after a burst: do not keep its room
+                    store.shrink()
+                return out
+            fresh = SpanStore.__new__(SpanStore)
+            if store.used:
+                # room for about as much as the last drain took (a burst's size is not kept)
+                fresh.reserve(min(store.used + store.used // 4, STORE_HINT_MAX))
+                fresh.reserve_spans(min(store.n + store.n // 4, STORE_HINT_MAX // sizeof(PackedSpan)))
+            self._spans = fresh
+            # The store may wait in a sink's queue for as long as the sink is down: keep
+            # only what its spans take (measured: without this, ~21 KB a queued span).
+            store.shrink()
+            return packed_view(store, 0, store.n)
         finally:
             self._busy = False
-
-    cdef PackedSpans _take(self):
-        cdef SpanStore store = self._spans
-        cdef SpanStore fresh
-        cdef PackedSpans out
-        if store.used <= STORE_COPY_MAX and store.n * sizeof(PackedSpan) <= STORE_COPY_MAX:
-            # A few spans (a socket read's worth) leave in blocks of their exact size and
-            # the store keeps its own for the next ones: handing out the store itself,
-            # trimmed, left the heap as much free as used after a long sink outage
-            # (measured with mallinfo2), each trimmed tail a hole too small to reuse.
-            out = copy_spans(store, 0, store.n, SIZE_MAX)
-            store.clear()
-            if store.room > STORE_KEEP_MAX:  # after a burst: do not keep its room
-                store.shrink()
-            return out
-        fresh = SpanStore.__new__(SpanStore)
-        if store.used:
-            # room for about as much as the last drain took (a burst's size is not kept)
-            fresh.reserve(min(store.used + store.used // 4, STORE_HINT_MAX))
-            fresh.reserve_spans(min(store.n + store.n // 4, STORE_HINT_MAX // sizeof(PackedSpan)))
-        self._spans = fresh
-        # The store may wait in a sink's queue for as long as the sink is down: keep
-        # only what its spans take (measured: without this, ~21 KB a queued span).
-        store.shrink()
-        return packed_view(store, 0, store.n)
 
     # ------------------------------------------------------------ lines
 
