@@ -91,11 +91,12 @@ cdef inline void put_digits(Buf* b, int value, int width) noexcept nogil:
     b.len += width
 
 
-cdef bint put_string(Buf* b, const char* text, Py_ssize_t n) noexcept nogil:
-    """A JSON string literal of UTF-8 ``text`` as orjson writes it."""
+cdef bint put_string(Buf* b, const char* text, Py_ssize_t n, size_t after) noexcept nogil:
+    """A JSON string literal of UTF-8 ``text`` as orjson writes it, with room for ``after``
+    more bytes behind it."""
     cdef Py_ssize_t i
     cdef unsigned char c, e
-    if not reserve(b, 2 + 6 * <size_t>n):
+    if not reserve(b, 2 + 6 * <size_t>n + after):
         return False
     put_byte(b, b'"')
     for i in range(n):
@@ -267,7 +268,7 @@ cdef class HoneycombEncoder:
         cdef Buf b
         init_buf(&b)
         try:
-            if not put_string(&b, text, size):
+            if not put_string(&b, text, size, 0):
                 raise MemoryError()
             literal = PyBytes_FromStringAndSize(b.data, b.len)
         finally:
@@ -317,7 +318,7 @@ cdef int write_event(const HoneycombOut* out, const SpanFields* s, Buf* b, Buf* 
     if s.error_len:
         # ``error`` is added unless the attributes hold it already (Vault's do)
         add = True
-        if not put_string(err, s.error, s.error_len):
+        if not put_string(err, s.error, s.error_len, 0):
             return NO_MEMORY
         if contains(s.attrs, s.attrs_len, b'"error":', 8):
             code = error_member(s.attrs, s.attrs_len, err.data + 1, err.len - 2, &add)
@@ -337,7 +338,7 @@ cdef int write_event(const HoneycombOut* out, const SpanFields* s, Buf* b, Buf* 
     else:
         put(b, b'{"trace.trace_id":', 18)
     if s.request_id_len and not s.parent_id:  # the request id as Vault wrote it
-        if not put_string(b, s.request_id, s.request_id_len):
+        if not put_string(b, s.request_id, s.request_id_len, 0):
             return NO_MEMORY
     else:
         put_byte(b, b'"')
@@ -354,9 +355,7 @@ cdef int write_event(const HoneycombOut* out, const SpanFields* s, Buf* b, Buf* 
         put_byte(b, b'"')
     put(b, out.service, out.service_len)
     put(b, b',"name":', 8)
-    if not put_string(b, s.name, s.name_len):
-        return NO_MEMORY
-    if not reserve(b, 48 + <size_t>s.text_len + (err.len + 16 if s.error_len else 0)):
+    if not put_string(b, s.name, s.name_len, 48 + <size_t>s.text_len + (err.len + 16 if s.error_len else 0)):
         return NO_MEMORY
     put(b, b',"duration_ms":', 15)
     if s.text != NULL:  # the duration's text, when beyond C's exact range
@@ -476,9 +475,7 @@ cdef int otlp_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t n, Buf* 
         if not reserve(b, 17):
             return NO_MEMORY
         put(b, b'{"stringValue":', 15)
-        if not put_string(b, <const char*>(p + i), s - i):
-            return NO_MEMORY
-        if not reserve(b, 1):
+        if not put_string(b, <const char*>(p + i), s - i, 1):
             return NO_MEMORY
         put_byte(b, b'}')
         pos[0] = s
@@ -603,9 +600,7 @@ cdef int otlp_span(void* ctx, const SpanFields* s, Buf* b) noexcept nogil:
         put(b, b'","parentSpanId":"', 18)
         put_hex64(b, s.parent_id)
     put(b, b'","name":', 9)
-    if not put_string(b, s.name, s.name_len):
-        return NO_MEMORY
-    if not reserve(b, 96):
+    if not put_string(b, s.name, s.name_len, 96):
         return NO_MEMORY
     put(b, b',"kind":2,"startTimeUnixNano":"', 31)
     put_int(b, s.start_ns)
@@ -619,9 +614,7 @@ cdef int otlp_span(void* ctx, const SpanFields* s, Buf* b) noexcept nogil:
         if not reserve(b, 32):
             return NO_MEMORY
         put(b, b',"status":{"code":2,"message":', 30)
-        if not put_string(b, s.error, s.error_len):
-            return NO_MEMORY
-        if not reserve(b, 1):
+        if not put_string(b, s.error, s.error_len, 1):
             return NO_MEMORY
         put_byte(b, b'}')
     if not reserve(b, 1):
