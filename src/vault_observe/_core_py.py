@@ -378,12 +378,7 @@ def dump_attrs(attrs: dict[str, Any]) -> bytes:
     try:
         return _ENCODER.encode(attrs).encode("utf-8")
     except RecursionError:  # arrays nested near the parsers' depth limit of 1024
-        return _dump_deep(attrs)
-
-
-def _dump_deep(attrs: dict[str, Any]) -> bytes:
-    """dump_attrs with an explicit stack instead of json's recursive encoder."""
-    return _dump_deep_text(attrs).encode("utf-8")
+        return _dump_deep_text(attrs).encode("utf-8")
 
 
 def dump_value(value: Any) -> str:
@@ -396,6 +391,7 @@ def dump_value(value: Any) -> str:
 
 
 def _dump_deep_text(value: Any) -> str:
+    """dump_value with an explicit stack instead of json's recursive encoder."""
     enc = _ENCODER.encode
     if isinstance(value, dict):
         out = ["{"]
