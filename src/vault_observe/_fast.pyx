@@ -752,7 +752,9 @@ cdef class Core:
         if n >= 3 and memcmp(p, b"\xef\xbb\xbf", 3) == 0:
             return self._line_slow(p, n, has_now, now)  # simdjson skips a BOM, orjson does not
         if <size_t> (buf_end - p) < n + SIMDJSON_PADDING:
-            src = self._padded(p, n)
+            src = self._padded_gil_free(p, n)
+            if src == NULL:
+                raise MemoryError()
         res = self._parser.parse(src, n, False)
         if res.error() != SUCCESS:
             return self._line_slow(p, n, has_now, now)
@@ -971,12 +973,6 @@ cdef class Core:
             p, <Py_ssize_t> (n if n < <size_t> BAD_SAMPLE_BYTES else <size_t> BAD_SAMPLE_BYTES)))
         return 0
 
-    cdef const char *_padded(self, const char *p, size_t n) except NULL:
-        cdef const char *padded = self._padded_gil_free(p, n)
-        if padded == NULL:
-            raise MemoryError()
-        return padded
-
     cdef void _shrink(self) noexcept:
         cdef error_code ignored = self._parser.allocate(1 << 16)
         self._fl.out.shrink(1 << 16)
@@ -1136,12 +1132,6 @@ cdef class Core:
         return self._emit(hi, lo, request_id, name, op_len, mount_len, start,
                           time_ns if time_ns > start else start, error, PAIRED, attrs, True, par)
 
-    cdef bytes _attrs_with(self, object attrs, int pairing):
-        """The attribute bytes, with the pairing marker unless PAIRED."""
-        if attrs is None:
-            attrs = PyBytes_FromStringAndSize(self._attrs_p, <Py_ssize_t> self._attrs_n)
-        return attrs if pairing == PAIRED else _with_pairing(attrs, pairing)
-
     cdef int _store(self, const char *id, size_t id_len, object request_id, i128 time_ns,
                     i128 deadline, object name, uint32_t name_idx, size_t op_len, size_t mount_len,
                     object error, object attrs, const char *line, size_t line_n,
@@ -1288,8 +1278,11 @@ cdef class Core:
         if self._pack(hi, lo, thi, tlo, request_id, name, op_len, mount_len, start, end, error,
                       pairing, attrs, raw, par, rate):
             return 0
-        if raw:
-            attrs = self._attrs_with(attrs, pairing)
+        if raw:  # the attribute bytes, with the pairing marker unless PAIRED
+            if attrs is None:
+                attrs = PyBytes_FromStringAndSize(self._attrs_p, <Py_ssize_t> self._attrs_n)
+            if pairing != PAIRED:
+                attrs = _with_pairing(attrs, pairing)
         start_obj = i128_to_py(start)
         end_obj = start_obj if end == start else i128_to_py(end)
         parts = _name_parts(name, op_len, mount_len)
