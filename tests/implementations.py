@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import vault_observe
 from vault_observe import _compat, _core_py
 
 PY = "py"
@@ -31,6 +32,13 @@ IMPLEMENTATIONS = (pytest.param(PY, id=PY), pytest.param(C, id=C, marks=pytest.m
 # Every Cython module of the package: what a build with a compiler must have produced.
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "vault_observe"
 COMPILED_PARTS: tuple[str, ...] = tuple(sorted(path.stem for path in SOURCE.glob("*.pyx")))
+
+# The folder holding the vault_observe these tests import: site-packages after
+# `pip install .`, src/ for an editable install. A daemon started in a subprocess gets
+# it on PYTHONPATH so that it runs the same build as the tests; src/ holds no compiled
+# parts after a non-editable install, and a daemon run from it would use the
+# reference core unnoticed.
+PACKAGE_PATH = str(Path(vault_observe.__file__).resolve().parent.parent)
 
 
 def compiled_module(name: str) -> ModuleType:

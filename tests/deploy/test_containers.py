@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.deploy.prometheus import REQUIRE, import_yaml, metrics_url
+from tests.implementations import PACKAGE_PATH
 from tests.integration.harness import ObserveProcess
 from tests.receivers import ZipkinReceiver
 from vault_observe.config import build_parser
@@ -215,7 +216,7 @@ def test_commands_are_valid_daemon_settings(where: str) -> None:
         [sys.executable, "-m", "vault_observe", "--check-config", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        env={**os.environ, "PYTHONPATH": PACKAGE_PATH},
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -33,6 +33,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.deploy.prometheus import REQUIRE, import_yaml
+from tests.implementations import PACKAGE_PATH
 from tests.integration.harness import ObserveProcess
 from vault_observe.config import build_parser
 from vault_observe.openbao import DevServer
@@ -213,7 +214,7 @@ def test_sidecar_flags_are_valid_daemon_settings(name: str) -> None:
         [sys.executable, "-m", "vault_observe", "--check-config", *container["args"]],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        env={**os.environ, "PYTHONPATH": PACKAGE_PATH},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     port = flag(container["args"], "--metrics-address").rsplit(":", 1)[1]  # type: ignore[union-attr]

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.implementations import PACKAGE_PATH
 from tests.integration.audit import Expected, check_zipkin, expected_spans, load
-from tests.integration.harness import SRC
 from tests.receivers import ZipkinReceiver
 from vault_observe.openbao import DevServer
 
@@ -97,7 +97,7 @@ class FollowDaemon:
             *extra,
         ]
         self.workdir = workdir
-        self.env = {**os.environ, "PYTHONPATH": str(SRC)}
+        self.env = {**os.environ, "PYTHONPATH": PACKAGE_PATH}
         self.process: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.stderr_path = workdir / "observe-0.err"

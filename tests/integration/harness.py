@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.implementations import PACKAGE_PATH
+
 REPO = Path(__file__).resolve().parents[2]
-SRC = REPO / "src"
 API_KEY = "integration-key"
 
 
@@ -33,7 +34,7 @@ class ObserveProcess:
     def __init__(self, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.workdir = workdir
-        self.env = {**os.environ, "PYTHONPATH": str(SRC), "HONEYCOMB_API_KEY": API_KEY, **(env or {})}
+        self.env = {**os.environ, "PYTHONPATH": PACKAGE_PATH, "HONEYCOMB_API_KEY": API_KEY, **(env or {})}
         self.stdout_path = workdir / f"observe-{id(self)}.out"
         self.stderr_path = workdir / f"observe-{id(self)}.err"
         self.process: subprocess.Popen[bytes] | None = None

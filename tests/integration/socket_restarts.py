@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests import activation
+from tests.implementations import PACKAGE_PATH
 from vault_observe.openbao import DevServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,7 +192,7 @@ class Daemons:
             sys.executable, "-m", "vault_observe", *where,
             "--stdout", "--flush-interval", "0.1", "--summary-interval", "3600",
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NOTIFY_SOCKET": self.notify.address}
+        env = {**os.environ, "PYTHONPATH": PACKAGE_PATH, "NOTIFY_SOCKET": self.notify.address}
         if self.activated:
             assert self.held is not None
             self.process = activation.spawn(

@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from tests.integration.harness import SRC
+from tests.implementations import PACKAGE_PATH
 from tests.receivers import ZipkinReceiver
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_prints_spans_and_sends_to_the_given_sinks(bao_binary: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "VAULT_OBSERVE_BAO": bao_binary}
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PATH, "VAULT_OBSERVE_BAO": bao_binary}
     zipkin = ZipkinReceiver()
     with zipkin:
         started = time.monotonic()

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
+from tests.implementations import PACKAGE_PATH
 from vault_observe.config import Config, Listener
 from vault_observe.logs import SUMMARY_FIELDS
 from vault_observe.pipeline import Daemon
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 TEXT_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
 
 
@@ -37,7 +37,7 @@ def replay(sample: Path, *flags: str, env: dict[str, str] | None = None) -> subp
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})},
+        env={**os.environ, "PYTHONPATH": PACKAGE_PATH, **(env or {})},
     )
 
 
@@ -148,7 +148,7 @@ def _replay_on_a_terminal(sample: Path, *flags: str) -> str:
             stdout=subprocess.DEVNULL,
             stderr=slave,
             timeout=120,
-            env={**os.environ, "PYTHONPATH": str(SRC)},
+            env={**os.environ, "PYTHONPATH": PACKAGE_PATH},
         )
     finally:
         os.close(slave)

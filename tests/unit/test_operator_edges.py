@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.implementations import PACKAGE_PATH
 from tests.receivers import ZipkinReceiver
 from vault_observe.cli import main
 from vault_observe.config import Config, Listener
 from vault_observe.errors import listen_error
 from vault_observe.pipeline import Daemon
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 SAMPLE_SPANS = 718  # spans of tests/data/openbao-sample.jsonl
 
 
 def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env = {**os.environ, "PYTHONPATH": PACKAGE_PATH}
     return subprocess.run(
         [sys.executable, "-m", "vault_observe", *argv],
         capture_output=True,

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.implementations import PACKAGE_PATH
 from tests.receivers import ZipkinReceiver
-
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Runs the command line's main() and writes the names of the loaded modules to argv[1].
 _PROBE = """\
@@ -40,7 +39,7 @@ def modules_of_replay(
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})},
+        env={**os.environ, "PYTHONPATH": PACKAGE_PATH, **(env or {})},
     )
     assert result.returncode == 0, result.stderr
     return set(json.loads(listing.read_text()))
