@@ -15,6 +15,7 @@ from vault_observe import __version__, _core_py
 from vault_observe.errors import LeftToPython
 from vault_observe.model import SpanBatch, SpanRecord
 from vault_observe.sink_worker import SinkWorker
+from vault_observe.sinks.base import LocalSink
 
 from .test_core import ID1, ID2, t
 
@@ -145,11 +146,10 @@ def test_compiled_encoders_on_spans_kept_as_records(name: str) -> None:
         assert encoder.encode(packed) == want
 
 
-class Collecting:
+class Collecting(LocalSink):
     """A sink that keeps what it is sent."""
 
     name = "collecting"
-    concurrency = 1
 
     def __init__(self) -> None:
         self.batches: list[list[SpanRecord]] = []
@@ -157,15 +157,6 @@ class Collecting:
     def send(self, spans: Sequence[SpanRecord], deadline: float) -> int:
         self.batches.append(list(spans))
         return 0
-
-    def start(self) -> None:
-        pass
-
-    def flush(self, timeout: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def stats(self) -> dict[str, int]:
         return {}

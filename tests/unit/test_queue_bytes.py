@@ -14,6 +14,7 @@ import pytest
 from tests.implementations import core_class
 from vault_observe.model import SpanRecord
 from vault_observe.sink_worker import SinkWorker, records_bytes
+from vault_observe.sinks.base import LocalSink
 
 
 def request_id(i: int) -> str:
@@ -35,11 +36,10 @@ def drains(impl: str, sample: bytes, reads: int, per_read: int) -> list[Sequence
     return out
 
 
-class Gate:
+class Gate(LocalSink):
     """A sink whose sends wait until the test opens it; it samples the queue's bytes."""
 
     name = "gate"
-    concurrency = 1
 
     def __init__(self) -> None:
         self.open = threading.Event()
@@ -53,15 +53,6 @@ class Gate:
         self.peak_bytes = max(self.peak_bytes, self.worker.queued_bytes)
         self.spans += len(spans)
         return 0
-
-    def start(self) -> None:
-        pass
-
-    def flush(self, timeout: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def stats(self) -> dict[str, int]:
         return {}
